@@ -1,0 +1,3 @@
+from bioxlstm.cli import main
+
+main()
