@@ -1,3 +1,13 @@
 """Bio-xLSTM: xLSTM language models for DNA, proteins and small molecules."""
 
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .models import BioXLSTMCache, BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMModel
+
 __version__ = "0.1.0"
+
+AutoConfig.register(BioXLSTMConfig.model_type, BioXLSTMConfig, exist_ok=True)
+AutoModel.register(BioXLSTMConfig, BioXLSTMModel, exist_ok=True)
+AutoModelForCausalLM.register(BioXLSTMConfig, BioXLSTMForCausalLM, exist_ok=True)
+
+__all__ = ["BioXLSTMCache", "BioXLSTMConfig", "BioXLSTMForCausalLM", "BioXLSTMModel"]

@@ -1,0 +1,18 @@
+"""The Hugging Face-facing models. Self-contained (relative imports only) so that
+`save_pretrained` can ship this package as remote code."""
+
+from .configuration_bioxlstm import BioXLSTMConfig
+from .modeling_bioxlstm import (
+    BioXLSTMCache,
+    BioXLSTMForCausalLM,
+    BioXLSTMModel,
+    BioXLSTMPreTrainedModel,
+)
+
+__all__ = [
+    "BioXLSTMCache",
+    "BioXLSTMConfig",
+    "BioXLSTMForCausalLM",
+    "BioXLSTMModel",
+    "BioXLSTMPreTrainedModel",
+]
