@@ -1,0 +1,55 @@
+"""Small models and plain reference implementations shared by the tests."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+import bioxlstm
+
+
+def tiny_model(slstm_layers=(1,), chunk_size=16, vocab_size=12, perturb=0.1, **overrides) -> bioxlstm.BioXLSTMForCausalLM:
+    """A small causal model whose weights are moved away from the initialisation, so that
+    zero-initialised parts (recurrent matrices, norm offsets) take part in every comparison."""
+    config = bioxlstm.BioXLSTMConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_heads=2,
+        slstm_layers=list(slstm_layers),
+        chunk_size=chunk_size,
+        pad_token_id=0,
+        **{"kernel": "native", **overrides},
+    )
+    model = bioxlstm.BioXLSTMForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * perturb)
+    return model.eval()
+
+
+def mlstm_reference(q, k, v, igate, fgate, eps=1e-6):
+    """The mLSTM recurrence of DESIGN.md, one time step after the other, in float64.
+
+    q, k, v: (B, NH, S, DH); igate, fgate: (B, NH, S). Returns h (B, NH, S, DH).
+    """
+    q, k, v, igate, fgate = (t.double() for t in (q, k, v, igate, fgate))
+    batch, heads, seq_len, dim = q.shape
+    c = q.new_zeros(batch, heads, dim, dim)
+    n = q.new_zeros(batch, heads, dim)
+    m = q.new_zeros(batch, heads, 1)
+    outputs = []
+    for t in range(seq_len):
+        log_f = F.logsigmoid(fgate[..., t, None])
+        m_new = torch.maximum(log_f + m, igate[..., t, None])
+        f_act = torch.exp(log_f + m - m_new)
+        i_act = torch.exp(igate[..., t, None] - m_new)
+        k_t = k[:, :, t] / math.sqrt(dim)
+        c = f_act[..., None] * c + i_act[..., None] * k_t[..., :, None] * v[:, :, t, None, :]
+        n = f_act * n + i_act * k_t
+        m = m_new
+        q_t = q[:, :, t]
+        numerator = torch.einsum("bhd,bhde->bhe", q_t, c)
+        denominator = torch.maximum((q_t * n).sum(-1, keepdim=True).abs(), torch.exp(-m)) + eps
+        outputs.append(numerator / denominator)
+    return torch.stack(outputs, dim=2)

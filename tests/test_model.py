@@ -1,0 +1,319 @@
+"""The shared block stack and causal LM: equivalence of every execution path, padding
+invariance, generation, training and persistence."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import mlstm_reference, tiny_model
+
+import bioxlstm
+from bioxlstm.models import kernels
+
+STACKS = {"mlstm-only": (), "mixed": (1,)}
+
+
+# --- kernels against plain references -------------------------------------------------------
+
+
+@pytest.mark.parametrize("seq_len", [1, 5, 16, 37, 64])
+def test_mlstm_kernel_matches_stepwise_reference(seq_len):
+    """Chunkwise (any length, padded to the chunk) and step kernels compute the recurrence of
+    DESIGN.md, and a sequence split in two with the state carried gives the same outputs."""
+    q, k, v = (torch.randn(2, 3, seq_len, 8) for _ in range(3))
+    igate, fgate = torch.randn(2, 3, seq_len), torch.randn(2, 3, seq_len) + 2
+    expected = mlstm_reference(q, k, v, igate, fgate)
+    h, _ = kernels.mlstm_recurrence(q, k, v, igate, fgate, None, chunk_size=16, backend="native")
+    assert (h.double() - expected).abs().max() < 1e-4
+
+    split = seq_len // 2
+    if split:
+        h1, state = kernels.mlstm_recurrence(
+            q[:, :, :split], k[:, :, :split], v[:, :, :split], igate[..., :split], fgate[..., :split], None, 16, "native"
+        )
+        h2, _ = kernels.mlstm_recurrence(
+            q[:, :, split:], k[:, :, split:], v[:, :, split:], igate[..., split:], fgate[..., split:], state, 16, "native"
+        )
+        assert (torch.cat([h1, h2], dim=2).double() - expected).abs().max() < 1e-4
+
+
+def test_kernel_choice():
+    cpu = torch.device("cpu")
+    assert kernels.resolve_backend("auto", cpu) == "native"
+    assert kernels.resolve_backend("native", cpu) == "native"
+    with pytest.raises(RuntimeError, match="kernel='triton' needs a CUDA device"):
+        kernels.resolve_backend("triton", cpu)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        bioxlstm.BioXLSTMConfig(kernel="cuda")
+
+
+# --- parity with the official xlstm package ---------------------------------------------------
+
+
+def _reference_xlstm(slstm_at=(1,), num_blocks=4):
+    from xlstm import (
+        FeedForwardConfig,
+        mLSTMBlockConfig,
+        mLSTMLayerConfig,
+        sLSTMBlockConfig,
+        sLSTMLayerConfig,
+        xLSTMLMModel,
+        xLSTMLMModelConfig,
+    )
+
+    config = xLSTMLMModelConfig(
+        mlstm_block=mLSTMBlockConfig(mlstm=mLSTMLayerConfig(conv1d_kernel_size=4, qkv_proj_blocksize=4, num_heads=4)),
+        slstm_block=sLSTMBlockConfig(
+            slstm=sLSTMLayerConfig(backend="vanilla", num_heads=4, conv1d_kernel_size=4),
+            feedforward=FeedForwardConfig(proj_factor=1.3, act_fn="gelu"),
+        ),
+        context_length=256,
+        num_blocks=num_blocks,
+        embedding_dim=64,
+        slstm_at=list(slstm_at),
+        vocab_size=20,
+    )
+    model = xLSTMLMModel(config)
+    model.reset_parameters()
+    with torch.no_grad():  # random weights everywhere, zero-initialised parts included
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def xlstm_pair():
+    torch.manual_seed(1)
+    reference = _reference_xlstm()
+    return reference, bioxlstm.convert.from_xlstm(reference)
+
+
+@pytest.mark.parametrize("seq_len", [1, 63, 64, 200])
+def test_from_xlstm_matches_reference_logits(xlstm_pair, seq_len):
+    reference, model = xlstm_pair
+    tokens = torch.randint(0, 20, (2, seq_len))
+    with torch.no_grad():
+        assert (reference(tokens) - model(tokens).logits).abs().max() <= 1e-4
+
+
+def test_from_xlstm_matches_reference_gradients(xlstm_pair):
+    """The training path (chunkwise kernel with its custom backward) differentiates like the
+    reference's parallel formulation."""
+    reference, model = xlstm_pair
+    tokens = torch.randint(0, 20, (2, 80))
+
+    def grads(module, logits_fn):
+        module.zero_grad()
+        F.cross_entropy(logits_fn(tokens).flatten(0, 1), tokens.roll(-1, 1).flatten()).backward()
+        return module
+
+    grads(reference, reference)
+    grads(model, lambda t: model(t).logits)
+    ref_embedding = reference.token_embedding.weight.grad
+    our_embedding = model.backbone.embeddings.weight.grad
+    assert torch.allclose(ref_embedding, our_embedding, atol=1e-4, rtol=1e-3)
+    ref_up = reference.xlstm_block_stack.blocks[0].xlstm.proj_up.weight.grad
+    our_up = model.backbone.blocks[0].xlstm.proj_up.weight.grad
+    assert torch.allclose(ref_up, our_up, atol=1e-4, rtol=1e-3)
+
+
+def test_from_xlstm_is_one_to_one(xlstm_pair):
+    reference, model = xlstm_pair
+    assert sum(p.numel() for p in reference.parameters()) == sum(p.numel() for p in model.parameters())
+    assert model.config.slstm_layers == [1]
+
+
+# --- recurrent decoding equals the full forward -----------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_prefill_then_stepwise_decoding_equals_full_forward(stack):
+    model = tiny_model(slstm_layers=STACKS[stack])
+    tokens = torch.randint(1, 12, (2, 57))
+    with torch.no_grad():
+        full = model(tokens).logits
+        out = model(tokens[:, :40], use_cache=True)  # longer than the chunk: chunkwise prefill
+        pieces, cache = [out.logits], out.cache_params
+        for t in range(40, 57):
+            out = model(tokens[:, t : t + 1], cache_params=cache, use_cache=True)
+            pieces.append(out.logits)
+            cache = out.cache_params
+    assert (torch.cat(pieces, dim=1) - full).abs().max() <= 1e-4
+    assert cache.seen_tokens == 57
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_generate_logits_equal_full_forward(stack):
+    model = tiny_model(slstm_layers=STACKS[stack])
+    prompt = torch.randint(1, 12, (2, 23))
+    out = model.generate(
+        prompt, max_new_tokens=12, do_sample=False, output_logits=True, return_dict_in_generate=True
+    )
+    with torch.no_grad():
+        full = model(out.sequences).logits
+    assert (torch.stack(out.logits, dim=1) - full[:, 22:-1]).abs().max() <= 1e-4
+
+
+def _left_padded(sequences, pad_id=0):
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = seq
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_padded_batch_equals_each_prompt_alone(stack):
+    model = tiny_model(slstm_layers=STACKS[stack])
+    prompts = [torch.randint(1, 12, (n,)) for n in (41, 7, 19)]
+    ids, mask = _left_padded(prompts)
+    with torch.no_grad():
+        batch_logits = model(ids, attention_mask=mask).logits
+        batch_generated = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+        for row, prompt in enumerate(prompts):
+            alone = model(prompt[None]).logits[0]
+            assert (batch_logits[row, -len(prompt) :] - alone).abs().max() <= 1e-4
+            generated = model.generate(prompt[None], max_new_tokens=8, do_sample=False)
+            assert torch.equal(batch_generated[row, ids.shape[1] :], generated[0, len(prompt) :])
+
+
+def test_right_padding_does_not_change_real_positions():
+    model = tiny_model()
+    tokens = torch.randint(1, 12, (1, 30))
+    padded = torch.cat([tokens, torch.zeros(1, 9, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 30), torch.zeros(1, 9)], dim=1).long()
+    with torch.no_grad():
+        assert (model(padded, attention_mask=mask).logits[:, :30] - model(tokens).logits).abs().max() <= 1e-5
+
+
+# --- generation features ----------------------------------------------------------------------
+
+
+def test_sampling_options_and_num_return_sequences():
+    model = tiny_model()
+    prompt = torch.randint(1, 12, (2, 9))
+    torch.manual_seed(3)
+    first = model.generate(
+        prompt, do_sample=True, temperature=0.7, top_k=5, top_p=0.9, num_return_sequences=3, max_new_tokens=6
+    )
+    torch.manual_seed(3)
+    second = model.generate(
+        prompt, do_sample=True, temperature=0.7, top_k=5, top_p=0.9, num_return_sequences=3, max_new_tokens=6
+    )
+    assert first.shape == (6, 15)
+    assert torch.equal(first, second)  # seeded sampling is reproducible
+    assert torch.equal(first[0::3, :9], prompt) and torch.equal(first[2::3, :9], prompt)
+
+
+def test_top_k_one_sampling_is_greedy():
+    model = tiny_model()
+    prompt = torch.randint(1, 12, (1, 9))
+    greedy = model.generate(prompt, do_sample=False, max_new_tokens=10)
+    sampled = model.generate(prompt, do_sample=True, top_k=1, max_new_tokens=10)
+    assert torch.equal(greedy, sampled)
+
+
+def test_generation_stops_at_eos():
+    model = tiny_model()
+    prompt = torch.randint(1, 12, (1, 9))
+    greedy = model.generate(prompt, do_sample=False, max_new_tokens=10)
+    eos = int(greedy[0, 12])  # the fourth generated token
+    first_eos = (greedy[0, 9:] == eos).nonzero()[0].item() + 9
+    stopped = model.generate(prompt, do_sample=False, max_new_tokens=10, eos_token_id=eos)
+    assert stopped.shape[1] == first_eos + 1
+    assert torch.equal(stopped[0], greedy[0, : first_eos + 1])
+
+
+def test_beam_search_reorders_the_recurrent_state():
+    model = tiny_model()
+    prompt = torch.randint(1, 12, (1, 9))
+    beams = model.generate(prompt, num_beams=3, do_sample=False, max_new_tokens=6, num_return_sequences=3,
+                           output_scores=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        logprobs = F.log_softmax(model(beams.sequences).logits[:, 8:-1], dim=-1)
+    recomputed = logprobs.gather(-1, beams.sequences[:, 9:, None]).sum(dim=(1, 2)) / beams.sequences[:, 9:].shape[1]
+    assert torch.allclose(recomputed, beams.sequences_scores, atol=1e-4)
+
+
+def test_cache_has_constant_size_during_long_generation():
+    model = tiny_model()
+    shapes = []
+
+    def record(module, args, kwargs, output):
+        shapes.append([tuple(t.shape) for t in output.cache_params.tensors()])
+
+    handle = model.register_forward_hook(record, with_kwargs=True)
+    try:
+        out = model.generate(torch.randint(1, 12, (1, 30)), do_sample=True, min_new_tokens=2000,
+                             max_new_tokens=2000, pad_token_id=None, eos_token_id=None)
+    finally:
+        handle.remove()
+    assert out.shape[1] == 2030
+    assert len(shapes) == 2000
+    assert all(s == shapes[0] for s in shapes)
+
+
+def test_long_sequence_forward_is_finite():
+    model = tiny_model(chunk_size=64)
+    tokens = torch.randint(1, 12, (1, 32768))
+    with torch.no_grad():
+        logits = model(tokens).logits
+    assert torch.isfinite(logits).all()
+
+
+# --- training and persistence -----------------------------------------------------------------
+
+
+def test_labels_give_shifted_next_token_loss():
+    model = tiny_model()
+    tokens = torch.randint(1, 12, (2, 20))
+    labels = tokens.clone()
+    labels[0, :5] = -100
+    out = model(tokens, labels=labels)
+    expected = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = tiny_model().train()
+    tokens = torch.randint(1, 12, (2, 40))
+
+    def gradients():
+        model.zero_grad()
+        model(tokens, labels=tokens).loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = gradients()
+    model.gradient_checkpointing_enable()
+    assert all(block.gradient_checkpointing for block in model.backbone.blocks)
+    checkpointed = gradients()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
+
+
+def test_hidden_states_cover_embeddings_and_every_block():
+    model = tiny_model()
+    tokens = torch.randint(1, 12, (1, 10))
+    with torch.no_grad():
+        out = model.backbone(tokens, output_hidden_states=True)
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    assert torch.equal(out.hidden_states[0], model.backbone.embeddings(tokens))
+    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_save_and_load_round_trip(tmp_path, tie):
+    model = tiny_model(tie_word_embeddings=tie)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin"))
+    loaded = bioxlstm.BioXLSTMForCausalLM.from_pretrained(tmp_path).eval()
+    auto = __import__("transformers").AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    tokens = torch.randint(1, 12, (2, 33))
+    with torch.no_grad():
+        expected = model(tokens).logits
+        assert torch.equal(loaded(tokens).logits, expected)
+        assert torch.equal(auto(tokens).logits, expected)
+    assert loaded.config.slstm_layers == [1]
+    if tie:
+        assert loaded.lm_head.weight.data_ptr() == loaded.backbone.embeddings.weight.data_ptr()
