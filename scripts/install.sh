@@ -5,7 +5,6 @@
 # wheel index (e.g. the PyTorch CPU index) where plain PyPI would serve a CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q --upgrade "pip>=23"
 if ! (command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1); then
     python -m pip install -q "torch==2.13.0" ${BIOXLSTM_TORCH_INDEX:+--index-url "$BIOXLSTM_TORCH_INDEX"}
 fi

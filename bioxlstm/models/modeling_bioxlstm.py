@@ -33,22 +33,25 @@ class BioXLSTMCache:
         self.states = states
         self.seen_tokens = seen_tokens
 
-    def _map(self, fn) -> list[tuple]:
-        def apply(item):
-            if isinstance(item, tuple):
-                return tuple(apply(x) for x in item)
-            return None if item is None else fn(item)
-
-        return [apply(state) for state in self.states]
-
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Select batch rows (beam search)."""
-        self.states = self._map(lambda t: t.index_select(0, beam_idx))
+
+        def select(item):
+            if isinstance(item, tuple):
+                return tuple(select(x) for x in item)
+            return None if item is None else item.index_select(0, beam_idx)
+
+        self.states = [select(state) for state in self.states]
 
     def tensors(self) -> list[torch.Tensor]:
-        flat = []
-        self._map(flat.append)
-        return flat
+        def flatten(item):
+            if isinstance(item, tuple):
+                for x in item:
+                    yield from flatten(x)
+            elif item is not None:
+                yield item
+
+        return [t for state in self.states for t in flatten(state)]
 
 
 @dataclass
