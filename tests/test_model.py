@@ -153,6 +153,23 @@ def test_generate_logits_equal_full_forward(stack):
     assert (torch.stack(out.logits, dim=1) - full[:, 22:-1]).abs().max() <= 1e-4
 
 
+def test_generate_prefills_the_prompt_in_one_chunkwise_pass(monkeypatch):
+    """A prompt longer than the chunk size reaches the mLSTM kernel whole, once per block; only
+    the new tokens go through the step kernel one by one."""
+    model = tiny_model(slstm_layers=(), chunk_size=16)
+    lengths = []
+    recurrence = kernels.mlstm_recurrence
+
+    def spy(q, *args, **kwargs):
+        lengths.append(q.shape[2])
+        return recurrence(q, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "mlstm_recurrence", spy)
+    model.generate(torch.randint(1, 12, (1, 100)), max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    blocks = model.config.num_hidden_layers
+    assert lengths == [100] * blocks + [1] * (4 * blocks)
+
+
 def _left_padded(sequences, pad_id=0):
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id)
