@@ -204,7 +204,7 @@ class RecordReader(Iterator[Record]):
             ids = batch[self.id_column] if self.id_column else None
             for offset, sequence in enumerate(sequences):
                 row += 1
-                yield Record(f"row {row}" if ids is None else str(ids.iat[offset]), str(sequence))
+                yield Record(f"row_{row}" if ids is None else str(ids.iat[offset]), str(sequence))
 
 
 def format_from_path(path: str | Path) -> str:
@@ -248,7 +248,7 @@ def _smiles_lines(handle) -> Iterator[Record]:
     """One SMILES per line, optionally followed by whitespace and a name that becomes the id."""
     for line_number, line in enumerate(handle, start=1):
         smiles, name = (line.split(maxsplit=1) + ["", ""])[:2]
-        yield Record(name.strip() or f"line {line_number}", smiles)
+        yield Record(name.strip() or f"line_{line_number}", smiles)
 
 
 def read_records(
@@ -267,8 +267,8 @@ def read_records(
         records with a bad character or no sequence; "replace" writes the domain's unknown symbol
         (N for DNA, X for protein) over each bad character. Both count in the reader's `summary`.
     column, id_column: for CSV, TSV and Parquet, the column holding the sequences and, optionally,
-        the one holding ids (otherwise records are named "row 1", "row 2", ...). Lines of a SMILES
-        file without a name are named "line 1", "line 2", ...
+        the one holding ids (otherwise records are named "row_1", "row_2", ...). Lines of a SMILES
+        file without a name are named "line_1", "line_2", ...
     """
     return RecordReader(path, format, domain, on_invalid, column, id_column)
 
@@ -290,12 +290,18 @@ def write_records(
     compressed = path.suffix.lower() == ".gz"
     with gzip.open(path, "wt", newline="") if compressed else open(path, "w", newline="") as handle:
         if format == "fasta":
-            entries = (SeqRecord(Seq(r.sequence), id=r.id, description=r.description) for r in records)
-            SeqIO.write(entries, handle, "fasta")
+            SeqIO.write(map(_fasta_entry, records), handle, "fasta")
         elif format == "smiles":
             handle.writelines(f"{record.sequence}\n" for record in records)
         else:
             _records_table(records, column).to_csv(handle, sep=_TABLE_SEPARATORS[format], index=False)
+
+
+def _fasta_entry(record: Record) -> SeqRecord:
+    # A FASTA id ends at the first space, so such an id would come back as a different one.
+    if not record.id or any(character.isspace() for character in record.id):
+        raise ValueError(f"record id {record.id!r} cannot be written to FASTA: it must be non-empty, without spaces")
+    return SeqRecord(Seq(record.sequence), id=record.id, description=record.description)
 
 
 def _records_table(records: Iterable[Record], column: str) -> pd.DataFrame:
