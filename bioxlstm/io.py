@@ -40,7 +40,9 @@ FORMAT_BY_EXTENSION = {
     ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet",
 }  # fmt: skip
 _BIOPYTHON_FORMATS = {"fasta", "fastq", "genbank", "embl", "swiss"}
-_ALIGNMENT_FORMATS = {"a3m": "fasta", "stockholm": "stockholm"}
+# HH-suite and ColabFold A3M files may start with a `#` line, which "fasta-pearson" skips as a comment
+# ("fasta-blast" would too, but Biopython 1.88 then gives every record the first record's id).
+_ALIGNMENT_FORMATS = {"a3m": "fasta-pearson", "stockholm": "stockholm"}
 _TABLE_SEPARATORS = {"csv": ",", "tsv": "\t"}
 FORMATS = sorted(_BIOPYTHON_FORMATS | set(_ALIGNMENT_FORMATS) | set(_TABLE_SEPARATORS) | {"parquet", "smiles"})
 WRITABLE_FORMATS = ("fasta", "smiles", "csv", "tsv", "parquet")
@@ -173,7 +175,9 @@ class RecordReader(Iterator[Record]):
         except (ValueError, pa.ArrowException, csv.Error) as error:
             if isinstance(error, InputError):
                 raise
-            raise InputError(f"{self.path}: not valid {self.format}: {error}") from error
+            # Parsers explain at length; the first paragraph, on one line, names the problem.
+            reason = " ".join(str(error).split("\n\n")[0].split())
+            raise InputError(f"{self.path}: not valid {self.format}: {reason}") from error
 
     def _require_columns(self, available: list[str]) -> list[str]:
         wanted = [name for name in (self.column, self.id_column) if name is not None]
