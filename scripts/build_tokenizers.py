@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
-    smiles_corpus = (record.sequence for record in read_records(REPO / "data" / "chembl31_train_50k.smi.gz", domain="smiles"))
+    training_smiles = read_records(REPO / "data" / "chembl31_train_50k.smi.gz", domain="smiles")
+    smiles_corpus = (record.sequence for record in training_smiles)
     tokenizers = {
         "dna": build_dna_tokenizer(),
         "protein": build_protein_tokenizer(),

@@ -25,7 +25,13 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 GENOME = DATA / "ecoli_536_NC_008253.fna.gz"
 CHEMBL_TRAIN = DATA / "chembl31_train_50k.smi.gz"
 CHEMBL_VALID = DATA / "chembl31_valid_50k.smi.gz"
-PROTEIN_FILES = ["A0A1C5UJ41.a3m.gz", "protmamba_example.a3m", "Pkinase.sto.gz", "fn3.sto.gz", "swissprot_100_entries.dat.gz"]
+PROTEIN_FILES = [
+    "A0A1C5UJ41.a3m.gz",
+    "protmamba_example.a3m",
+    "Pkinase.sto.gz",
+    "fn3.sto.gz",
+    "swissprot_100_entries.dat.gz",
+]
 ESM_VOCAB = (
     "<cls> <pad> <eos> <unk> L A G V S E R T I D P K Q N F Y M H W C X B U Z O . - <null_1> <mask>".split()
 )
