@@ -211,7 +211,7 @@ import json, sys
 sys.modules["bioxlstm"] = None  # any import of bioxlstm now fails
 from transformers import AutoTokenizer
 import tokenizers
-assert "site-packages" in tokenizers.__file__ or "dist-packages" in tokenizers.__file__, tokenizers.__file__
+assert hasattr(tokenizers, "Tokenizer"), "the data folder tokenizers/ shadowed the library"
 samples, directories = {samples!r}, {directories!r}
 print(json.dumps({{
     domain: [AutoTokenizer.from_pretrained(d)(samples[domain])["input_ids"] for d in directories[domain]]
