@@ -2,8 +2,9 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from . import convert
+from . import chem, convert, io
 from .models import BioXLSTMCache, BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMModel
+from .tokenization import complement_map, load_tokenizer
 
 __version__ = "0.1.0"
 
@@ -11,4 +12,11 @@ AutoConfig.register(BioXLSTMConfig.model_type, BioXLSTMConfig, exist_ok=True)
 AutoModel.register(BioXLSTMConfig, BioXLSTMModel, exist_ok=True)
 AutoModelForCausalLM.register(BioXLSTMConfig, BioXLSTMForCausalLM, exist_ok=True)
 
-__all__ = ["BioXLSTMCache", "BioXLSTMConfig", "BioXLSTMForCausalLM", "BioXLSTMModel"]
+__all__ = [
+    "BioXLSTMCache",
+    "BioXLSTMConfig",
+    "BioXLSTMForCausalLM",
+    "BioXLSTMModel",
+    "complement_map",
+    "load_tokenizer",
+]

@@ -1,0 +1,200 @@
+"""Hugging Face tokenizers for DNA, proteins and SMILES.
+
+Each tokenizer is a plain `transformers.PreTrainedTokenizerFast` backed by a `tokenizers.Tokenizer`,
+so a saved one loads with `AutoTokenizer.from_pretrained(directory)` without `bioxlstm`.
+
+Every tokenizer wraps a sequence as `<cls> sequence <eos>` when `add_special_tokens=True` (the
+default) and decodes back to the plain sequence, with no spaces, under `skip_special_tokens=True`.
+
+Alphabet policies
+- DNA: one token per nucleotide A, C, G, T, N. Input is case-insensitive (soft-masked lower case is
+  upper-cased) and every IUPAC ambiguity code R Y S W K M B D H V becomes N: a model of four bases
+  has no use for partial ambiguity, and N is already its symbol for "any base".
+- Protein: the ESM-2 vocabulary in ESM order, then the fill-in-the-middle sentinels `<mask-1>` ..
+  `<mask-5>`. Input is case-insensitive. Sequence files may hold the 20 standard residues and X B U
+  Z O; a stop `*` is not a residue and is reported as invalid.
+- SMILES: atom-level tokens (see `SMILES_TOKEN_PATTERN`) with a vocabulary learned from a corpus by
+  `build_smiles_tokenizer`; a token outside it encodes as `<unk>`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+DOMAINS = ("dna", "protein", "smiles")
+
+DNA_BASES = "ACGTN"
+IUPAC_AMBIGUITY_CODES = "RYSWKMBDHV"
+DNA_SPECIAL_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", "<mask>", "<sep>"]
+
+PROTEIN_VOCAB = [
+    "<cls>", "<pad>", "<eos>", "<unk>",
+    *"LAGVSERTIDPKQNFYMHWCXBUZO", ".", "-",
+    "<null_1>", "<mask>",
+]  # fmt: skip
+FILL_IN_THE_MIDDLE_SENTINELS = [f"<mask-{i}>" for i in range(1, 6)]
+PROTEIN_RESIDUES = "ACDEFGHIKLMNPQRSTVWY" + "XBUZO"
+
+# Bracket atoms first so that their content is never split; two-letter halogens before one-letter atoms.
+SMILES_TOKEN_PATTERN = r"\[[^\[\]]+\]|Br|Cl|[BCNOPSFI]|[bcnops]|%\d{2}|\d|[=#$/\\\-+()\.:~@?>*]"
+SMILES_SPECIAL_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", "<mask>"]
+
+_COMPLEMENTARY_BASES = {"A": "T", "T": "A", "C": "G", "G": "C"}
+_BUNDLED_DIRECTORY_NAME = "tokenizer_files"
+
+
+@dataclass(frozen=True)
+class Alphabet:
+    """What a sequence of one domain may contain, as a regular expression for a single token."""
+
+    domain: str
+    token_pattern: str
+    description: str
+    unknown_symbol: str | None
+
+    @functools.cached_property
+    def _longest_valid_prefix(self) -> re.Pattern[str]:
+        return re.compile(f"(?:{self.token_pattern})*")
+
+    def invalid_position(self, sequence: str, start: int = 0) -> int | None:
+        """0-based index of the first character at or after `start` that starts no token, or None."""
+        end = self._longest_valid_prefix.match(sequence, start).end()
+        return None if end == len(sequence) else end
+
+
+ALPHABETS = {
+    "dna": Alphabet(
+        "dna",
+        f"(?i:[{DNA_BASES}{IUPAC_AMBIGUITY_CODES}])",
+        f"{DNA_BASES} and IUPAC codes {IUPAC_AMBIGUITY_CODES}, any case",
+        "N",
+    ),
+    "protein": Alphabet("protein", f"(?i:[{PROTEIN_RESIDUES}])", f"{PROTEIN_RESIDUES}, any case", "X"),
+    "smiles": Alphabet("smiles", SMILES_TOKEN_PATTERN, "atom-level SMILES tokens", None),
+}
+
+
+def _upper_casing(letters: str) -> list[normalizers.Normalizer]:
+    # `tokenizers` has a Lowercase normalizer but no upper-casing one.
+    return [normalizers.Replace(letter.lower(), letter) for letter in letters]
+
+
+def _character_level(vocab: list[str], special_tokens: list[str], normalizer: normalizers.Normalizer):
+    # BPE without merges maps each character to its own token, like WordLevel after a per-character
+    # split, but skips the pre-tokenizer and so encodes a genome several times faster.
+    tokenizer = Tokenizer(models.BPE({token: i for i, token in enumerate(vocab)}, [], unk_token="<unk>"))
+    tokenizer.normalizer = normalizer
+    tokenizer.add_special_tokens(special_tokens)
+    return tokenizer
+
+
+def _finish(tokenizer: Tokenizer, pair_separator: str, **special_tokens: str) -> PreTrainedTokenizerFast:
+    token_id = tokenizer.token_to_id
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<cls> $A <eos>",
+        pair=f"<cls> $A {pair_separator} $B:1 <eos>:1",
+        special_tokens=[(token, token_id(token)) for token in {"<cls>", "<eos>", pair_separator}],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<cls>",
+        cls_token="<cls>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        clean_up_tokenization_spaces=False,
+        # Genomes and long proteins are legitimate inputs; length limits belong to the model.
+        model_max_length=2**31 - 1,
+        **special_tokens,
+    )
+
+
+def build_dna_tokenizer() -> PreTrainedTokenizerFast:
+    normalizer = normalizers.Sequence(
+        _upper_casing(DNA_BASES + IUPAC_AMBIGUITY_CODES)
+        + [normalizers.Replace(Regex(f"[{IUPAC_AMBIGUITY_CODES}]"), "N")]
+    )
+    tokenizer = _character_level(DNA_SPECIAL_TOKENS + list(DNA_BASES), DNA_SPECIAL_TOKENS, normalizer)
+    return _finish(tokenizer, "<sep>", sep_token="<sep>")
+
+
+def build_protein_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = PROTEIN_VOCAB + FILL_IN_THE_MIDDLE_SENTINELS
+    special_tokens = [token for token in vocab if token.startswith("<")]
+    residue_letters = "".join(token for token in PROTEIN_VOCAB if token.isalpha())
+    tokenizer = _character_level(vocab, special_tokens, normalizers.Sequence(_upper_casing(residue_letters)))
+    return _finish(
+        tokenizer, "<eos>", extra_special_tokens=["<null_1>", *FILL_IN_THE_MIDDLE_SENTINELS]
+    )
+
+
+def build_smiles_tokenizer(corpus: Iterable[str], min_frequency: int = 1) -> PreTrainedTokenizerFast:
+    """Learn the SMILES vocabulary of `corpus`: every atom-level token seen `min_frequency` times.
+
+    Token ids follow frequency in the corpus (ties alphabetically), after the special tokens. A corpus
+    string that is not entirely made of SMILES tokens raises ValueError naming its index and position.
+    """
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(SMILES_TOKEN_PATTERN), "isolated")
+    trainer = trainers.WordLevelTrainer(special_tokens=SMILES_SPECIAL_TOKENS, min_frequency=min_frequency)
+    tokenizer.train_from_iterator(_checked_smiles(corpus), trainer)
+    return _finish(tokenizer, "<eos>")
+
+
+def _checked_smiles(corpus: Iterable[str]) -> Iterable[str]:
+    for index, smiles in enumerate(corpus):
+        position = ALPHABETS["smiles"].invalid_position(smiles)
+        if position is not None:
+            raise ValueError(
+                f"SMILES corpus entry {index}: invalid character {smiles[position]!r} at position {position + 1}"
+            )
+        yield smiles
+
+
+def bundled_tokenizer_directory(domain: str) -> Path:
+    """Directory of the tokenizer files shipped with bioxlstm for `domain`."""
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
+    # An installed wheel carries the files inside the package; a source checkout keeps them in the
+    # top-level `tokenizers/` folder.
+    candidates = [
+        Path(str(resources.files("bioxlstm"))) / _BUNDLED_DIRECTORY_NAME / domain,
+        Path(__file__).resolve().parent.parent / "tokenizers" / domain,
+    ]
+    for directory in candidates:
+        if (directory / "tokenizer.json").is_file():
+            return directory
+    raise FileNotFoundError(
+        f"no bundled {domain} tokenizer in {' or '.join(map(str, candidates))}; "
+        "run scripts/build_tokenizers.py in a source checkout"
+    )
+
+
+def load_tokenizer(domain: str, **kwargs) -> PreTrainedTokenizerFast:
+    """The bundled tokenizer of `domain` ("dna", "protein" or "smiles").
+
+    Keyword arguments go to `from_pretrained`, e.g. `padding_side="left"`.
+    """
+    return PreTrainedTokenizerFast.from_pretrained(bundled_tokenizer_directory(domain), **kwargs)
+
+
+def complement_map(tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """For every token id, the id of its Watson-Crick complement; N and special tokens map to themselves."""
+    vocab = tokenizer.get_vocab()
+    missing = sorted(set(_COMPLEMENTARY_BASES) - set(vocab))
+    if missing:
+        raise ValueError(f"tokenizer has no token for base(s) {', '.join(missing)}; is it a DNA tokenizer?")
+    complement = list(range(len(vocab)))
+    for token, token_id in vocab.items():
+        complement[token_id] = vocab[_COMPLEMENTARY_BASES.get(token, token)]
+    return complement

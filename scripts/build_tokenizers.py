@@ -1,0 +1,30 @@
+"""Regenerates the bundled tokenizer files in `tokenizers/<domain>/`.
+
+The SMILES vocabulary is learned from the bundled ChEMBL training sample, so that the validation
+sample measures how often unseen tokens occur.
+"""
+
+from pathlib import Path
+
+from bioxlstm.io import read_records
+from bioxlstm.tokenization import build_dna_tokenizer, build_protein_tokenizer, build_smiles_tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    training_smiles = read_records(REPO / "data" / "chembl31_train_50k.smi.gz", domain="smiles")
+    smiles_corpus = (record.sequence for record in training_smiles)
+    tokenizers = {
+        "dna": build_dna_tokenizer(),
+        "protein": build_protein_tokenizer(),
+        "smiles": build_smiles_tokenizer(smiles_corpus),
+    }
+    for domain, tokenizer in tokenizers.items():
+        directory = REPO / "tokenizers" / domain
+        tokenizer.save_pretrained(directory)
+        print(f"{directory.relative_to(REPO)}: {len(tokenizer)} tokens")
+
+
+if __name__ == "__main__":
+    main()
