@@ -2,7 +2,7 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from . import chem, convert, io
+from . import chem, convert, export, io, pretrained
 from .models import BioXLSTMCache, BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMModel
 from .tokenization import complement_map, load_tokenizer
 

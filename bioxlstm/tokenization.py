@@ -3,8 +3,10 @@
 Each tokenizer is a plain `transformers.PreTrainedTokenizerFast` backed by a `tokenizers.Tokenizer`,
 so a saved one loads with `AutoTokenizer.from_pretrained(directory)` without `bioxlstm`.
 
-Every tokenizer wraps a sequence as `<cls> sequence <eos>` when `add_special_tokens=True` (the
-default) and decodes back to the plain sequence, with no spaces, under `skip_special_tokens=True`.
+Every tokenizer starts a sequence with `<cls>` when `add_special_tokens=True` (the default) and
+decodes back to the plain sequence, with no spaces, under `skip_special_tokens=True`. It appends no
+`<eos>`: a tokenised prompt must be ready for generation (the `text-generation` pipeline tokenises
+with the defaults), so training data and scorers append `<eos>` where a sequence really ends.
 
 Alphabet policies
 - DNA: one token per nucleotide A, C, G, T, N. Input is case-insensitive (soft-masked lower case is
@@ -100,9 +102,9 @@ def _finish(tokenizer: Tokenizer, pair_separator: str, **special_tokens: str) ->
     token_id = tokenizer.token_to_id
     tokenizer.decoder = decoders.Fuse()
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="<cls> $A <eos>",
-        pair=f"<cls> $A {pair_separator} $B:1 <eos>:1",
-        special_tokens=[(token, token_id(token)) for token in {"<cls>", "<eos>", pair_separator}],
+        single="<cls> $A",
+        pair=f"<cls> $A {pair_separator} $B:1",
+        special_tokens=[(token, token_id(token)) for token in {"<cls>", pair_separator}],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,

@@ -18,8 +18,7 @@ def tiny_model(slstm_layers=(1,), chunk_size=16, vocab_size=12, perturb=0.1, **o
         num_heads=2,
         slstm_layers=list(slstm_layers),
         chunk_size=chunk_size,
-        pad_token_id=0,
-        **{"kernel": "native", **overrides},
+        **{"kernel": "native", "pad_token_id": 0, **overrides},
     )
     model = bioxlstm.BioXLSTMForCausalLM(config)
     with torch.no_grad():

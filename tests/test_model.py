@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from helpers import mlstm_reference, tiny_model
 
 import bioxlstm
-from bioxlstm.models import kernels
+from bioxlstm.models import blocks, kernels
 
 STACKS = {"mlstm-only": (), "mixed": (1,)}
 
@@ -158,16 +158,16 @@ def test_generate_prefills_the_prompt_in_one_chunkwise_pass(monkeypatch):
     the new tokens go through the step kernel one by one."""
     model = tiny_model(slstm_layers=(), chunk_size=16)
     lengths = []
-    recurrence = kernels.mlstm_recurrence
+    recurrence = blocks.mlstm_recurrence
 
     def spy(q, *args, **kwargs):
         lengths.append(q.shape[2])
         return recurrence(q, *args, **kwargs)
 
-    monkeypatch.setattr(kernels, "mlstm_recurrence", spy)
+    monkeypatch.setattr(blocks, "mlstm_recurrence", spy)
     model.generate(torch.randint(1, 12, (1, 100)), max_new_tokens=5, min_new_tokens=5, do_sample=False)
-    blocks = model.config.num_hidden_layers
-    assert lengths == [100] * blocks + [1] * (4 * blocks)
+    depth = model.config.num_hidden_layers
+    assert lengths == [100] * depth + [1] * (4 * depth)
 
 
 def _left_padded(sequences, pad_id=0):

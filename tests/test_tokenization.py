@@ -134,11 +134,13 @@ def test_dna_input_is_upper_cased_and_iupac_codes_read_as_n(dna):
     assert dna.decode(dna(text)["input_ids"], skip_special_tokens=True) == expected
 
 
-def test_special_tokens_wrap_a_sequence_only_when_asked(dna, protein, smiles):
+def test_special_tokens_start_a_sequence_only_when_asked(dna, protein, smiles):
+    """A tokenised text is a generation prompt: `<cls>` first, no `<eos>` after it."""
     for tokenizer, text in [(dna, "ACGT"), (protein, "MKV"), (smiles, "CCO")]:
         with_specials = tokenizer(text)["input_ids"]
         without = tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert with_specials == [tokenizer.bos_token_id, *without, tokenizer.eos_token_id]
+        assert with_specials == [tokenizer.bos_token_id, *without]
+        assert tokenizer.eos_token_id not in with_specials
         assert tokenizer.bos_token == tokenizer.cls_token == "<cls>"
         assert tokenizer.pad_token_id is not None and tokenizer.mask_token_id is not None
     assert dna.sep_token == "<sep>"
@@ -149,7 +151,7 @@ def test_special_tokens_wrap_a_sequence_only_when_asked(dna, protein, smiles):
 def test_any_dna_string_round_trips(text):
     tokenizer = load_tokenizer("dna")
     ids = tokenizer(text)["input_ids"]
-    assert len(ids) == len(text) + 2
+    assert len(ids) == len(text) + 1
     assert tokenizer.decode(ids, skip_special_tokens=True) == text
 
 
@@ -170,9 +172,9 @@ def test_any_protein_string_round_trips_upper_cased(text):
 def test_padded_batches_mark_real_tokens_in_the_attention_mask(texts, side):
     tokenizer = load_tokenizer("dna", padding_side=side)
     batch = tokenizer(texts, padding=True)
-    width = max(map(len, texts)) + 2
+    width = max(map(len, texts)) + 1
     for text, ids, mask in zip(texts, batch["input_ids"], batch["attention_mask"]):
-        real = len(text) + 2
+        real = len(text) + 1
         assert len(ids) == len(mask) == width
         assert mask == ([0] * (width - real) + [1] * real if side == "left" else [1] * real + [0] * (width - real))
         assert [i for i, m in zip(ids, mask) if not m] == [tokenizer.pad_token_id] * (width - real)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from . import kernels
+from .kernels import FORGET_GATE_OPEN, INPUT_GATE_CLOSED, mlstm_recurrence, resolve_backend, slstm_scan
 from .configuration_bioxlstm import BioXLSTMConfig
 
 ACTIVATIONS = {"gelu": F.gelu, "swish": F.silu, "relu": F.relu}
@@ -130,13 +130,13 @@ class MLSTMLayer(nn.Module):
         gate_input = torch.cat([q, k, v], dim=-1)
         igate, fgate = self.igate(gate_input), self.fgate(gate_input)  # (B, S, NH)
         if keep is not None:
-            igate = igate.masked_fill(~keep.unsqueeze(-1), kernels.INPUT_GATE_CLOSED)
-            fgate = fgate.masked_fill(~keep.unsqueeze(-1), kernels.FORGET_GATE_OPEN)
+            igate = igate.masked_fill(~keep.unsqueeze(-1), INPUT_GATE_CLOSED)
+            fgate = fgate.masked_fill(~keep.unsqueeze(-1), FORGET_GATE_OPEN)
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(batch, seq_len, self.num_heads, -1).transpose(1, 2)
 
-        h, cell_state = kernels.mlstm_recurrence(
+        h, cell_state = mlstm_recurrence(
             heads(q),
             heads(k),
             heads(v),
@@ -144,7 +144,7 @@ class MLSTMLayer(nn.Module):
             fgate.transpose(1, 2).float(),
             cell_state,
             self.chunk_size,
-            kernels.resolve_backend(self.kernel, x.device),
+            resolve_backend(self.kernel, x.device),
         )
         h = self.outnorm(h.transpose(1, 2))
         h = (h + self.learnable_skip * x_conv) * F.silu(z)
@@ -183,7 +183,7 @@ class SLSTMLayer(nn.Module):
         else:
             x_conv = x
         preacts = torch.stack([self.igate(x_conv), self.fgate(x_conv), self.zgate(x), self.ogate(x)], dim=2)
-        h, cell_state = kernels.slstm_scan(
+        h, cell_state = slstm_scan(
             preacts.view(batch, seq_len, 4, self.num_heads, dim // self.num_heads),
             self.recurrent_kernel,
             self.bias,

@@ -5,6 +5,7 @@ import math
 from transformers import PretrainedConfig
 
 KERNEL_CHOICES = ("auto", "native", "triton")
+DOMAINS = (None, "dna", "protein", "smiles")
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -40,9 +41,13 @@ class BioXLSTMConfig(PretrainedConfig):
         add_post_blocks_norm: layer norm after the last block.
         embedding_dropout: apply `dropout` to the token embeddings.
         norm_eps: epsilon of all layer and group norms.
+        domain: the sequence domain the model was trained on (`"dna"`, `"protein"`, `"smiles"`),
+            used to pick its tokenizer and describe it; None for a domain-free model.
     """
 
     model_type = "bioxlstm"
+    # save_pretrained ships this file as remote code, for users without bioxlstm installed.
+    _auto_class = "AutoConfig"
 
     def __init__(
         self,
@@ -70,6 +75,7 @@ class BioXLSTMConfig(PretrainedConfig):
         add_post_blocks_norm: bool = True,
         embedding_dropout: bool = False,
         norm_eps: float = 1e-5,
+        domain: str | None = None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -92,6 +98,9 @@ class BioXLSTMConfig(PretrainedConfig):
         self.add_post_blocks_norm = add_post_blocks_norm
         self.embedding_dropout = embedding_dropout
         self.norm_eps = norm_eps
+        self.domain = domain
+        # Every saved head also loads as the bare backbone (feature extraction) from remote code.
+        kwargs.setdefault("auto_map", {"AutoModel": "modeling_bioxlstm.BioXLSTMModel"})
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -122,6 +131,8 @@ class BioXLSTMConfig(PretrainedConfig):
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by the sLSTM heads ({self.slstm_heads})"
             )
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {self.chunk_size}")
 

@@ -1,6 +1,7 @@
 """Bio-xLSTM models for Hugging Face `transformers`: the block stack and its heads."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -79,6 +80,22 @@ class BioXLSTMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _is_stateful = True
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load safetensors weights only: unpickling a checkpoint can run arbitrary code. Pass
+        `use_safetensors=False` to accept pickled weights you trust."""
+        if kwargs.get("use_safetensors") is not False:
+            directory = Path(pretrained_model_name_or_path)
+            pickled = sorted(p.name for ext in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in directory.glob(ext))
+            if directory.is_dir() and pickled and not list(directory.glob("*.safetensors")):
+                raise OSError(
+                    f"{directory}: holds only pickled weights ({', '.join(pickled)}); Bio-xLSTM loads "
+                    "safetensors only, since unpickling can run arbitrary code. If you trust these files, "
+                    "pass use_safetensors=False."
+                )
+            kwargs["use_safetensors"] = True
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The xLSTM initialisation: small init for input projections, Wang init for output
@@ -141,6 +158,8 @@ def _slstm_bias_init(shape: torch.Size, layer_idx: int, depth: int) -> torch.Ten
 
 class BioXLSTMModel(BioXLSTMPreTrainedModel):
     """Token embedding, the block stack and the final norm."""
+
+    _auto_class = "AutoModel"
 
     def __init__(self, config: BioXLSTMConfig):
         super().__init__(config)
@@ -213,6 +232,7 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
     """Next-token language model with recurrent decoding: `generate()` prefills the prompt with
     the chunkwise kernel and then advances a constant-size state one token at a time."""
 
+    _auto_class = "AutoModelForCausalLM"
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
 
     def __init__(self, config: BioXLSTMConfig):

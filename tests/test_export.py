@@ -1,0 +1,161 @@
+"""Exported models behave like any model on the Hub, also for people without bioxlstm."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import tiny_model
+
+import bioxlstm
+from bioxlstm.export import CardInfo, export
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "MKTAYIAKQR"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small protein causal LM exported with its tokenizer, card data and metrics."""
+    torch.manual_seed(0)
+    tokenizer = bioxlstm.load_tokenizer("protein")
+    model = tiny_model(
+        vocab_size=len(tokenizer), domain="protein", pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    card = CardInfo(
+        training_data={"protmamba_example": (ROOT / "data_cards" / "protmamba_example.md").read_text()},
+        metrics={"eval_perplexity": 12.5},
+    )
+    directory = export(model, tmp_path_factory.mktemp("export") / "protein-lm", tokenizer, card)
+    return model, tokenizer, directory
+
+
+def run_without_bioxlstm(code: str, tmp_path: Path) -> dict:
+    """Run `code` in a fresh interpreter where `import bioxlstm` fails; it prints one JSON object."""
+    script = "import sys\nsys.modules['bioxlstm'] = None\n" + code
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_export_writes_weights_code_tokenizer_and_card(exported):
+    _, _, directory = exported
+    files = {p.name for p in directory.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= files
+    assert {"modeling_bioxlstm.py", "blocks.py", "kernels.py", "configuration_bioxlstm.py"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    auto_map = json.loads((directory / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForCausalLM"] == "modeling_bioxlstm.BioXLSTMForCausalLM"
+    assert auto_map["AutoModel"] == "modeling_bioxlstm.BioXLSTMModel"
+    assert auto_map["AutoConfig"] == "configuration_bioxlstm.BioXLSTMConfig"
+
+    card = (directory / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["pipeline_tag"] == "text-generation"
+    assert metadata["library_name"] == "transformers"
+    assert metadata["bioxlstm"]["domain"] == "protein"
+    assert metadata["bioxlstm"]["parameters"] == sum(p.numel() for p in exported[0].parameters())
+    assert metadata["datasets"] == ["protmamba_example"]
+    assert metadata["model-index"][0]["results"][0]["metrics"] == [{"type": "eval_perplexity", "value": 12.5}]
+    assert "ProtMamba" in card  # the training data card is part of the model card
+
+
+def test_exported_model_loads_without_bioxlstm_with_identical_outputs(exported, tmp_path):
+    model, tokenizer, directory = exported
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids  # `<cls>` + prompt, as the pipeline tokenises
+    with torch.no_grad():
+        logits = model(ids).logits
+        hidden = model.backbone(ids).last_hidden_state
+    greedy = model.generate(ids, max_new_tokens=8, do_sample=False)
+    result = run_without_bioxlstm(
+        f"""
+import json, torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, pipeline
+directory = {str(directory)!r}
+# The tokenizer needs no remote code; saying so skips the question about the model code.
+tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+ids = tokenizer({PROMPT!r}, return_tensors="pt").input_ids
+model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True).eval()
+with torch.no_grad():
+    logits = model(ids).logits
+generator = pipeline("text-generation", model=directory, trust_remote_code=True)
+text = generator({PROMPT!r}, max_new_tokens=8, do_sample=False, return_full_text=True)[0]["generated_text"]
+features = pipeline("feature-extraction", model=directory, trust_remote_code=True)({PROMPT!r}, return_tensors=True)
+print(json.dumps({{"module": type(model).__module__, "ids": ids.tolist(), "logits": logits.tolist(),
+                  "text": text, "features": features[0].tolist()}}))
+""",
+        tmp_path,
+    )
+    assert not result["module"].startswith("bioxlstm")
+    assert result["ids"] == ids.tolist()
+    assert torch.equal(torch.tensor(result["logits"]), logits)
+    assert result["text"] == tokenizer.decode(greedy[0], skip_special_tokens=True)
+    features = torch.tensor(result["features"])
+    assert features.shape == hidden[0].shape and torch.allclose(features, hidden[0], atol=1e-6)
+
+
+def test_pickled_weights_are_refused_unless_the_user_opts_in(tmp_path):
+    model = tiny_model()
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="holds only pickled weights .*pass use_safetensors=False"):
+        bioxlstm.BioXLSTMForCausalLM.from_pretrained(tmp_path)
+    loaded = bioxlstm.BioXLSTMForCausalLM.from_pretrained(tmp_path, use_safetensors=False)
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_cli_export_writes_a_loadable_directory_with_card(tmp_path):
+    model = tiny_model(domain="dna", vocab_size=len(bioxlstm.load_tokenizer("dna")))
+    model.save_pretrained(tmp_path / "saved")
+    (tmp_path / "metrics.json").write_text(json.dumps({"eval_perplexity": 3.9}))
+    result = cli(
+        "export", "--model", str(tmp_path / "saved"), "--output", str(tmp_path / "out"),
+        "--data-card", str(ROOT / "data_cards" / "ecoli_536_NC_008253.md"), "--metrics", str(tmp_path / "metrics.json"),
+    )
+    assert result.returncode == 0, result.stderr
+    metadata = yaml.safe_load((tmp_path / "out" / "README.md").read_text().split("---")[1])
+    assert metadata["bioxlstm"]["domain"] == "dna" and metadata["datasets"] == ["ecoli_536_NC_008253"]
+    reloaded, tokenizer = bioxlstm.pretrained.load_pretrained(tmp_path / "out")
+    assert tokenizer.get_vocab() == bioxlstm.load_tokenizer("dna").get_vocab()
+    tokens = torch.randint(6, 11, (1, 20))
+    with torch.no_grad():
+        assert torch.equal(reloaded(tokens).logits, model.eval()(tokens).logits)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--model", "no/such/dir", "--output", "x"],
+            "no/such/dir: no saved model here (expected a directory with config.json)",
+        ),
+        (["--model", "{saved}", "--output", "{saved}"], "{saved}: exists and is not empty; choose a new directory"),
+        (
+            ["--model", "{saved}", "--output", "{tmp}/new", "--metrics", "{tmp}/bad.json"],
+            "{tmp}/bad.json: expected a JSON object of metric names to numbers",
+        ),
+        (
+            ["--model", "{saved}", "--output", "{tmp}/new", "--data-card", "{tmp}/missing.md"],
+            "{tmp}/missing.md: no such file or directory",
+        ),
+    ],
+)
+def test_cli_export_user_errors_are_one_line(tmp_path, args, message):
+    tiny_model().save_pretrained(tmp_path / "saved")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    args = [a.format(saved=tmp_path / "saved", tmp=tmp_path) for a in args]
+    message = message.format(saved=tmp_path / "saved", tmp=tmp_path)
+    result = cli("export", *args, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"bioxlstm: error: {message}", result.stderr
