@@ -1,6 +1,8 @@
 """The shared block stack and causal LM: equivalence of every execution path, padding
 invariance, generation, training and persistence."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ import bioxlstm
 from bioxlstm.models import blocks, kernels
 
 STACKS = {"mlstm-only": (), "mixed": (1,)}
+GLOBINS = Path(__file__).resolve().parents[1] / "data" / "globins45.fa"
 
 
 # --- kernels against plain references -------------------------------------------------------
@@ -334,3 +337,30 @@ def test_save_and_load_round_trip(tmp_path, tie):
     assert loaded.config.slstm_layers == [1]
     if tie:
         assert loaded.lm_head.weight.data_ptr() == loaded.backbone.embeddings.weight.data_ptr()
+
+
+# --- packed sequences -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_packed_sequences_see_nothing_of_each_other(stack):
+    """Sequences packed into one row (seq_idx from transformers' flattening collator) give the
+    logits they give alone, and the packed loss is the token-weighted mean of their losses."""
+    from transformers import DataCollatorWithFlattening
+
+    tokenizer = bioxlstm.load_tokenizer("protein")
+    proteins = [r.sequence[:n] for r, n in zip(bioxlstm.io.read_records(GLOBINS, domain="protein"), (37, 70, 23))]
+    model = tiny_model(slstm_layers=STACKS[stack], vocab_size=len(tokenizer), chunk_size=16)
+    features = [{"input_ids": tokenizer(p)["input_ids"]} for p in proteins]
+    packed = DataCollatorWithFlattening(return_seq_idx=True)(features, return_tensors="pt")
+    with torch.no_grad():
+        out = model(packed["input_ids"], labels=packed["labels"], seq_idx=packed["seq_idx"])
+        start, losses, counts = 0, [], []
+        for feature in features:
+            ids = torch.tensor([feature["input_ids"]])
+            alone = model(ids, labels=ids)
+            assert (out.logits[0, start : start + ids.shape[1]] - alone.logits[0]).abs().max() <= 1e-4
+            losses.append(alone.loss * (ids.shape[1] - 1))
+            counts.append(ids.shape[1] - 1)
+            start += ids.shape[1]
+    assert torch.allclose(out.loss, sum(losses) / sum(counts), atol=1e-5)

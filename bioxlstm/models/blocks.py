@@ -3,7 +3,8 @@
 Module and parameter names and shapes follow the official `xlstm` package's `xLSTMLMModel`, so
 its checkpoints convert one to one (see `bioxlstm.convert`). Every layer takes an optional
 recurrent state and returns its new one, so one code path serves training, prompt prefill and
-token-by-token decoding; `keep` (B, S) marks the real (non-padding) positions.
+token-by-token decoding; `keep` (B, S) marks the real (non-padding) positions and `reset` (B, S)
+the first position of each sequence packed into a row, where every state starts afresh.
 """
 
 import math
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .kernels import FORGET_GATE_OPEN, INPUT_GATE_CLOSED, mlstm_recurrence, resolve_backend, slstm_scan
+from .kernels import FORGET_GATE_CLOSED, FORGET_GATE_OPEN, INPUT_GATE_CLOSED, mlstm_recurrence, resolve_backend, slstm_scan
 from .configuration_bioxlstm import BioXLSTMConfig
 
 ACTIVATIONS = {"gelu": F.gelu, "swish": F.silu, "relu": F.relu}
@@ -65,13 +66,26 @@ class CausalConv1d(nn.Module):
         self.kernel_size = kernel_size
         self.conv = nn.Conv1d(dim, dim, kernel_size, groups=dim, bias=True)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, S, D); state: (B, K-1, D) or None (zeros, i.e. the sequence starts here)."""
+    def forward(
+        self, x: torch.Tensor, state: torch.Tensor | None, reset: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, S, D); state: (B, K-1, D) or None (zeros, i.e. the sequence starts here);
+        reset: (B, S) bool, True where a sequence starts that must not see earlier inputs."""
         if state is None:
             state = x.new_zeros(x.shape[0], self.kernel_size - 1, x.shape[2])
         window = torch.cat([state.to(x.dtype), x], dim=1)
-        y = F.conv1d(window.transpose(1, 2), self.conv.weight, self.conv.bias, groups=x.shape[2])
-        return y.transpose(1, 2), window[:, window.shape[1] - (self.kernel_size - 1) :]
+        new_state = window[:, window.shape[1] - (self.kernel_size - 1) :]
+        if reset is None:
+            y = F.conv1d(window.transpose(1, 2), self.conv.weight, self.conv.bias, groups=x.shape[2])
+            return y.transpose(1, 2), new_state
+        # Tap k of output t reads input t-k, which belongs to the same sequence iff no sequence
+        # starts in (t-k, t]; inputs before this call count as one earlier sequence.
+        starts = torch.cumsum(reset.long(), dim=1)
+        starts = torch.cat([starts.new_zeros(x.shape[0], self.kernel_size - 1), starts], dim=1)
+        taps = window.unfold(1, self.kernel_size, 1)  # (B, S, D, K): inputs t-K+1 .. t
+        same_sequence = starts.unfold(1, self.kernel_size, 1) == starts[:, self.kernel_size - 1 :, None]
+        y = torch.einsum("bsdk,dk->bsd", taps * same_sequence[:, :, None, :], self.conv.weight[:, 0])
+        return y + self.conv.bias, new_state
 
 
 class GatedFeedForward(nn.Module):
@@ -119,12 +133,14 @@ class MLSTMLayer(nn.Module):
         self.proj_down = nn.Linear(inner, config.hidden_size, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, state: tuple | None, keep: torch.Tensor | None) -> tuple[torch.Tensor, tuple]:
+    def forward(
+        self, x: torch.Tensor, state: tuple | None, keep: torch.Tensor | None, reset: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple]:
         batch, seq_len, _ = x.shape
         x_mlstm, z = self.proj_up(x).split(self.inner, dim=-1)
         x_mlstm = _mask_padding(x_mlstm, keep)
         cell_state, conv_state = (state[:3], state[3]) if state is not None else (None, None)
-        x_conv, conv_state = self.conv1d(x_mlstm, conv_state)
+        x_conv, conv_state = self.conv1d(x_mlstm, conv_state, reset)
         x_conv = F.silu(x_conv)
         q, k, v = self.q_proj(x_conv), self.k_proj(x_conv), self.v_proj(x_mlstm)
         gate_input = torch.cat([q, k, v], dim=-1)
@@ -132,6 +148,8 @@ class MLSTMLayer(nn.Module):
         if keep is not None:
             igate = igate.masked_fill(~keep.unsqueeze(-1), INPUT_GATE_CLOSED)
             fgate = fgate.masked_fill(~keep.unsqueeze(-1), FORGET_GATE_OPEN)
+        if reset is not None:
+            fgate = fgate.masked_fill(reset.unsqueeze(-1), FORGET_GATE_CLOSED)
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(batch, seq_len, self.num_heads, -1).transpose(1, 2)
@@ -173,12 +191,14 @@ class SLSTMLayer(nn.Module):
         self.group_norm = MultiHeadLayerNorm(dim, config.norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, state: tuple | None, keep: torch.Tensor | None) -> tuple[torch.Tensor, tuple]:
+    def forward(
+        self, x: torch.Tensor, state: tuple | None, keep: torch.Tensor | None, reset: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple]:
         batch, seq_len, dim = x.shape
         cell_state, conv_state = state if state is not None else (None, None)
         x = _mask_padding(x, keep)
         if self.conv1d is not None:
-            x_conv, conv_state = self.conv1d(x, conv_state)
+            x_conv, conv_state = self.conv1d(x, conv_state, reset)
             x_conv = F.silu(x_conv)
         else:
             x_conv = x
@@ -189,6 +209,7 @@ class SLSTMLayer(nn.Module):
             self.bias,
             cell_state,
             keep,
+            reset,
         )
         return self.group_norm(self.dropout(h)), (cell_state, conv_state)
 
@@ -206,8 +227,14 @@ class XLSTMBlock(GradientCheckpointingLayer):
             self.ffn_norm = LayerNorm(config.hidden_size, config.norm_eps)
             self.ffn = GatedFeedForward(config)
 
-    def forward(self, x: torch.Tensor, state: tuple | None = None, keep: torch.Tensor | None = None):
-        y, state = self.xlstm(self.xlstm_norm(x), state, keep)
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: tuple | None = None,
+        keep: torch.Tensor | None = None,
+        reset: torch.Tensor | None = None,
+    ):
+        y, state = self.xlstm(self.xlstm_norm(x), state, keep, reset)
         x = x + y
         if self.is_slstm:
             x = x + self.ffn(self.ffn_norm(x))

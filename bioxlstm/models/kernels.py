@@ -16,6 +16,10 @@ import torch.nn.functional as F
 # fp32) and the forget gate open (logsigmoid(1e4) == 0 in fp32). Padding is exactly invisible.
 INPUT_GATE_CLOSED = -1.0e4
 FORGET_GATE_OPEN = 1.0e4
+# A forget gate that erases the state: it scales the memory by e^-100 (~4e-44) relative to the new
+# input, far below fp32 resolution for any input-gate range a trained model uses, while the chunkwise
+# kernel's cumulative log-gate sums stay small enough for fp32 to resolve gates within a sequence.
+FORGET_GATE_CLOSED = -100.0
 
 MLSTM_EPS = 1e-6
 
@@ -106,13 +110,15 @@ def slstm_scan(
     bias: torch.Tensor,
     state: torch.Tensor | None,
     keep: torch.Tensor | None,
+    reset: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the sLSTM recurrence step by step.
 
     preacts: input contributions to the gates (B, S, 4, NH, DH) in the order i, f, z, o;
     recurrent_kernel: (NH, DH, 4, DH), block-diagonal per head; bias: (NH, 4, DH);
     state: (B, 4, NH, DH) holding (h, c, n, m), or None for zeros; keep: (B, S) bool, False at
-    positions that must leave the state untouched (padding).
+    positions that must leave the state untouched (padding); reset: (B, S) bool, True where a new
+    sequence starts, which then sees a zero state.
     Returns the hidden outputs (B, S, NH, DH) and the final state.
     """
     batch, seq_len, _, heads, head_dim = preacts.shape
@@ -123,6 +129,9 @@ def slstm_scan(
     bias = bias.transpose(0, 1)  # (4, NH, DH)
     outputs = []
     for t in range(seq_len):
+        if reset is not None:
+            fresh = ~reset[:, t, None, None]
+            h, c, n, m = (v * fresh for v in (h, c, n, m))
         recurrent = torch.bmm(h.transpose(0, 1), kernel)  # (NH, B, 4*DH)
         recurrent = recurrent.view(heads, batch, 4, head_dim).permute(1, 2, 0, 3)
         i_raw, f_raw, z_raw, o_raw = (preacts[:, t] + recurrent + bias).unbind(1)

@@ -187,11 +187,17 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        seq_idx: torch.Tensor | None = None,
         **kwargs,
     ) -> BioXLSTMOutput | tuple:
         """attention_mask: 1 for real tokens, 0 for padding (left or right). Padding positions leave
         every recurrent state untouched, so a padded batch gives each sequence the result it gets
-        alone. Only the last `S` columns are read, so the mask may cover earlier cached tokens."""
+        alone. Only the last `S` columns are read, so the mask may cover earlier cached tokens.
+
+        seq_idx: (B, S) index of the sequence each token belongs to, for rows that pack several
+        sequences (as `transformers.DataCollatorWithFlattening(return_seq_idx=True)` makes them):
+        where it changes, every state (mLSTM memory, sLSTM cell, conv window) starts afresh, so
+        nothing leaks from one packed sequence into the next."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         output_hidden_states = (
@@ -207,11 +213,16 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             keep = attention_mask[:, -seq_len:].to(device=x.device, dtype=torch.bool)
             if bool(keep.all()):
                 keep = None
+        reset = None
+        if seq_idx is not None:
+            seq_idx = seq_idx.to(x.device)
+            reset = torch.zeros_like(seq_idx, dtype=torch.bool)
+            reset[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
         states = cache_params.states if cache_params is not None else [None] * len(self.blocks)
         new_states = []
         hidden_states = (x,) if output_hidden_states else None
         for block, state in zip(self.blocks, states):
-            x, state = block(x, state, keep)
+            x, state = block(x, state, keep, reset)
             new_states.append(state)
             if output_hidden_states:
                 hidden_states += (x,)
@@ -281,6 +292,7 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        seq_idx: torch.Tensor | None = None,
         **kwargs,
     ) -> BioXLSTMCausalLMOutput | tuple:
         """labels: token ids aligned with input_ids (-100 ignored); the loss is the mean
@@ -294,6 +306,7 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            seq_idx=seq_idx,
         )
         hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden).float()
