@@ -13,8 +13,10 @@ the file, and where it applies the record id and position.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +48,9 @@ _ALIGNMENT_FORMATS = {"a3m": "fasta-pearson", "stockholm": "stockholm"}
 _TABLE_SEPARATORS = {"csv": ",", "tsv": "\t"}
 FORMATS = sorted(_BIOPYTHON_FORMATS | set(_ALIGNMENT_FORMATS) | set(_TABLE_SEPARATORS) | {"parquet", "smiles"})
 WRITABLE_FORMATS = ("fasta", "smiles", "csv", "tsv", "parquet")
+TABLE_FORMATS = ("csv", "tsv", "parquet")
 ON_INVALID_POLICIES = ("error", "skip", "replace")
+STANDARD_STREAM = "-"  # as a path: standard input for readers, standard output for writers
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -88,7 +92,10 @@ class RecordReader(Iterator[Record]):
 
     def __init__(self, path, format, domain, on_invalid, column, id_column):
         self.path = Path(path)
-        if not self.path.is_file():
+        if _is_standard_stream(self.path):
+            if format is None or format == "parquet":
+                raise InputError("standard input: name its text format explicitly (e.g. --format fasta)")
+        elif not self.path.is_file():
             raise InputError(f"{self.path}: no such file")
         self.format = format or format_from_path(self.path)
         if self.format not in FORMATS:
@@ -227,7 +234,13 @@ def format_from_path(path: str | Path) -> str:
     return FORMAT_BY_EXTENSION[extension]
 
 
+def _is_standard_stream(path: str | Path) -> bool:
+    return str(path) == STANDARD_STREAM
+
+
 def _open_text(path: Path):
+    if _is_standard_stream(path):
+        return contextlib.nullcontext(sys.stdin)
     with open(path, "rb") as probe:
         compressed = probe.read(2) == _GZIP_MAGIC
     return gzip.open(path, "rt") if compressed else open(path)
@@ -282,23 +295,42 @@ def write_records(
 ) -> None:
     """Write records as FASTA, SMILES (one per line, no ids), CSV/TSV or Parquet (columns id and `column`).
 
-    A `.gz` path is gzip-compressed (not for Parquet, which compresses itself).
+    A `.gz` path is gzip-compressed (not for Parquet, which compresses itself); `-` is standard output.
     """
-    path = Path(path)
     format = format or format_from_path(path)
     if format not in WRITABLE_FORMATS:
         raise ValueError(f"cannot write {format!r}; writable formats: {', '.join(WRITABLE_FORMATS)}")
-    if format == "parquet":
-        _records_table(records, column).to_parquet(path, index=False)
+    if format in TABLE_FORMATS:
+        write_table(_records_table(records, column), path, format)
         return
-    compressed = path.suffix.lower() == ".gz"
-    with gzip.open(path, "wt", newline="") if compressed else open(path, "w", newline="") as handle:
+    with _open_for_writing(path) as handle:
         if format == "fasta":
             SeqIO.write(map(_fasta_entry, records), handle, "fasta")
-        elif format == "smiles":
-            handle.writelines(f"{record.sequence}\n" for record in records)
         else:
-            _records_table(records, column).to_csv(handle, sep=_TABLE_SEPARATORS[format], index=False)
+            handle.writelines(f"{record.sequence}\n" for record in records)
+
+
+def write_table(table: pd.DataFrame, path: str | Path, format: str | None = None) -> None:
+    """Write a result table as CSV, TSV or Parquet (by extension unless `format` is given); `-` is
+    standard output (CSV unless `format` says otherwise)."""
+    format = format or ("csv" if _is_standard_stream(path) else format_from_path(path))
+    if format not in TABLE_FORMATS:
+        raise ValueError(f"{path}: cannot write a table as {format!r}; use one of {', '.join(TABLE_FORMATS)}")
+    if format == "parquet":
+        if _is_standard_stream(path):
+            raise ValueError("Parquet cannot be written to standard output; give a file name")
+        table.to_parquet(path, index=False)
+        return
+    with _open_for_writing(path) as handle:
+        table.to_csv(handle, sep=_TABLE_SEPARATORS[format], index=False)
+
+
+def _open_for_writing(path: str | Path):
+    if _is_standard_stream(path):
+        return contextlib.nullcontext(sys.stdout)
+    path = Path(path)
+    compressed = path.suffix.lower() == ".gz"
+    return gzip.open(path, "wt", newline="") if compressed else open(path, "w", newline="")
 
 
 def _fasta_entry(record: Record) -> SeqRecord:

@@ -200,3 +200,14 @@ def complement_map(tokenizer: PreTrainedTokenizerFast) -> list[int]:
     for token, token_id in vocab.items():
         complement[token_id] = vocab[_COMPLEMENTARY_BASES.get(token, token)]
     return complement
+
+
+def sequence_token_ids(tokenizer: PreTrainedTokenizerFast, domain: str) -> list[int]:
+    """Ids of the tokens that may appear in a sequence of `domain` (residues, bases, SMILES atoms and
+    bonds), i.e. not special tokens, gaps or sentinels."""
+    alphabet = ALPHABETS[domain]
+    return sorted(
+        token_id
+        for token, token_id in tokenizer.get_vocab().items()
+        if token not in tokenizer.all_special_tokens and alphabet.invalid_position(token) is None
+    )

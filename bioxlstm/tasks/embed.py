@@ -1,0 +1,98 @@
+"""Sequence embeddings for downstream assays: pooled or per-token, optionally strand-invariant."""
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+from Bio.Seq import reverse_complement
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..io import Record
+from .running import is_bidirectional, run_pieces
+
+POOLINGS = ("mean", "max", "last", "cls", "none")
+
+
+class _Pool:
+    """Reduces the per-token hidden states of one sequence, piece by piece, in constant memory
+    (except for `none`, which keeps every token). The leading `<cls>` token is not pooled by
+    mean/max/last; `cls` returns its state."""
+
+    def __init__(self, pooling: str):
+        self.pooling = pooling
+        self.total = None
+        self.count = 0
+        self.tokens = []
+
+    def add(self, hidden: torch.Tensor, is_first: bool) -> None:
+        if is_first:
+            if self.pooling == "cls":
+                self.total = hidden[0]
+            hidden = hidden[1:]
+        if self.pooling == "none":
+            self.tokens.append(hidden)
+        elif self.pooling == "mean":
+            self.total = hidden.sum(0) if self.total is None else self.total + hidden.sum(0)
+            self.count += len(hidden)
+        elif self.pooling == "max" and len(hidden):
+            self.total = hidden.amax(0) if self.total is None else torch.maximum(self.total, hidden.amax(0))
+        elif self.pooling == "last" and len(hidden):
+            self.total = hidden[-1]
+
+    def result(self) -> np.ndarray:
+        if self.pooling == "none":
+            return torch.cat(self.tokens).numpy()
+        if self.pooling == "mean":
+            return (self.total / self.count).numpy()
+        return self.total.numpy()
+
+
+def embed_records(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Iterable[Record],
+    pooling: str = "mean",
+    layer: int = -1,
+    rc_invariant: bool = False,
+    window: int = 4096,
+    batch_size: int = 16,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield `(record id, embedding)` for every record, in order.
+
+    pooling: `mean`, `max` or `last` over the sequence's tokens, `cls` (the state of the leading
+    `<cls>` token: informative only for bidirectional models) or `none` (one vector per token).
+    layer: hidden-state index (0: token embeddings, -1: the model's final output).
+    rc_invariant: DNA only; average the embeddings of the sequence and of its reverse complement
+    (per-token embeddings of the reverse strand are flipped back onto forward positions first).
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    if pooling == "cls" and not is_bidirectional(model):
+        raise ValueError(
+            "--pooling cls reads the <cls> token, which a causal model sees before the sequence; "
+            "use mean, max or last"
+        )
+    if rc_invariant and model.config.domain not in (None, "dna"):
+        raise ValueError(f"--rc-invariant needs a DNA model; this one is for {model.config.domain}")
+
+    def strands() -> Iterator[tuple[object, list[int]]]:
+        for record in records:
+            yield (record.id, False), tokenizer(record.sequence)["input_ids"]
+            if rc_invariant:
+                yield (record.id, True), tokenizer(reverse_complement(record.sequence))["input_ids"]
+
+    pools: dict[object, _Pool] = {}
+    forward = None
+    for piece in run_pieces(model, strands(), layer=layer, window=window, batch_size=batch_size):
+        pool = pools.setdefault(piece.key, _Pool(pooling))
+        pool.add(piece.hidden, piece.is_first)
+        if not piece.is_last:
+            continue
+        record_id, is_reverse = piece.key
+        vector = pools.pop(piece.key).result()
+        if not rc_invariant:
+            yield record_id, vector
+        elif not is_reverse:
+            forward = vector
+        else:
+            yield record_id, (forward + (vector[::-1] if pooling == "none" else vector)) / 2

@@ -1,0 +1,122 @@
+"""Running a model over many sequences of any length, in constant memory per sequence.
+
+Short sequences go through the model in padded batches; a sequence longer than the window goes
+window by window with the recurrent state carried from one window to the next, so a whole genome
+needs the memory of one window. Consumers receive pieces of per-token outputs and reduce them.
+"""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+
+@dataclass
+class Piece:
+    """Consecutive positions of one sequence: its token ids, hidden states at the requested
+    layer and, for language models, the logits at those positions."""
+
+    key: object
+    token_ids: torch.Tensor  # (n,)
+    hidden: torch.Tensor  # (n, hidden_size)
+    logits: torch.Tensor | None  # (n, vocab)
+    is_first: bool
+    is_last: bool
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def is_bidirectional(model: PreTrainedModel) -> bool:
+    return bool(getattr(model.config, "bidirectional", False))
+
+
+@torch.no_grad()
+def run_pieces(
+    model: PreTrainedModel,
+    sequences: Iterable[tuple[object, list[int]]],
+    layer: int = -1,
+    window: int = 4096,
+    batch_size: int = 16,
+    logits: bool = False,
+) -> Iterator[Piece]:
+    """Yield the outputs of `model` over `(key, token_ids)` pairs as pieces, in input order.
+
+    layer: index into the hidden states (0: embeddings, -1: the final normed output).
+    logits: also return the language-model logits (the model must have an LM head).
+    A bidirectional model sees each sequence whole: it cannot carry a state across windows.
+    """
+    if is_bidirectional(model):
+        window = None
+    batch = []
+    for key, ids in sequences:
+        if window is None or len(ids) <= window:
+            batch.append((key, ids))
+            if len(batch) == batch_size:
+                yield from _run_batch(model, batch, layer, logits)
+                batch = []
+            continue
+        yield from _run_batch(model, batch, layer, logits)
+        batch = []
+        yield from _run_windows(model, key, ids, layer, window, logits)
+    yield from _run_batch(model, batch, layer, logits)
+
+
+def _outputs(model, ids, attention_mask, cache, layer, logits):
+    """Hidden states at `layer`, logits (or None) and the new cache for one model call."""
+    device = model.device
+    kwargs = dict(input_ids=ids.to(device))
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask.to(device)
+    if not is_bidirectional(model):
+        kwargs.update(cache_params=cache, use_cache=True)
+    want_hidden = layer != -1 or logits
+    if logits:
+        out = model(**kwargs, output_hidden_states=want_hidden)
+        hidden = out.hidden_states[layer]
+        return hidden, out.logits, getattr(out, "cache_params", None)
+    out = model.base_model(**kwargs, output_hidden_states=layer != -1)
+    hidden = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+    return hidden, None, getattr(out, "cache_params", None)
+
+
+def _run_batch(model, batch, layer, logits) -> Iterator[Piece]:
+    if not batch:
+        return
+    width = max(len(ids) for _, ids in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    mask = torch.zeros(len(batch), width, dtype=torch.long)
+    for row, (_, token_ids) in enumerate(batch):
+        ids[row, : len(token_ids)] = torch.tensor(token_ids)
+        mask[row, : len(token_ids)] = 1
+    hidden, lm_logits, _ = _outputs(model, ids, mask, None, layer, logits)
+    for row, (key, token_ids) in enumerate(batch):
+        n = len(token_ids)
+        yield Piece(
+            key,
+            ids[row, :n],
+            hidden[row, :n].float().cpu(),
+            None if lm_logits is None else lm_logits[row, :n].float().cpu(),
+            is_first=True,
+            is_last=True,
+        )
+
+
+def _run_windows(model, key, token_ids, layer, window, logits) -> Iterator[Piece]:
+    cache = None
+    ids = torch.tensor(token_ids)
+    for start in range(0, len(ids), window):
+        chunk = ids[start : start + window]
+        hidden, lm_logits, cache = _outputs(model, chunk[None], None, cache, layer, logits)
+        yield Piece(
+            key,
+            chunk,
+            hidden[0].float().cpu(),
+            None if lm_logits is None else lm_logits[0].float().cpu(),
+            is_first=start == 0,
+            is_last=start + window >= len(ids),
+        )
