@@ -8,7 +8,7 @@ from Bio.Seq import reverse_complement
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..io import Record
-from .running import is_bidirectional, run_pieces
+from .running import is_bidirectional, run_texts
 
 POOLINGS = ("mean", "max", "last", "cls", "none")
 
@@ -75,15 +75,15 @@ def embed_records(
     if rc_invariant and model.config.domain not in (None, "dna"):
         raise ValueError(f"--rc-invariant needs a DNA model; this one is for {model.config.domain}")
 
-    def strands() -> Iterator[tuple[object, list[int]]]:
+    def strands() -> Iterator[tuple[object, str]]:
         for record in records:
-            yield (record.id, False), tokenizer(record.sequence)["input_ids"]
+            yield (record.id, False), record.sequence
             if rc_invariant:
-                yield (record.id, True), tokenizer(reverse_complement(record.sequence))["input_ids"]
+                yield (record.id, True), reverse_complement(record.sequence)
 
     pools: dict[object, _Pool] = {}
     forward = None
-    for piece in run_pieces(model, strands(), layer=layer, window=window, batch_size=batch_size):
+    for piece in run_texts(model, tokenizer, strands(), layer=layer, window=window, batch_size=batch_size):
         pool = pools.setdefault(piece.key, _Pool(pooling))
         pool.add(piece.hidden, piece.is_first)
         if not piece.is_last:

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -36,34 +36,54 @@ def is_bidirectional(model: PreTrainedModel) -> bool:
 
 
 @torch.no_grad()
-def run_pieces(
+def run_texts(
     model: PreTrainedModel,
-    sequences: Iterable[tuple[object, list[int]]],
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Iterable[tuple[object, str]],
     layer: int = -1,
     window: int = 4096,
     batch_size: int = 16,
     logits: bool = False,
+    append_eos: bool = False,
 ) -> Iterator[Piece]:
-    """Yield the outputs of `model` over `(key, token_ids)` pairs as pieces, in input order.
+    """Yield the outputs of `model` over `(key, text)` pairs as pieces, in input order.
 
+    Each text is tokenised with its leading `<cls>` (and a final `<eos>` if `append_eos`). A text
+    longer than `window` is tokenised and run one window at a time, so neither its tokens nor its
+    outputs are ever held whole.
     layer: index into the hidden states (0: embeddings, -1: the final normed output).
     logits: also return the language-model logits (the model must have an LM head).
     A bidirectional model sees each sequence whole: it cannot carry a state across windows.
     """
     if is_bidirectional(model):
         window = None
+    eos = [tokenizer.eos_token_id] if append_eos else []
     batch = []
-    for key, ids in sequences:
-        if window is None or len(ids) <= window:
-            batch.append((key, ids))
+    for key, text in texts:
+        if window is None or len(text) < window:
+            batch.append((key, tokenizer(text)["input_ids"] + eos))
             if len(batch) == batch_size:
                 yield from _run_batch(model, batch, layer, logits)
                 batch = []
             continue
         yield from _run_batch(model, batch, layer, logits)
         batch = []
-        yield from _run_windows(model, key, ids, layer, window, logits)
+        yield from _run_windows(model, key, _token_windows(tokenizer, text, window, eos), layer, logits)
     yield from _run_batch(model, batch, layer, logits)
+
+
+def _token_windows(tokenizer, text: str, window: int, eos: list[int]) -> Iterator[list[int]]:
+    """Token ids of `text` in windows of `window` tokens, tokenising one window of characters at a
+    time (valid for one-token-per-character vocabularies, i.e. DNA and proteins)."""
+    for start in range(0, len(text), window):
+        piece = text[start : start + window]
+        ids = tokenizer(piece, add_special_tokens=start == 0)["input_ids"]
+        if len(ids) != len(piece) + (start == 0):
+            raise ValueError(
+                f"a sequence of {len(text)} characters is longer than --window {window}, and its tokens "
+                "are not one per character, so it cannot be split; raise --window"
+            )
+        yield ids + (eos if start + window >= len(text) else [])
 
 
 def _outputs(model, ids, attention_mask, cache, layer, logits):
@@ -106,17 +126,19 @@ def _run_batch(model, batch, layer, logits) -> Iterator[Piece]:
         )
 
 
-def _run_windows(model, key, token_ids, layer, window, logits) -> Iterator[Piece]:
-    cache = None
-    ids = torch.tensor(token_ids)
-    for start in range(0, len(ids), window):
-        chunk = ids[start : start + window]
+def _run_windows(model, key, windows: Iterator[list[int]], layer, logits) -> Iterator[Piece]:
+    cache, is_first = None, True
+    upcoming = next(windows)
+    while upcoming is not None:
+        chunk = torch.tensor(upcoming)
+        upcoming = next(windows, None)
         hidden, lm_logits, cache = _outputs(model, chunk[None], None, cache, layer, logits)
         yield Piece(
             key,
             chunk,
             hidden[0].float().cpu(),
             None if lm_logits is None else lm_logits[0].float().cpu(),
-            is_first=start == 0,
-            is_last=start + window >= len(ids),
+            is_first=is_first,
+            is_last=upcoming is None,
         )
+        is_first = False

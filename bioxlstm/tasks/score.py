@@ -10,7 +10,7 @@ from Bio.Seq import reverse_complement
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..io import Record
-from .running import run_pieces
+from .running import run_texts
 
 
 @dataclass
@@ -49,10 +49,11 @@ def score_records(
         for record in records:
             texts = [record.sequence] + ([reverse_complement(record.sequence)] if rc_invariant else [])
             for strand, text in enumerate(texts):
-                yield (record.id, strand, len(record.sequence)), tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+                yield (record.id, strand, len(record.sequence)), text
 
     total, previous_logits, strand_scores = 0.0, None, []
-    for piece in run_pieces(model, strands(), window=window, batch_size=batch_size, logits=True):
+    pieces = run_texts(model, tokenizer, strands(), window=window, batch_size=batch_size, logits=True, append_eos=True)
+    for piece in pieces:
         if piece.is_first:
             total = 0.0
         else:  # the last logits of the previous window predict this window's first token
