@@ -153,21 +153,19 @@ def _records(args: argparse.Namespace, model):
 def run_generate(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .io import Record, format_from_path, write_records, write_table
+    from .io import STANDARD_STREAM, TABLE_FORMATS, Record, format_from_path, write_records, write_table
     from .tasks import generate_sequences
 
     model, tokenizer = _load(args)
-    domain = model.config.domain
-    molecules = domain == "smiles"
-    output_format = "smiles" if args.output == "-" and molecules else None
-    if args.output == "-" and not molecules:
-        output_format = "fasta"
-    output_format = output_format or format_from_path(args.output)
+    if args.output == STANDARD_STREAM:
+        output_format = "smiles" if model.config.domain == "smiles" else "fasta"
+    else:
+        output_format = format_from_path(args.output)
     generated = generate_sequences(
         model, tokenizer, args.n, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
     )
-    if output_format in ("csv", "tsv", "parquet"):
+    if output_format in TABLE_FORMATS:
         write_table(pd.DataFrame([vars(g) for g in generated]), args.output, output_format)
         return
     records = [
