@@ -21,6 +21,16 @@ COMPLEMENT = torch.tensor(bioxlstm.complement_map(TOKENIZER))
 STACKS = {"mlstm-only": (), "slstm-only": (0, 1, 2), "mixed": (1,)}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The models are tiny: with more than one thread, synchronisation on a shared CPU costs far
+    # more than the arithmetic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def genome_ids(length: int, start: int = 100_000, special_tokens: bool = False) -> torch.Tensor:
     return torch.tensor(TOKENIZER(ecoli_genome()[start : start + length], add_special_tokens=special_tokens)["input_ids"])
 
@@ -343,7 +353,7 @@ def test_token_classifier_trains_with_the_trainer(tmp_path):
         before = model(**batch).loss
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=12, per_device_train_batch_size=16, learning_rate=1e-2,
-        report_to=[], save_strategy="no", logging_strategy="no", seed=0, use_cpu=True,
+        report_to=[], save_strategy="no", logging_strategy="no", seed=0, use_cpu=True, disable_tqdm=True,
     )
     transformers.Trainer(model=model, args=args, train_dataset=data, data_collator=collator).train()
     with torch.no_grad():
