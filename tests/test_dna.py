@@ -275,6 +275,25 @@ def test_masked_lm_loss_is_cross_entropy_on_selected_positions_only():
     assert torch.allclose(out.loss, expected, atol=1e-6)
 
 
+def test_rcps_masked_lm_learns_from_genome_batches_with_the_trainer(tmp_path):
+    """The collator (with RC augmentation) feeds the Trainer; a few steps of masked-LM training on
+    genome windows lower the held-out masked-LM loss."""
+    model = dna_model(rcps=True, bidirectional=True, slstm_layers=(1,), perturb=0.0)
+    collator = DNADataCollatorForLanguageModeling(TOKENIZER, rc_probability=0.5, seed=0)
+    train = _genome_examples(96, 64)
+    held_out = collator([TOKENIZER(ecoli_genome()[3_000_000 + i * 500 : 3_000_000 + i * 500 + 64]) for i in range(32)])
+    with torch.no_grad():
+        before = model(**held_out).loss
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=15, per_device_train_batch_size=16, learning_rate=1e-2,
+        report_to=[], save_strategy="no", logging_strategy="no", seed=0, use_cpu=True, disable_tqdm=True,
+    )
+    transformers.Trainer(model=model, args=args, train_dataset=train, data_collator=collator).train()
+    with torch.no_grad():
+        after = model.eval()(**held_out).loss
+    assert after < before - 0.3
+
+
 def test_fill_mask_pipeline_ranks_bases_for_a_masked_position():
     model = dna_model(rcps=True, bidirectional=True)
     fill = transformers.pipeline("fill-mask", model=model, tokenizer=TOKENIZER)
@@ -303,6 +322,19 @@ def test_sequence_classifier_pools_valid_tokens_and_ignores_padding(pooling, sid
             tokens = model.backbone(seq[None]).last_hidden_state[0]
             pooled = {"mean": tokens.mean(0), "max": tokens.amax(0), "first": tokens[0], "last": tokens[-1]}[pooling]
             assert (batch[row] - model.classifier(pooled)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("auto_class", ["AutoModelForSequenceClassification", "AutoModelForTokenClassification"])
+def test_classifiers_load_with_the_auto_classes(tmp_path, auto_class):
+    head = {"AutoModelForSequenceClassification": bioxlstm.BioXLSTMForSequenceClassification,
+            "AutoModelForTokenClassification": bioxlstm.BioXLSTMForTokenClassification}[auto_class]
+    model = dna_model(head, rcps=True, conjoin=True, num_labels=3, pooling="max")
+    model.save_pretrained(tmp_path)
+    loaded = getattr(transformers, auto_class).from_pretrained(tmp_path).eval()
+    assert type(loaded) is head and loaded.config.pooling == "max"
+    x = genome_ids(20)[None]
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)
 
 
 def test_sequence_classifier_losses_follow_the_problem_type():
