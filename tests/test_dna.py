@@ -97,6 +97,34 @@ def test_bidirectional_padded_batch_equals_each_sequence_alone(side, stack):
             assert (real_rows(batch, mask, row) - model(seq[None]).logits[0]).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("stack", ["mlstm-only", "slstm-only"])
+def test_bidirectional_block_matches_a_plain_two_pass_reference(stack):
+    """Block output == x + layer(norm x) + flip(layer(flip(norm x))) (+ feed-forward for sLSTM),
+    written with torch.flip on one unpadded sequence, on the same weights."""
+    block = dna_model(bioxlstm.BioXLSTMModel, slstm_layers=STACKS[stack], bidirectional=True).blocks[0]
+    x = torch.randn(1, 29, 64)
+    with torch.no_grad():
+        normed = block.xlstm_norm(x)
+        expected = x + block.xlstm(normed, None, None)[0] + block.xlstm(normed.flip(1), None, None)[0].flip(1)
+        if block.is_slstm:
+            expected = expected + block.ffn(block.ffn_norm(expected))
+        assert (block(x)[0] - expected).abs().max() <= 1e-5
+
+
+def test_rcps_wrapper_matches_a_plain_reference():
+    """Wrapped block on [a, b] == [f(a), flip_c(flip_s(f(flip_s(flip_c(b)))))], with torch.flip."""
+    wrapped = dna_model(bioxlstm.BioXLSTMModel, slstm_layers=(1,), rcps=True).blocks[1]
+    x = torch.randn(2, 23, 64)
+    forward_view, rc_half = x.chunk(2, dim=-1)
+
+    def f(h):
+        return wrapped.block(h)[0]
+
+    with torch.no_grad():
+        expected = torch.cat([f(forward_view), f(rc_half.flip(-1).flip(1)).flip(1).flip(-1)], dim=-1)
+        assert (wrapped(x)[0] - expected).abs().max() <= 1e-5
+
+
 def test_combine_rules_add_and_mean_differ_by_the_update_scale():
     ids = genome_ids(20)[None]
     torch.manual_seed(1)

@@ -186,6 +186,11 @@ class BioXLSTMConfig(PretrainedConfig):
             raise ValueError("complement_map must be an involution on the token ids (the complement of a complement is the token)")
 
     @property
+    def non_causal_settings(self) -> list[str]:
+        """The settings, as `name=True`, that let a position see later ones (no recurrent decoding)."""
+        return [f"{name}=True" for name in ("bidirectional", "rcps", "conjoin") if getattr(self, name)]
+
+    @property
     def block_width(self) -> int:
         """Width at which the blocks run: `hidden_size`, or half of it with `rcps`."""
         return self.hidden_size // 2 if self.rcps else self.hidden_size

@@ -247,12 +247,9 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         return BioXLSTMOutput(last_hidden_state=x, cache_params=cache, hidden_states=hidden_states)
 
     def _check_recurrent_decoding(self) -> None:
-        reasons = [
-            name for name in ("bidirectional", "rcps", "conjoin") if getattr(self.config, name)
-        ]
-        if reasons:
+        if self.config.non_causal_settings:
             raise ValueError(
-                f"a model with {' and '.join(f'{r}=True' for r in reasons)} sees every position of the "
+                f"a model with {' and '.join(self.config.non_causal_settings)} sees every position of the "
                 "sequence at once and has no recurrent cache; call it without use_cache/cache_params"
             )
 
@@ -283,10 +280,9 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
 
     def __init__(self, config: BioXLSTMConfig):
-        non_causal = [name for name in ("bidirectional", "rcps", "conjoin") if getattr(config, name)]
-        if non_causal:
+        if config.non_causal_settings:
             raise ValueError(
-                f"BioXLSTMForCausalLM needs a causal model, but {', '.join(f'{n}=True' for n in non_causal)} lets every "
+                f"BioXLSTMForCausalLM needs a causal model, but {', '.join(config.non_causal_settings)} lets every "
                 "position see the future; use BioXLSTMForMaskedLM, or for a strand-symmetric causal DNA model "
                 "train with reverse-complement augmentation and score with bioxlstm.tasks.scoring"
             )
