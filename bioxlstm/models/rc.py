@@ -11,6 +11,10 @@ the channel-flip relation
 
 where t' is the valid position mirroring t. The embedding creates the relation, the wrapped blocks
 and norms keep it, and the LM head turns it into `logits(rc(x))[t, v] == logits(x)[t', comp(v)]`.
+
+Inside the model the valid span is every non-padding token, delimiters included, because the model
+knows no tokenizer: with `conjoin`, `<cls> ACG <eos>` is paired with `<eos> CGT <cls>`. The
+collator and the scorer outside `models/` know the special tokens and keep them in place.
 """
 
 from collections.abc import Callable
