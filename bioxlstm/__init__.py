@@ -1,9 +1,17 @@
 """Bio-xLSTM: xLSTM language models for DNA, proteins and small molecules."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
 from . import chem, convert, export, io, pretrained
 from .models import BioXLSTMCache, BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMModel
+from .models import BioXLSTMForMaskedLM, BioXLSTMForSequenceClassification, BioXLSTMForTokenClassification
 from .tokenization import complement_map, load_tokenizer
 
 __version__ = "0.1.0"
@@ -11,11 +19,17 @@ __version__ = "0.1.0"
 AutoConfig.register(BioXLSTMConfig.model_type, BioXLSTMConfig, exist_ok=True)
 AutoModel.register(BioXLSTMConfig, BioXLSTMModel, exist_ok=True)
 AutoModelForCausalLM.register(BioXLSTMConfig, BioXLSTMForCausalLM, exist_ok=True)
+AutoModelForMaskedLM.register(BioXLSTMConfig, BioXLSTMForMaskedLM, exist_ok=True)
+AutoModelForSequenceClassification.register(BioXLSTMConfig, BioXLSTMForSequenceClassification, exist_ok=True)
+AutoModelForTokenClassification.register(BioXLSTMConfig, BioXLSTMForTokenClassification, exist_ok=True)
 
 __all__ = [
     "BioXLSTMCache",
     "BioXLSTMConfig",
     "BioXLSTMForCausalLM",
+    "BioXLSTMForMaskedLM",
+    "BioXLSTMForSequenceClassification",
+    "BioXLSTMForTokenClassification",
     "BioXLSTMModel",
     "complement_map",
     "load_tokenizer",

@@ -1,11 +1,15 @@
 """Small models and plain reference implementations shared by the tests."""
 
+import functools
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import bioxlstm
+
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def tiny_model(slstm_layers=(1,), chunk_size=16, vocab_size=12, perturb=0.1, **overrides) -> bioxlstm.BioXLSTMForCausalLM:
@@ -52,3 +56,32 @@ def mlstm_reference(q, k, v, igate, fgate, eps=1e-6):
         denominator = torch.maximum((q_t * n).sum(-1, keepdim=True).abs(), torch.exp(-m)) + eps
         outputs.append(numerator / denominator)
     return torch.stack(outputs, dim=2)
+
+
+@functools.lru_cache(maxsize=1)
+def ecoli_genome() -> str:
+    """The bundled E. coli 536 genome (read once per test session)."""
+    from bioxlstm.io import read_records
+
+    return next(iter(read_records(DATA / "ecoli_536_NC_008253.fna.gz", domain="dna"))).sequence.upper()
+
+
+def dna_model(head=None, slstm_layers=(), perturb=0.1, **overrides):
+    """A small DNA model (masked LM unless `head` is given) with weights moved off the initialisation."""
+    tokenizer = bioxlstm.load_tokenizer("dna")
+    settings = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_heads=2,
+        chunk_size=16,
+        pad_token_id=tokenizer.pad_token_id,
+        complement_map=bioxlstm.complement_map(tokenizer),
+        kernel="native",
+    )
+    config = bioxlstm.BioXLSTMConfig(slstm_layers=list(slstm_layers), **{**settings, **overrides})
+    model = (head or bioxlstm.BioXLSTMForMaskedLM)(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * perturb)
+    return model.eval()

@@ -5,6 +5,9 @@ from .configuration_bioxlstm import BioXLSTMConfig
 from .modeling_bioxlstm import (
     BioXLSTMCache,
     BioXLSTMForCausalLM,
+    BioXLSTMForMaskedLM,
+    BioXLSTMForSequenceClassification,
+    BioXLSTMForTokenClassification,
     BioXLSTMModel,
     BioXLSTMPreTrainedModel,
 )
@@ -13,6 +16,9 @@ __all__ = [
     "BioXLSTMCache",
     "BioXLSTMConfig",
     "BioXLSTMForCausalLM",
+    "BioXLSTMForMaskedLM",
+    "BioXLSTMForSequenceClassification",
+    "BioXLSTMForTokenClassification",
     "BioXLSTMModel",
     "BioXLSTMPreTrainedModel",
 ]

@@ -5,6 +5,10 @@ its checkpoints convert one to one (see `bioxlstm.convert`). Every layer takes a
 recurrent state and returns its new one, so one code path serves training, prompt prefill and
 token-by-token decoding; `keep` (B, S) marks the real (non-padding) positions and `reset` (B, S)
 the first position of each sequence packed into a row, where every state starts afresh.
+
+Reversal is one gather index built by `reversal_index` from a mask; the bidirectional blocks here
+and the reverse-complement code in `rc.py` both use it, so reversing within each row's valid
+span works the same for left padding, right padding and no padding.
 """
 
 import math
@@ -18,6 +22,37 @@ from .kernels import FORGET_GATE_CLOSED, FORGET_GATE_OPEN, INPUT_GATE_CLOSED, ml
 from .configuration_bioxlstm import BioXLSTMConfig
 
 ACTIVATIONS = {"gelu": F.gelu, "swish": F.silu, "relu": F.relu}
+# How a bidirectional block merges the mixer output on the sequence with the one on its reversal.
+DIRECTION_COMBINERS = {"add": torch.add, "mean": lambda forward, backward: (forward + backward) / 2}
+
+
+def valid_positions(keep: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """`keep` as a (B, S) bool mask, all True when there is no padding."""
+    if keep is None:
+        return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return keep
+
+
+def reversal_index(mask: torch.Tensor) -> torch.Tensor:
+    """Gather index (B, S) that reverses, in each row, the order of the positions where `mask` is
+    True and leaves every other position where it is.
+
+    Padding stays in place, so the reversed rows need the same mask as the original ones. The
+    permutation is an involution: the same index flips back.
+    """
+    batch, seq_len = mask.shape
+    positions = torch.arange(seq_len, device=mask.device).expand(batch, seq_len)
+    # Marked positions in ascending order, then the others (a stable sort keeps them in order).
+    marked_first = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+    rank = mask.long().cumsum(dim=1) - 1
+    mirrored_rank = (mask.sum(dim=1, keepdim=True) - 1 - rank).clamp(min=0)
+    return torch.where(mask, marked_first.gather(1, mirrored_rank), positions)
+
+
+def reverse_positions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Permute the positions (dim 1) of x (B, S, ...) by a `reversal_index`."""
+    index = index.view(*index.shape, *(1,) * (x.dim() - 2)).expand_as(x)
+    return x.gather(1, index)
 
 
 class LayerNorm(nn.Module):
@@ -92,8 +127,8 @@ class GatedFeedForward(nn.Module):
     def __init__(self, config: BioXLSTMConfig):
         super().__init__()
         inner = config.ffn_inner_size
-        self.proj_up = nn.Linear(config.hidden_size, 2 * inner, bias=config.bias)
-        self.proj_down = nn.Linear(inner, config.hidden_size, bias=config.bias)
+        self.proj_up = nn.Linear(config.block_width, 2 * inner, bias=config.bias)
+        self.proj_down = nn.Linear(inner, config.block_width, bias=config.bias)
         self.act_fn = ACTIVATIONS[config.ffn_activation]
         self.dropout = nn.Dropout(config.dropout)
 
@@ -121,7 +156,7 @@ class MLSTMLayer(nn.Module):
         self.chunk_size = config.chunk_size
         self.kernel = config.kernel
         blocks = inner // config.qkv_proj_blocksize
-        self.proj_up = nn.Linear(config.hidden_size, 2 * inner, bias=config.bias)
+        self.proj_up = nn.Linear(config.block_width, 2 * inner, bias=config.bias)
         self.q_proj = HeadwiseLinear(inner, blocks, config.bias)
         self.k_proj = HeadwiseLinear(inner, blocks, config.bias)
         self.v_proj = HeadwiseLinear(inner, blocks, config.bias)
@@ -130,7 +165,7 @@ class MLSTMLayer(nn.Module):
         self.fgate = nn.Linear(3 * inner, config.num_heads)
         self.outnorm = MultiHeadLayerNorm(inner, config.norm_eps)
         self.learnable_skip = nn.Parameter(torch.ones(inner))
-        self.proj_down = nn.Linear(inner, config.hidden_size, bias=config.bias)
+        self.proj_down = nn.Linear(inner, config.block_width, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
@@ -178,7 +213,7 @@ class SLSTMLayer(nn.Module):
 
     def __init__(self, config: BioXLSTMConfig, layer_idx: int):
         super().__init__()
-        dim, heads = config.hidden_size, config.slstm_heads
+        dim, heads = config.block_width, config.slstm_heads
         self.num_heads = heads
         self.layer_idx = layer_idx  # the forget-gate initialisation depends on depth
         self.conv1d = CausalConv1d(dim, config.slstm_conv_size) if config.slstm_conv_size > 0 else None
@@ -216,15 +251,22 @@ class SLSTMLayer(nn.Module):
 
 class XLSTMBlock(GradientCheckpointingLayer):
     """Pre-norm residual block around an mLSTM or sLSTM layer; sLSTM blocks add a gated
-    feed-forward with its own pre-norm."""
+    feed-forward with its own pre-norm.
+
+    Bidirectional blocks run the same layer (same weights) on the normed input and on its
+    reversal within each row's valid span, flip the second output back and combine the two with
+    `config.bidirectional_combine` before the residual; the feed-forward runs once. They have no
+    recurrent state to carry, so `state` must be None.
+    """
 
     def __init__(self, config: BioXLSTMConfig, layer_idx: int):
         super().__init__()
         self.is_slstm = config.is_slstm(layer_idx)
-        self.xlstm_norm = LayerNorm(config.hidden_size, config.norm_eps)
+        self.combine_directions = DIRECTION_COMBINERS[config.bidirectional_combine] if config.bidirectional else None
+        self.xlstm_norm = LayerNorm(config.block_width, config.norm_eps)
         self.xlstm = SLSTMLayer(config, layer_idx) if self.is_slstm else MLSTMLayer(config)
         if self.is_slstm:
-            self.ffn_norm = LayerNorm(config.hidden_size, config.norm_eps)
+            self.ffn_norm = LayerNorm(config.block_width, config.norm_eps)
             self.ffn = GatedFeedForward(config)
 
     def forward(
@@ -234,7 +276,19 @@ class XLSTMBlock(GradientCheckpointingLayer):
         keep: torch.Tensor | None = None,
         reset: torch.Tensor | None = None,
     ):
-        y, state = self.xlstm(self.xlstm_norm(x), state, keep, reset)
+        normed = self.xlstm_norm(x)
+        if self.combine_directions is None:
+            y, state = self.xlstm(normed, state, keep, reset)
+        else:
+            if state is not None:
+                raise ValueError("a bidirectional block has no recurrent state to continue from")
+            if reset is not None:
+                raise ValueError("a bidirectional block cannot read packed rows (seq_idx); pad the sequences instead")
+            index = reversal_index(valid_positions(keep, x))
+            both_keep = None if keep is None else keep.repeat(2, 1)
+            both, _ = self.xlstm(torch.cat([normed, reverse_positions(normed, index)]), None, both_keep)
+            forward, backward = both.chunk(2)
+            y = self.combine_directions(forward, reverse_positions(backward, index))
         x = x + y
         if self.is_slstm:
             x = x + self.ffn(self.ffn_norm(x))

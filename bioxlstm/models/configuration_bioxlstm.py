@@ -6,6 +6,8 @@ from transformers import PretrainedConfig
 
 KERNEL_CHOICES = ("auto", "native", "triton")
 DOMAINS = (None, "dna", "protein", "smiles")
+BIDIRECTIONAL_COMBINE_CHOICES = ("add", "mean")
+POOLING_CHOICES = ("mean", "max", "first", "last")
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -17,7 +19,9 @@ class BioXLSTMConfig(PretrainedConfig):
 
     Args:
         vocab_size: number of token ids.
-        hidden_size: width of the residual stream (the embedding dimension).
+        hidden_size: width of the residual stream (the embedding dimension). With `rcps` this is
+            the doubled width: each block runs at `hidden_size / 2` (`block_width`) on each of the
+            two strand views.
         num_hidden_layers: number of blocks.
         num_heads: heads of the mLSTM cells (and of the sLSTM cells unless `slstm_num_heads` is set).
         slstm_layers: indices of the blocks that are sLSTM blocks; all others are mLSTM blocks.
@@ -43,6 +47,29 @@ class BioXLSTMConfig(PretrainedConfig):
         norm_eps: epsilon of all layer and group norms.
         domain: the sequence domain the model was trained on (`"dna"`, `"protein"`, `"smiles"`),
             used to pick its tokenizer and describe it; None for a domain-free model.
+        bidirectional: every block also runs its layer, with the same weights, on the sequence
+            reversed within its valid span, and combines the two outputs before the residual (the
+            weight tying of DNA-xLSTM and Caduceus). The model then sees the whole sequence at every
+            position: it has no recurrent decoding (no cache, no `generate`, no causal LM head).
+        bidirectional_combine: how the two directions are combined: `"add"` (forward output plus the
+            flipped-back output on the reversal) or `"mean"` (half of that sum, so that the update
+            has the scale of a one-directional block).
+        rcps: reverse-complement parameter sharing (see `rc.py`): the hidden state holds a forward
+            and a reverse-complement view, every block is shared between them, and the model is
+            reverse-complement equivariant. For bidirectional/masked models and encoders; the
+            reverse-complement view reads the sequence backwards, so it cannot serve a causal LM.
+        complement_map: for every token id, the id of its complement (an involution), e.g.
+            `bioxlstm.complement_map(tokenizer)`; required by `rcps` and `conjoin`.
+        conjoin: run the model on the sequence and on its reverse complement (within the valid
+            span) and average the hidden states, the second flipped back: every output is then
+            invariant to the strand (token outputs up to the flip of positions). Not for LM heads,
+            which must tell a base from its complement.
+        pooling: how `BioXLSTMForSequenceClassification` pools the token states of each sequence,
+            over valid tokens only: `"mean"`, `"max"`, `"first"` or `"last"`.
+        classifier_dropout: dropout before the classification layers.
+
+    Classification heads also read the standard `num_labels` and `problem_type` (regression when
+    `num_labels == 1`).
     """
 
     model_type = "bioxlstm"
@@ -76,6 +103,13 @@ class BioXLSTMConfig(PretrainedConfig):
         embedding_dropout: bool = False,
         norm_eps: float = 1e-5,
         domain: str | None = None,
+        bidirectional: bool = False,
+        bidirectional_combine: str = "add",
+        rcps: bool = False,
+        complement_map: list[int] | None = None,
+        conjoin: bool = False,
+        pooling: str = "mean",
+        classifier_dropout: float = 0.0,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -101,6 +135,13 @@ class BioXLSTMConfig(PretrainedConfig):
         self.domain = domain
         # Every saved head also loads as the bare backbone (feature extraction) from remote code.
         kwargs.setdefault("auto_map", {"AutoModel": "modeling_bioxlstm.BioXLSTMModel"})
+        self.bidirectional = bidirectional
+        self.bidirectional_combine = bidirectional_combine
+        self.rcps = rcps
+        self.complement_map = None if complement_map is None else [int(i) for i in complement_map]
+        self.conjoin = conjoin
+        self.pooling = pooling
+        self.classifier_dropout = classifier_dropout
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -113,6 +154,18 @@ class BioXLSTMConfig(PretrainedConfig):
     def _validate(self) -> None:
         if self.kernel not in KERNEL_CHOICES:
             raise ValueError(f"kernel must be one of {KERNEL_CHOICES}, got {self.kernel!r}")
+        if self.bidirectional_combine not in BIDIRECTIONAL_COMBINE_CHOICES:
+            raise ValueError(
+                f"bidirectional_combine must be one of {BIDIRECTIONAL_COMBINE_CHOICES}, got {self.bidirectional_combine!r}"
+            )
+        if self.pooling not in POOLING_CHOICES:
+            raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {self.pooling!r}")
+        if self.rcps and self.hidden_size % 2:
+            raise ValueError(f"rcps splits hidden_size in two strand views; hidden_size={self.hidden_size} is odd")
+        if (self.rcps or self.conjoin) and self.complement_map is None:
+            raise ValueError("rcps and conjoin need complement_map, e.g. bioxlstm.complement_map(tokenizer)")
+        if self.complement_map is not None:
+            self._validate_complement_map()
         bad = [i for i in self.slstm_layers if not 0 <= i < self.num_hidden_layers]
         if bad:
             raise ValueError(
@@ -127,22 +180,39 @@ class BioXLSTMConfig(PretrainedConfig):
                 f"mLSTM inner size {self.mlstm_inner_size} is not divisible by "
                 f"qkv_proj_blocksize={self.qkv_proj_blocksize}"
             )
-        if self.slstm_layers and self.hidden_size % self.slstm_heads:
+        if self.slstm_layers and self.block_width % self.slstm_heads:
             raise ValueError(
-                f"hidden_size={self.hidden_size} is not divisible by the sLSTM heads ({self.slstm_heads})"
+                f"block width {self.block_width} is not divisible by the sLSTM heads ({self.slstm_heads})"
             )
         if self.domain not in DOMAINS:
             raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {self.chunk_size}")
 
+    def _validate_complement_map(self) -> None:
+        complement = self.complement_map
+        if len(complement) != self.vocab_size:
+            raise ValueError(f"complement_map has {len(complement)} entries for vocab_size={self.vocab_size}")
+        if any(not 0 <= c < self.vocab_size or complement[c] != t for t, c in enumerate(complement)):
+            raise ValueError("complement_map must be an involution on the token ids (the complement of a complement is the token)")
+
+    @property
+    def non_causal_settings(self) -> list[str]:
+        """The settings, as `name=True`, that let a position see later ones (no recurrent decoding)."""
+        return [f"{name}=True" for name in ("bidirectional", "rcps", "conjoin") if getattr(self, name)]
+
+    @property
+    def block_width(self) -> int:
+        """Width at which the blocks run: `hidden_size`, or half of it with `rcps`."""
+        return self.hidden_size // 2 if self.rcps else self.hidden_size
+
     @property
     def mlstm_inner_size(self) -> int:
-        return _round_up(self.proj_factor * self.hidden_size, self.proj_round_multiple)
+        return _round_up(self.proj_factor * self.block_width, self.proj_round_multiple)
 
     @property
     def ffn_inner_size(self) -> int:
-        return _round_up(self.ffn_proj_factor * self.hidden_size, self.proj_round_multiple)
+        return _round_up(self.ffn_proj_factor * self.block_width, self.proj_round_multiple)
 
     @property
     def slstm_heads(self) -> int:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput, TokenClassifierOutput
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import ModelOutput
 
@@ -16,10 +17,21 @@ from .blocks import (
     MLSTMLayer,
     SLSTMLayer,
     XLSTMBlock,
+    reversal_index,
+    reverse_positions,
     small_init_std,
+    valid_positions,
     wang_init_std,
 )
 from .configuration_bioxlstm import BioXLSTMConfig
+from .rc import (
+    ReverseComplementEmbedding,
+    ReverseComplementLMHead,
+    ReverseComplementShared,
+    reverse_complement,
+    strand_average,
+    strand_shared,
+)
 
 
 class BioXLSTMCache:
@@ -101,9 +113,13 @@ class BioXLSTMPreTrainedModel(PreTrainedModel):
         """The xLSTM initialisation: small init for input projections, Wang init for output
         projections, closed-ish input gates, forget gates biased open, norms at identity."""
         config = self.config
-        dim, depth = config.hidden_size, config.num_hidden_layers
+        dim, depth = config.block_width, config.num_hidden_layers
         small, wang = small_init_std(dim), wang_init_std(dim, depth)
-        if isinstance(module, nn.Embedding):
+        if isinstance(module, (ReverseComplementEmbedding, ReverseComplementLMHead)):
+            init.copy_(module.complement, torch.tensor(config.complement_map))
+        if isinstance(module, ReverseComplementLMHead):
+            init.normal_(module.weight, std=small)
+        elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=small)
         elif isinstance(module, LayerNorm):
             init.zeros_(module.weight)
@@ -135,8 +151,12 @@ class BioXLSTMPreTrainedModel(PreTrainedModel):
             for linear in (module.proj_up, module.proj_down):
                 if linear.bias is not None:
                     init.zeros_(linear.bias)
-        elif isinstance(module, BioXLSTMForCausalLM) and not config.tie_word_embeddings:
-            init.normal_(module.lm_head.weight, std=small)
+        elif isinstance(module, LanguageModelHead):
+            init.normal_(module.weight, std=small)
+
+
+class LanguageModelHead(nn.Linear):
+    """The output layer over the vocabulary (its own class so that initialisation can find it)."""
 
 
 def _init_conv(conv: nn.Conv1d) -> None:
@@ -157,17 +177,28 @@ def _slstm_bias_init(shape: torch.Size, layer_idx: int, depth: int) -> torch.Ten
 
 
 class BioXLSTMModel(BioXLSTMPreTrainedModel):
-    """Token embedding, the block stack and the final norm."""
+    """Token embedding, the block stack and the final norm.
+
+    With `config.rcps` the embedding, every block and the final norm are the reverse-complement
+    equivariant versions of `rc.py`; with `config.conjoin` the outputs are averaged over both
+    strands (see `BioXLSTMConfig`).
+    """
 
     _auto_class = "AutoModel"
 
     def __init__(self, config: BioXLSTMConfig):
         super().__init__(config)
-        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.rcps:
+            self.embeddings = ReverseComplementEmbedding(config.complement_map, config.block_width)
+            self.blocks = nn.ModuleList(
+                ReverseComplementShared(XLSTMBlock(config, i)) for i in range(config.num_hidden_layers)
+            )
+        else:
+            self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+            self.blocks = nn.ModuleList(XLSTMBlock(config, i) for i in range(config.num_hidden_layers))
         self.embedding_dropout = nn.Dropout(config.dropout if config.embedding_dropout else 0.0)
-        self.blocks = nn.ModuleList(XLSTMBlock(config, i) for i in range(config.num_hidden_layers))
         self.post_blocks_norm = (
-            LayerNorm(config.hidden_size, config.norm_eps) if config.add_post_blocks_norm else nn.Identity()
+            LayerNorm(config.block_width, config.norm_eps) if config.add_post_blocks_norm else nn.Identity()
         )
         self.gradient_checkpointing = False
         self.post_init()
@@ -205,30 +236,42 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         use_cache = use_cache if use_cache is not None else (cache_params is not None)
+        if use_cache or cache_params is not None:
+            self._check_recurrent_decoding()
 
-        x = self.embedding_dropout(self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds)
-        seq_len = x.shape[1]
+        seq_len = (input_ids if inputs_embeds is None else inputs_embeds).shape[1]
         keep = None
         if attention_mask is not None:
-            keep = attention_mask[:, -seq_len:].to(device=x.device, dtype=torch.bool)
+            keep = attention_mask[:, -seq_len:].to(dtype=torch.bool)
             if bool(keep.all()):
                 keep = None
         reset = None
         if seq_idx is not None:
-            seq_idx = seq_idx.to(x.device)
             reset = torch.zeros_like(seq_idx, dtype=torch.bool)
             reset[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
         states = cache_params.states if cache_params is not None else [None] * len(self.blocks)
-        new_states = []
-        hidden_states = (x,) if output_hidden_states else None
-        for block, state in zip(self.blocks, states):
-            x, state = block(x, state, keep, reset)
-            new_states.append(state)
-            if output_hidden_states:
-                hidden_states += (x,)
-        x = self.post_blocks_norm(x)
-        if output_hidden_states:
-            hidden_states = hidden_states[:-1] + (x,)
+
+        if self.config.conjoin:
+            if reset is not None:
+                raise ValueError("conjoin cannot read packed rows (seq_idx); pad the sequences instead")
+            if input_ids is None:
+                raise ValueError("conjoin needs input_ids: the reverse complement is taken on token ids")
+            keep = None if keep is None else keep.to(input_ids.device)
+            index = reversal_index(valid_positions(keep, input_ids))
+            complement = torch.tensor(self.config.complement_map, device=input_ids.device)
+            both_strands = torch.cat([input_ids, reverse_complement(input_ids, complement, index)])
+            x, new_states, hidden_states = self._run(
+                both_strands, None, None if keep is None else keep.repeat(2, 1), None, states, output_hidden_states
+            )
+
+            def conjoined(both: torch.Tensor) -> torch.Tensor:
+                forward_strand, rc_strand = both.chunk(2)
+                return (forward_strand + reverse_positions(rc_strand, index)) / 2
+
+            x = conjoined(x)
+            hidden_states = None if hidden_states is None else tuple(map(conjoined, hidden_states))
+        else:
+            x, new_states, hidden_states = self._run(input_ids, inputs_embeds, keep, reset, states, output_hidden_states)
 
         cache = None
         if use_cache:
@@ -237,6 +280,34 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         if not return_dict:
             return tuple(v for v in (x, cache, hidden_states) if v is not None)
         return BioXLSTMOutput(last_hidden_state=x, cache_params=cache, hidden_states=hidden_states)
+
+    def _check_recurrent_decoding(self) -> None:
+        if self.config.non_causal_settings:
+            raise ValueError(
+                f"a model with {' and '.join(self.config.non_causal_settings)} sees every position of the "
+                "sequence at once and has no recurrent cache; call it without use_cache/cache_params"
+            )
+
+    def _run(self, input_ids, inputs_embeds, keep, reset, states, output_hidden_states):
+        x = self.embedding_dropout(self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds)
+        if keep is not None:
+            keep = keep.to(x.device)
+        if reset is not None:
+            reset = reset.to(x.device)
+        new_states = []
+        hidden_states = (x,) if output_hidden_states else None
+        for block, state in zip(self.blocks, states):
+            x, state = block(x, state, keep, reset)
+            new_states.append(state)
+            if output_hidden_states:
+                hidden_states += (x,)
+        if self.config.rcps:
+            x = strand_shared(self.post_blocks_norm, x, reversal_index(valid_positions(keep, x)))
+        else:
+            x = self.post_blocks_norm(x)
+        if output_hidden_states:
+            hidden_states = hidden_states[:-1] + (x,)
+        return x, new_states, hidden_states
 
 
 class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
@@ -247,9 +318,15 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
 
     def __init__(self, config: BioXLSTMConfig):
+        if config.non_causal_settings:
+            raise ValueError(
+                f"BioXLSTMForCausalLM needs a causal model, but {', '.join(config.non_causal_settings)} lets every "
+                "position see the future; use BioXLSTMForMaskedLM, or for a strand-symmetric causal DNA model "
+                "train with reverse-complement augmentation and score with bioxlstm.tasks.scoring"
+            )
         super().__init__(config)
         self.backbone = BioXLSTMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = LanguageModelHead(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -319,3 +396,171 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
         return BioXLSTMCausalLMOutput(
             loss=loss, logits=logits, cache_params=outputs.cache_params, hidden_states=outputs.hidden_states
         )
+
+
+class BioXLSTMForMaskedLM(BioXLSTMPreTrainedModel):
+    """Masked language model: predicts the token at every position from the whole sequence.
+
+    Meant for `bidirectional=True` and/or `rcps=True` (with `rcps` the head is the reverse-complement
+    equivariant one of `rc.py`). labels: token ids at the selected positions, -100 elsewhere; the
+    loss is the mean cross-entropy over the selected positions only.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
+
+    def __init__(self, config: BioXLSTMConfig):
+        if config.conjoin:
+            raise ValueError(
+                "conjoin makes every token state strand-invariant, so a masked LM could not tell a base from its "
+                "complement; use rcps=True for a strand-aware masked LM"
+            )
+        super().__init__(config)
+        self.backbone = BioXLSTMModel(config)
+        if config.rcps:
+            self.lm_head = ReverseComplementLMHead(config.complement_map, config.block_width)
+        else:
+            self.lm_head = LanguageModelHead(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.backbone.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.backbone.embeddings = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.lm_head(outputs.last_hidden_state).float()
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        if not return_dict:
+            output = tuple(v for v in (logits, outputs.hidden_states) if v is not None)
+            return (loss, *output) if loss is not None else output
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class _BioXLSTMClassifierBase(BioXLSTMPreTrainedModel):
+    """Backbone, dropout and a linear classifier on token features. The features are the final
+    hidden states, or with `rcps` their strand average (`rc.strand_average`), which makes an RC-PS
+    classifier strand-invariant without running the model twice."""
+
+    def __init__(self, config: BioXLSTMConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.backbone = BioXLSTMModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.block_width if config.rcps else config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.backbone.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.backbone.embeddings = value
+
+    def _token_features(self, input_ids, attention_mask, inputs_embeds, output_hidden_states):
+        outputs = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden = outputs.last_hidden_state
+        features = strand_average(hidden) if self.config.rcps else hidden
+        return self.dropout(features), outputs.hidden_states
+
+
+def pool(features: torch.Tensor, valid: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool token features (B, S, F) over the valid positions (B, S) of each row."""
+    if pooling == "mean":
+        weights = valid.unsqueeze(-1).to(features.dtype)
+        return (features * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+    if pooling == "max":
+        return features.masked_fill(~valid.unsqueeze(-1), torch.finfo(features.dtype).min).amax(dim=1)
+    positions = torch.arange(valid.shape[1], device=valid.device)
+    if pooling == "first":
+        chosen = torch.where(valid, -positions, -valid.shape[1]).argmax(dim=1)
+    else:
+        chosen = torch.where(valid, positions, -1).argmax(dim=1)
+    return features[torch.arange(features.shape[0], device=features.device), chosen]
+
+
+class BioXLSTMForSequenceClassification(_BioXLSTMClassifierBase):
+    """One prediction per sequence: token features pooled over valid tokens (`config.pooling`),
+    then a linear layer. Classification, multi-label or regression, following `problem_type` and
+    `num_labels` as every Hugging Face sequence classifier does."""
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        features, hidden_states = self._token_features(input_ids, attention_mask, inputs_embeds, output_hidden_states)
+        valid = (
+            attention_mask[:, -features.shape[1] :].to(device=features.device, dtype=torch.bool)
+            if attention_mask is not None
+            else torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        )
+        logits = self.classifier(pool(features, valid, self.config.pooling)).float()
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        if not return_dict:
+            output = tuple(v for v in (logits, hidden_states) if v is not None)
+            return (loss, *output) if loss is not None else output
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+
+
+class BioXLSTMForTokenClassification(_BioXLSTMClassifierBase):
+    """One prediction per token (e.g. per-base annotation); labels -100 are ignored."""
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        features, hidden_states = self._token_features(input_ids, attention_mask, inputs_embeds, output_hidden_states)
+        logits = self.classifier(features).float()
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, config=self.config)
+        if not return_dict:
+            output = tuple(v for v in (logits, hidden_states) if v is not None)
+            return (loss, *output) if loss is not None else output
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)

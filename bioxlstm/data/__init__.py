@@ -1,0 +1,1 @@
+"""Data sets and collators that turn tokenized sequences into training batches."""
