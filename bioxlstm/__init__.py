@@ -4,6 +4,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from . import chem, convert, export, io, pretrained
 from .models import BioXLSTMCache, BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMModel
+from .tasks.molecules import evaluate_in_context, generate_molecules, sample_molecules
 from .tokenization import complement_map, load_tokenizer
 
 __version__ = "0.1.0"
@@ -18,5 +19,8 @@ __all__ = [
     "BioXLSTMForCausalLM",
     "BioXLSTMModel",
     "complement_map",
+    "evaluate_in_context",
+    "generate_molecules",
     "load_tokenizer",
+    "sample_molecules",
 ]
