@@ -57,7 +57,6 @@ class InContextResult:
     """One held-out domain: FCD to the rest of the domain of molecules generated with `context` of
     its molecules as examples, and of unconditional samples (the baseline)."""
 
-    domain: int  # 1-based position among the domains given
     context: int  # molecules placed in context
     reference: int  # the rest of the domain, compared with
     valid_in_context: int
@@ -232,7 +231,6 @@ def evaluate_in_context(
         in_context = generate_molecules(model, tokenizer, context, n_generate, seed=seed + index, **options)
         results.append(
             InContextResult(
-                domain=index,
                 context=len(context),
                 reference=len(rest),
                 valid_in_context=sum(map(is_valid, in_context)),
