@@ -253,6 +253,9 @@ def run_evaluate_chem_in_context(args: argparse.Namespace) -> None:
         )
     better = sum(r.fcd_in_context < r.fcd_unconditional for r in results)
     print(f"in-context FCD below unconditional on {better} of {len(results)} domains")
+    if results:
+        valid = results[0].valid_unconditional
+        print(f"unconditional samples: {valid} of {args.n_generate} valid ({valid / args.n_generate:.1%})")
 
 
 def run_export(args: argparse.Namespace) -> None:

@@ -98,7 +98,7 @@ class _ContinuationSampler:
         if len(prompt_ids) > 1:
             with torch.no_grad():
                 prefix = torch.tensor([prompt_ids[:-1]], device=model.device)
-                self.state = model(prefix, use_cache=True).cache_params
+                self.state = model(prefix, use_cache=True, logits_to_keep=1).cache_params
         allowed = set(sequence_token_ids(tokenizer, "smiles")) | set(self.stop_ids)
         self.options = dict(
             do_sample=True,
