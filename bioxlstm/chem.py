@@ -13,8 +13,9 @@ Metrics of a set of generated SMILES (`chem_metrics` computes them all):
   the valid reference molecules. `fcd.get_fcd` itself neither checks nor canonicalises: it one-hot
   encodes any string, so an invalid SMILES would still move the distance, and two spellings of one
   molecule embed differently. Both sets are therefore reduced to the RDKit-canonical SMILES of their
-  valid molecules first, as the ChemNet authors do. FCD fits a Gaussian to each set: on a few dozen
-  molecules it is defined but noisy, compare such numbers only across many sets.
+  valid molecules first: the input that the package's own `fcd.canonical_smiles` helper prepares
+  (same RDKit call; it marks invalid SMILES as None). FCD fits a Gaussian to each set: on a few
+  dozen molecules it is defined but noisy, so compare such numbers only across many sets.
 
 A metric whose denominator is empty (no valid molecules; fewer than two for diversity and FCD) is
 NaN: undefined rather than zero.
