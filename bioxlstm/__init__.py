@@ -12,6 +12,7 @@ from transformers import (
 from . import chem, convert, export, io, pretrained
 from .models import BioXLSTMCache, BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMModel
 from .models import BioXLSTMForMaskedLM, BioXLSTMForSequenceClassification, BioXLSTMForTokenClassification
+from .tasks.molecules import evaluate_in_context, generate_molecules, sample_molecules
 from .tokenization import complement_map, load_tokenizer
 
 __version__ = "0.1.0"
@@ -32,5 +33,8 @@ __all__ = [
     "BioXLSTMForTokenClassification",
     "BioXLSTMModel",
     "complement_map",
+    "evaluate_in_context",
+    "generate_molecules",
     "load_tokenizer",
+    "sample_molecules",
 ]

@@ -16,7 +16,8 @@ Alphabet policies
   `<mask-5>`. Input is case-insensitive. Sequence files may hold the 20 standard residues and X B U
   Z O; a stop `*` is not a residue and is reported as invalid.
 - SMILES: atom-level tokens (see `SMILES_TOKEN_PATTERN`) with a vocabulary learned from a corpus by
-  `build_smiles_tokenizer`; a token outside it encodes as `<unk>`.
+  `build_smiles_tokenizer`; a token outside it encodes as `<unk>`. The molecule separator `.` always
+  has a token: sets of molecules (the in-context format) are written as SMILES joined by `.`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ PROTEIN_RESIDUES = "ACDEFGHIKLMNPQRSTVWY" + "XBUZO"
 # Bracket atoms first so that their content is never split; two-letter halogens before one-letter atoms.
 SMILES_TOKEN_PATTERN = r"\[[^\[\]]+\]|Br|Cl|[BCNOPSFI]|[bcnops]|%\d{2}|\d|[=#$/\\\-+()\.:~@?>*]"
 SMILES_SPECIAL_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", "<mask>"]
+MOLECULE_SEPARATOR = "."
 
 _COMPLEMENTARY_BASES = {"A": "T", "T": "A", "C": "G", "G": "C"}
 _BUNDLED_DIRECTORY_NAME = "tokenizer_files"
@@ -143,13 +145,18 @@ def build_protein_tokenizer() -> PreTrainedTokenizerFast:
 def build_smiles_tokenizer(corpus: Iterable[str], min_frequency: int = 1) -> PreTrainedTokenizerFast:
     """Learn the SMILES vocabulary of `corpus`: every atom-level token seen `min_frequency` times.
 
-    Token ids follow frequency in the corpus (ties alphabetically), after the special tokens. A corpus
-    string that is not entirely made of SMILES tokens raises ValueError naming its index and position.
+    Token ids follow frequency in the corpus (ties alphabetically), after the special tokens; the
+    molecule separator `.` comes last when the corpus holds no multi-fragment SMILES. A corpus string
+    that is not entirely made of SMILES tokens raises ValueError naming its index and position.
     """
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(SMILES_TOKEN_PATTERN), "isolated")
     trainer = trainers.WordLevelTrainer(special_tokens=SMILES_SPECIAL_TOKENS, min_frequency=min_frequency)
     tokenizer.train_from_iterator(_checked_smiles(corpus), trainer)
+    vocab = tokenizer.get_vocab()
+    if MOLECULE_SEPARATOR not in vocab:
+        # Appended rather than trained in, so the ids of the corpus tokens stay what training gave them.
+        tokenizer.model = models.WordLevel({**vocab, MOLECULE_SEPARATOR: len(vocab)}, unk_token="<unk>")
     return _finish(tokenizer, "<eos>")
 
 

@@ -113,7 +113,7 @@ def test_smiles_split_into_atom_level_tokens(molecule, tokens):
 def test_a_smiles_vocabulary_is_learned_from_a_corpus_with_frequent_tokens_first():
     tokenizer = build_smiles_tokenizer(["CCO", "CCN", "c1ccccc1"])
     vocab = sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get)
-    assert vocab == ["<cls>", "<pad>", "<eos>", "<unk>", "<mask>", "c", "C", "1", "N", "O"]
+    assert vocab == ["<cls>", "<pad>", "<eos>", "<unk>", "<mask>", "c", "C", "1", "N", "O", "."]
     assert tokenizer.tokenize("CCBr") == ["C", "C", "<unk>"]
 
 

@@ -56,6 +56,18 @@ class BioXLSTMCache:
 
         self.states = [select(state) for state in self.states]
 
+    def repeat_interleave(self, repeats: int) -> "BioXLSTMCache":
+        """A new cache holding each batch row `repeats` times in a row (rows 0,0,..,1,1,..), the
+        layout of `num_return_sequences`: a prompt's state is computed once and continued in
+        `repeats` independent ways. This cache is left unchanged."""
+
+        def repeat(item):
+            if isinstance(item, tuple):
+                return tuple(repeat(x) for x in item)
+            return None if item is None else item.repeat_interleave(repeats, dim=0)
+
+        return BioXLSTMCache([repeat(state) for state in self.states], self.seen_tokens)
+
     def tensors(self) -> list[torch.Tensor]:
         def flatten(item):
             if isinstance(item, tuple):

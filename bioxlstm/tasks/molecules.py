@@ -1,0 +1,242 @@
+"""Generating molecules: unconditional samples, and molecules like a few examples placed in context.
+
+The in-context format is that of In-Context Style Transfer (ICST, Chem-xLSTM): a set of molecules is
+written as their SMILES joined by `.`, in random order. To generate molecules like a set, the prompt
+is `<cls>` + the examples joined by `.` + a trailing `.`, and every new molecule ends at the next `.`
+or `<eos>`. Without examples the prompt is `<cls>` alone and the same rule applies. The format cannot
+tell a salt (`CCN.Cl`) from two molecules: a generated salt is cut at its first `.`, and a domain of
+the ICST data is split into molecules at every `.`.
+
+The prompt goes through the model once; its recurrent state is copied for every sample, so k
+molecules cost one prefill plus k continuations, whatever k is.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..chem import canonicalize, frechet_chemnet_distance, is_valid
+from ..tokenization import ALPHABETS, MOLECULE_SEPARATOR, sequence_token_ids
+from .score import require_causal_lm
+
+
+@dataclass
+class SamplingReport:
+    """How a set of molecules came about. `drawn` samples were generated, `valid` of them RDKit-valid,
+    and they hold `unique` distinct molecules. `cap_reached` says that sampling stopped at the draw
+    limit with fewer than `requested` valid unique molecules."""
+
+    requested: int
+    drawn: int = 0
+    valid: int = 0
+    unique: int = 0
+    cap_reached: bool = False
+
+    def __str__(self) -> str:
+        text = f"{self.drawn} drawn, {self.valid} valid, {self.unique} unique"
+        if self.cap_reached:
+            text += f": only {self.unique} of the {self.requested} requested, the draw limit was reached"
+        return text
+
+
+@dataclass
+class MoleculeSample:
+    molecules: list[str]
+    report: SamplingReport
+
+
+@dataclass
+class InContextResult:
+    """One held-out domain: FCD to the rest of the domain of molecules generated with `context` of
+    its molecules as examples, and of unconditional samples (the baseline)."""
+
+    context: int  # molecules placed in context
+    reference: int  # the rest of the domain, compared with
+    valid_in_context: int
+    valid_unconditional: int
+    fcd_in_context: float
+    fcd_unconditional: float
+
+
+def in_context_prompt(context: Sequence[str], rng: random.Random | None = None) -> str:
+    """The ICST text of a set of example molecules: their SMILES joined by `.`, in an order drawn
+    from `rng` (kept when None), with the trailing `.` after which the next molecule begins."""
+    for index, smiles in enumerate(context, start=1):
+        if not smiles:
+            raise ValueError(f"context molecule {index} is empty")
+        position = ALPHABETS["smiles"].invalid_position(smiles)
+        if position is not None:
+            raise ValueError(
+                f"context molecule {index} ({smiles!r}): character {smiles[position]!r} at position "
+                f"{position + 1} starts no SMILES token"
+            )
+    ordered = rng.sample(list(context), len(context)) if rng is not None else list(context)
+    return "".join(smiles + MOLECULE_SEPARATOR for smiles in ordered)
+
+
+class _ContinuationSampler:
+    """Samples molecules after one prompt, whose state is computed once, in `__init__`."""
+
+    def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int, **sampling):
+        require_causal_lm(model, "molecule generation")
+        separator_id = tokenizer.convert_tokens_to_ids(MOLECULE_SEPARATOR)
+        if separator_id is None or separator_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no token for the molecule separator {MOLECULE_SEPARATOR!r}")
+        self.model, self.tokenizer = model, tokenizer
+        self.stop_ids = [separator_id, tokenizer.eos_token_id]
+        prompt_ids = [tokenizer.cls_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        # The last prompt token is the first input of `generate`, which predicts the first new token from it.
+        self.last_prompt_id = prompt_ids[-1]
+        self.state = None
+        if len(prompt_ids) > 1:
+            with torch.no_grad():
+                prefix = torch.tensor([prompt_ids[:-1]], device=model.device)
+                self.state = model(prefix, use_cache=True, logits_to_keep=1).cache_params
+        allowed = set(sequence_token_ids(tokenizer, "smiles")) | set(self.stop_ids)
+        self.options = dict(
+            do_sample=True,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.stop_ids,
+            pad_token_id=tokenizer.pad_token_id,
+            suppress_tokens=[i for i in range(model.config.vocab_size) if i not in allowed],
+            # A cache passed in from outside is not one of transformers' compilable Cache classes.
+            disable_compile=True,
+            **sampling,
+        )
+
+    @torch.no_grad()
+    def draw(self, rows: int) -> list[str]:
+        inputs = torch.full((rows, 1), self.last_prompt_id, device=self.model.device)
+        state = None if self.state is None else self.state.repeat_interleave(rows)
+        out = self.model.generate(
+            inputs, attention_mask=torch.ones_like(inputs), cache_params=state, **self.options
+        )
+        molecules = []
+        for tokens in out[:, 1:].tolist():
+            end = next((i for i, token in enumerate(tokens) if token in self.stop_ids), len(tokens))
+            molecules.append(self.tokenizer.decode(tokens[:end], skip_special_tokens=True))
+        return molecules
+
+
+def sample_molecules(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    n: int,
+    context: Sequence[str] | None = None,
+    unique_valid: bool = True,
+    max_draws: int | None = None,
+    batch_size: int = 64,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    max_new_tokens: int = 256,
+    seed: int | None = None,
+) -> MoleculeSample:
+    """Sample molecules from a SMILES model, unconditionally or like the `context` examples.
+
+    unique_valid=True: keep sampling, `batch_size` at a time, until `n` distinct valid molecules exist
+    or `max_draws` samples (default 10 n) have been drawn; returns their canonical SMILES in the
+    order found. When the cap stops it early, fewer than `n` come back and `report.cap_reached` says so.
+    unique_valid=False: exactly `n` samples, as generated (invalid ones and repeats included).
+    A sample that reaches `max_new_tokens` without ending is kept as it is.
+    """
+    if n < 1 or batch_size < 1 or max_new_tokens < 1:
+        raise ValueError("n, batch_size and max_new_tokens must be positive")
+    if temperature <= 0:
+        raise ValueError("temperature must be positive")
+    max_draws = n if not unique_valid else (10 * n if max_draws is None else max_draws)
+    if max_draws < n:
+        raise ValueError(f"max_draws ({max_draws}) must be at least n ({n})")
+    rng = random.Random(seed)
+    if seed is not None:
+        torch.manual_seed(seed)
+    sampler = _ContinuationSampler(
+        model, tokenizer, in_context_prompt(context or [], rng), max_new_tokens,
+        temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0,
+    )  # fmt: skip
+    report = SamplingReport(requested=n)
+    drawn, distinct = [], {}
+    with tqdm(total=max_draws, desc="molecules", unit="mol", file=sys.stderr, disable=None) as progress:
+        while report.drawn < max_draws and (not unique_valid or report.unique < n):
+            batch = sampler.draw(min(batch_size, max_draws - report.drawn))
+            drawn += batch
+            for canonical in filter(None, map(canonicalize, batch)):
+                report.valid += 1
+                distinct.setdefault(canonical)
+            report.drawn, report.unique = len(drawn), len(distinct)
+            progress.update(len(batch))
+    if not unique_valid:
+        return MoleculeSample(drawn, report)
+    report.cap_reached = report.unique < n
+    return MoleculeSample(list(distinct)[:n], report)
+
+
+def generate_molecules(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    context: Sequence[str] | None = None,
+    n: int = 10,
+    **options,
+) -> list[str]:
+    """`n` molecules sampled after the `context` examples (in-context format, order shuffled with
+    `seed`), or unconditionally without them; as generated, so some may be invalid or repeated.
+    The context is run through the model once per call. Options: those of `sample_molecules`."""
+    return sample_molecules(model, tokenizer, n, context=context, unique_valid=False, **options).molecules
+
+
+def domain_molecules(domain: str) -> list[str]:
+    """The molecules of one ICST line (split at every `.`, salts included; see the module docstring)."""
+    return [smiles for smiles in domain.strip().split(MOLECULE_SEPARATOR) if smiles]
+
+
+def evaluate_in_context(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    domains: Iterable[str],
+    n_context: int = 20,
+    n_generate: int = 100,
+    seed: int = 0,
+    **options,
+) -> list[InContextResult]:
+    """The in-context protocol on held-out ICST domains (one line, molecules joined by `.`, each).
+
+    For each domain, `n_context` of its molecules (drawn with `seed`) are the context, `n_generate`
+    molecules are sampled after them, and their FCD to the rest of the domain is compared with that
+    of `n_generate` unconditional samples, drawn once for all domains. FCD counts only valid
+    molecules, and with a hundred of them it is noisy: look at many domains. Options: those of
+    `sample_molecules`.
+    """
+    domains = list(domains)
+    rng = random.Random(seed)
+    splits = []
+    for index, domain in enumerate(domains, start=1):
+        molecules = domain_molecules(domain)
+        if len(molecules) < n_context + 2:
+            raise ValueError(
+                f"domain {index} holds {len(molecules)} molecules: too few for {n_context} in context "
+                "and at least two to compare with"
+            )
+        shuffled = rng.sample(molecules, len(molecules))
+        splits.append((shuffled[:n_context], shuffled[n_context:]))
+    unconditional = generate_molecules(model, tokenizer, None, n_generate, seed=seed, **options)
+    results = []
+    for index, (context, rest) in enumerate(tqdm(splits, desc="domains", file=sys.stderr, disable=None), start=1):
+        in_context = generate_molecules(model, tokenizer, context, n_generate, seed=seed + index, **options)
+        results.append(
+            InContextResult(
+                context=len(context),
+                reference=len(rest),
+                valid_in_context=sum(map(is_valid, in_context)),
+                valid_unconditional=sum(map(is_valid, unconditional)),
+                fcd_in_context=frechet_chemnet_distance(in_context, rest),
+                fcd_unconditional=frechet_chemnet_distance(unconditional, rest),
+            )
+        )
+    return results
