@@ -26,11 +26,13 @@ import dataclasses
 import inspect
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import (
     PreTrainedModel,
@@ -72,6 +74,29 @@ def register_objective(name: str, objective: Objective) -> None:
     OBJECTIVES[name] = objective
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.2 scalars on the safe loader: `5e-3` is a float and `no`/`off` are strings. YAML 1.1
+    would read the first as text (a learning rate the optimiser rejects) and `eval_strategy: no` as
+    False."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=_RecipeLoader)
+
+
 SECTIONS = ("name", "description", "domain", "objective", "data", "model", "training")
 # Set from the tokenizer and the recipe's domain, never by hand.
 DERIVED_MODEL_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "domain")
@@ -108,7 +133,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "no such recipe file", str(path))
-    content = yaml.safe_load(path.read_text())
+    content = _parse_yaml(path.read_text())
     if not isinstance(content, dict):
         raise ValueError(f"{path}: a recipe is a YAML mapping with sections {', '.join(SECTIONS)}")
     for override in overrides:
@@ -149,7 +174,7 @@ def _apply_override(content: dict, override: str, path: Path) -> None:
         target = target.setdefault(section, {})
         if not isinstance(target, dict):
             raise ValueError(f"override {override!r}: {section!r} in {path} is not a section")
-    target[leaf] = yaml.safe_load(value)
+    target[leaf] = _parse_yaml(value)
 
 
 def _check_keys(content: dict, path: Path) -> None:
@@ -191,6 +216,9 @@ class RecipeTrainer(Trainer):
         `--resume` picks the highest checkpoint-N, which must never be one cut short by a crash."""
         run_dir = Path(self._get_output_dir(trial))
         staging = run_dir / ".checkpoint-staging"
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        # Every rank writes its RNG state there, possibly before rank 0 has created the directory.
+        (staging / name).mkdir(parents=True, exist_ok=True)
         self._staging_dir = staging
         try:
             super()._save_checkpoint(model, trial)
@@ -198,7 +226,6 @@ class RecipeTrainer(Trainer):
             self._staging_dir = None
         self.accelerator.wait_for_everyone()  # every rank has written its RNG state
         if self.args.should_save:
-            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             final = run_dir / name
             if final.exists():
                 shutil.rmtree(final)
@@ -268,7 +295,18 @@ def build_trainer(recipe: Recipe, output_dir: str | Path) -> RecipeTrainer:
     """The Trainer of `recipe`, with its model, data and callbacks, ready for `.train()`."""
     objective = objective_of(recipe)
     output_dir = Path(output_dir)
-    args = TrainingArguments(output_dir=str(output_dir), **recipe.training)
+    training = dict(recipe.training)
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched_processes > 1 and not torch.cuda.is_available():
+        # Accelerate runs DDP over gloo on CPUs only in its CPU mode; otherwise every process would
+        # silently train a model of its own.
+        training.setdefault("use_cpu", True)
+    args = TrainingArguments(output_dir=str(output_dir), **training)
+    if launched_processes > 1 and args.world_size != launched_processes:
+        raise ValueError(
+            f"launched as {launched_processes} processes, but the Trainer runs {args.world_size}; "
+            "check the recipe's training.use_cpu and training.ddp_backend"
+        )
     tokenizer = load_tokenizer(recipe.domain)
     with args.main_process_first(desc="building the datasets"):  # one rank fills the Arrow cache
         train_dataset, eval_dataset = build_datasets(recipe.data, tokenizer, recipe.domain)

@@ -199,7 +199,8 @@ def test_two_ddp_processes_end_with_identical_parameters(tmp_path):
         "from bioxlstm.training import load_recipe, train\n"
         "trainer = train(load_recipe(sys.argv[1], sys.argv[3:]), sys.argv[2])\n"
         "parameters = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}\n"
-        "torch.save((trainer.args.world_size, parameters), f'{sys.argv[2]}/rank{trainer.args.process_index}.pt')\n"
+        "wrapper = type(trainer.model_wrapped).__name__\n"
+        "torch.save((wrapper, parameters), f'{sys.argv[2]}/rank{trainer.args.process_index}.pt')\n"
     )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -212,8 +213,8 @@ def test_two_ddp_processes_end_with_identical_parameters(tmp_path):
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    (world, rank0), (_, rank1) = (torch.load(tmp_path / "run" / f"rank{r}.pt") for r in (0, 1))
-    assert world == 2
+    (wrapper0, rank0), (wrapper1, rank1) = (torch.load(tmp_path / "run" / f"rank{r}.pt") for r in (0, 1))
+    assert wrapper0 == wrapper1 == "DistributedDataParallel"
     assert rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
     exported = load_file(tmp_path / "run" / "model" / "model.safetensors")
