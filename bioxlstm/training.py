@@ -231,20 +231,17 @@ class RecipeTrainer(Trainer):
                 shutil.rmtree(final)
             os.replace(staging / name, final)
             shutil.rmtree(staging)
-            self._rotate_checkpoints(run_dir)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
         self.accelerator.wait_for_everyone()
 
     def _get_output_dir(self, trial) -> str:
         staging = getattr(self, "_staging_dir", None)
         return str(staging) if staging is not None else super()._get_output_dir(trial)
-
-    def _rotate_checkpoints(self, run_dir: Path) -> None:
-        rotate_checkpoints(
-            output_dir=str(run_dir),
-            save_total_limit=self.args.save_total_limit,
-            best_model_checkpoint=self.state.best_model_checkpoint,
-            use_mtime=True,
-        )
 
 
 class LogFilesCallback(TrainerCallback):

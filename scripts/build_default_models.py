@@ -57,6 +57,8 @@ def build(name: str) -> Path:
             "(until `<eos>`) that RDKit parses."
         )
         export(model, target, tokenizer, card)
+    for path in target.iterdir():
+        path.chmod(0o644)  # safetensors writes owner-only files; an installed package is read by all users
     return target
 
 
