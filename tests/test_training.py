@@ -157,6 +157,22 @@ def test_packed_batch_loss_is_the_token_weighted_mean_of_the_sequences_run_alone
             assert model(**batch).loss.item() == pytest.approx(total / predicted, rel=1e-4)
 
 
+def test_the_trainer_hands_the_packing_boundaries_to_the_model(tmp_path):
+    trainer = build_trainer(load_recipe(CHEM_TINY, small(tmp_path)), tmp_path / "run")
+    batch = next(iter(trainer.get_train_dataloader()))
+    received = []
+    forward = trainer.model.forward
+
+    def recording_forward(**inputs):
+        received.append(inputs)
+        return forward(**inputs)
+
+    trainer.model.forward = recording_forward
+    trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch))
+    starts = received[0]["seq_idx"].diff(dim=1).ne(0).sum().item()
+    assert starts == trainer.args.per_device_train_batch_size - 1  # one row, eight molecules
+
+
 def test_examples_start_with_cls_and_end_with_eos_only_where_a_sequence_ends(tmp_path):
     tokenizer = bioxlstm.load_tokenizer("protein")
     lengths = [len(r.sequence) for r in bioxlstm.io.read_records(ROOT / "data" / "globins45.fa")]

@@ -1,6 +1,6 @@
 """Training data: sequence files -> `datasets` examples -> collated batches."""
 
 from .collators import causal_lm_collator
-from .datasets import DataSpec, build_datasets, read_dataset
+from .datasets import DataSpec, build_datasets
 
-__all__ = ["DataSpec", "build_datasets", "causal_lm_collator", "read_dataset"]
+__all__ = ["DataSpec", "build_datasets", "causal_lm_collator"]

@@ -54,7 +54,7 @@ class DataSpec:
     num_proc: int | None = None  # worker processes for tokenisation (map-style datasets only)
     cache_dir: str | None = None  # Arrow cache; default: the datasets library's cache
     cards: list[str] = field(default_factory=list)  # data cards (markdown) of the files, for the model card
-    seed: int = 0  # order of the records within each file when homologs_in_context; the split hash
+    seed: int = 0  # seed of the hash that chooses the eval examples
 
     def validate(self) -> None:
         if not self.train:
