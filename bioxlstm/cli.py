@@ -157,6 +157,26 @@ def build_parser() -> argparse.ArgumentParser:
     in_context.add_argument("--seed", type=int, default=0, help="chooses the context molecules and the samples")
     in_context.add_argument("--json", action="store_true", help="print one JSON object per domain instead of a table")
     in_context.set_defaults(run=run_evaluate_chem_in_context)
+    train = commands.add_parser(
+        "train",
+        help="train or fine-tune a model from a recipe",
+        description=(
+            "Train a model from a YAML recipe (see recipes/). Runs on one CPU or GPU as is, and as DDP under "
+            "`torchrun --nproc_per_node N -m bioxlstm.cli train ...` or `accelerate launch`. Writes checkpoints, "
+            "log.csv, TensorBoard logs, loss_curve.png and the final model (OUTPUT_DIR/model) with its card."
+        ),
+    )
+    train.add_argument("recipe", type=Path, help="recipe file, e.g. recipes/chem-clm-tiny.yaml")
+    train.add_argument("--output-dir", type=Path, help="where the run writes (default: runs/RECIPE_NAME)")
+    train.add_argument(
+        "--resume", action="store_true",
+        help="continue from the newest checkpoint in the output directory, with the same data order",
+    )
+    train.add_argument(
+        "overrides", nargs="*", metavar="SECTION.KEY=VALUE",
+        help="change the recipe, e.g. training.max_steps=20 model.hidden_size=64 data.packing=false",
+    )
+    train.set_defaults(run=run_train)
     return parser
 
 
@@ -410,11 +430,23 @@ def run_info(args: argparse.Namespace) -> None:
     if card.is_file():
         print()
         print(card.read_text())
+def run_train(args: argparse.Namespace) -> None:
+    from .training import load_recipe, train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    trainer = train(recipe, args.output_dir, resume=args.resume)
+    if trainer.is_world_process_zero():
+        print(f"trained {recipe.name}: model in {Path(trainer.args.output_dir) / 'model'}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    # argparse reads a positional list only up to the first option; overrides may also follow one.
+    if extras and hasattr(args, "overrides") and not any(e.startswith("-") for e in extras):
+        args.overrides += extras
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     if args.command is None:
         parser.print_help(sys.stderr)
         sys.exit(2)
@@ -439,3 +471,7 @@ def one_line(error: Exception) -> str:
         return f"{error.filename}: no such file or directory"
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,7 @@
-"""Finding and loading saved models: a directory written by `save_pretrained` or `bioxlstm export`."""
+"""Finding and loading saved models: a directory written by `save_pretrained` or `bioxlstm export`,
+or the name of a default model bundled with the package."""
 
+from importlib import resources
 from pathlib import Path
 
 from transformers import AutoConfig, PreTrainedTokenizerFast
@@ -8,19 +10,41 @@ from . import models
 from .tokenization import load_tokenizer
 
 
+# Small models trained by the `-tiny` recipes (scripts/build_default_models.py), shipped in the package.
+DEFAULT_MODELS_DIRECTORY = Path(str(resources.files("bioxlstm"))) / "default_models"
+
+
 class ModelNotFoundError(ValueError):
     """The name or path given for a model leads nowhere; the message says what exists."""
+
+
+def default_model_names() -> list[str]:
+    if not DEFAULT_MODELS_DIRECTORY.is_dir():
+        return []
+    return sorted(p.name for p in DEFAULT_MODELS_DIRECTORY.iterdir() if (p / "config.json").is_file())
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """The directory of a saved model: `name_or_path` itself, or the bundled default of that name."""
+    directory = Path(name_or_path)
+    if (directory / "config.json").is_file():
+        return directory
+    if str(name_or_path) in default_model_names():
+        return DEFAULT_MODELS_DIRECTORY / str(name_or_path)
+    names = ", ".join(default_model_names()) or "none installed"
+    raise ModelNotFoundError(
+        f"{directory}: no saved model here (expected a directory with config.json, or a bundled default: {names})"
+    )
 
 
 def load_pretrained(name_or_path: str | Path, **kwargs):
     """Load a saved Bio-xLSTM model with the head it was saved with, and its tokenizer.
 
+    `name_or_path`: a model directory, or the name of a bundled default model ("dna", "protein", "chem").
     The tokenizer is the one saved beside the weights, else the bundled one of the model's domain
     (None for a domain-free model without saved tokenizer). Keyword arguments go to `from_pretrained`.
     """
-    directory = Path(name_or_path)
-    if not (directory / "config.json").is_file():
-        raise ModelNotFoundError(f"{directory}: no saved model here (expected a directory with config.json)")
+    directory = resolve_model(name_or_path)
     config = AutoConfig.from_pretrained(directory)
     if config.model_type != models.BioXLSTMConfig.model_type:
         raise ModelNotFoundError(f"{directory}: a {config.model_type!r} model, not a Bio-xLSTM model")

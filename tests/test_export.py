@@ -137,7 +137,9 @@ def test_cli_export_writes_a_loadable_directory_with_card(tmp_path):
     [
         (
             ["--model", "no/such/dir", "--output", "x"],
-            "no/such/dir: no saved model here (expected a directory with config.json)",
+            "no/such/dir: no saved model here (expected a directory with config.json, or a bundled default: "
+            + ", ".join(bioxlstm.pretrained.default_model_names())
+            + ")",
         ),
         (["--model", "{saved}", "--output", "{saved}"], "{saved}: exists and is not empty; choose a new directory"),
         (

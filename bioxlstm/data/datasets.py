@@ -1,0 +1,180 @@
+"""Sequence files -> Hugging Face `datasets` of token-id examples, ready for a collator.
+
+The pipeline, the same for every domain:
+
+    files --read_records--> records --tokenise--> token ids --examples--> <cls> ... windows
+          --split--> train / eval --(DNA) reverse-complement augmentation--> collator
+
+- Records stream from `bioxlstm.io.read_records` into an Arrow table that `datasets` caches on disk
+  and memory-maps (`streaming: true` builds an `IterableDataset` instead, for corpora larger than
+  the disk cache or RAM). Tokenisation is a batched `map` with `num_proc` workers.
+- An example starts with `<cls>` (as every tokenised prompt does) and holds at most `max_length`
+  tokens. `<eos>` follows a sequence only where it really ends, so a window cut from the middle of
+  a genome carries none. With `homologs_in_context`, consecutive records of one file (one protein
+  family) are joined, each closed by `<eos>`, into examples of up to `max_length` tokens, so the
+  model predicts each homolog with the previous ones in context.
+- Without separate eval files, an example goes to the eval split when a hash of its tokens falls in
+  the `eval_fraction`: the split is the same on every run, in streaming and map-style mode alike,
+  and identical examples never straddle it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+from ..io import read_records
+from ..tokenization import complement_map
+
+# Buckets of the hash split: eval_fraction is honoured to 1 / HASH_BUCKETS.
+HASH_BUCKETS = 10_000
+
+
+@dataclass
+class DataSpec:
+    """The `data` section of a recipe. Paths are relative to the recipe file."""
+
+    train: list[str] = field(default_factory=list)  # sequence files read by bioxlstm.io
+    eval: list[str] = field(default_factory=list)  # held-out files; empty: hold out eval_fraction of train
+    eval_fraction: float = 0.01
+    max_eval_examples: int | None = None  # cap on the eval set, so evaluation stays quick
+    format: str | None = None  # bioxlstm.io format of every file; default: from each file's extension
+    on_invalid: str = "error"  # bioxlstm.io policy for records with characters outside the alphabet
+    max_records: int | None = None  # read at most this many records per file
+    max_length: int = 1024  # tokens per example, <cls> and <eos> included
+    homologs_in_context: bool = False
+    reverse_complement: bool = False  # DNA: add the reverse-complement strand of every training example
+    packing: bool = True  # pack examples into one row with state resets (else pad to the longest)
+    streaming: bool = False
+    num_proc: int | None = None  # worker processes for tokenisation (map-style datasets only)
+    cache_dir: str | None = None  # Arrow cache; default: the datasets library's cache
+    cards: list[str] = field(default_factory=list)  # data cards (markdown) of the files, for the model card
+    seed: int = 0  # seed of the hash that chooses the eval examples
+
+    def validate(self) -> None:
+        if not self.train:
+            raise ValueError("recipe data.train names no files")
+        for path in [*self.train, *self.eval, *self.cards]:
+            if not Path(path).is_file():
+                raise FileNotFoundError(2, "no such file", path)
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if not self.eval and self.eval_fraction == 0:
+            raise ValueError("no eval data: give data.eval files or a positive data.eval_fraction")
+        if self.max_length < 3:
+            raise ValueError(f"data.max_length must be at least 3 (<cls>, a token, <eos>), got {self.max_length}")
+
+
+def _records(paths: list[str], format: str | None, domain: str, on_invalid: str, max_records: int | None, stamps):
+    # `stamps` (size, mtime per file) is unused here but part of the arguments `datasets` hashes for
+    # its cache fingerprint, so an edited file is read again instead of served stale from the cache.
+    del stamps
+    for source, path in enumerate(paths):
+        for record in itertools.islice(read_records(path, format, domain, on_invalid), max_records):
+            yield {"source": source, "sequence": record.sequence}
+
+
+def read_dataset(paths: list[str], spec: DataSpec, domain: str) -> datasets.Dataset | datasets.IterableDataset:
+    """The records of `paths` as a dataset with columns `source` (file index) and `sequence`."""
+    kwargs = dict(
+        paths=[str(Path(p).resolve()) for p in paths],
+        format=spec.format,
+        domain=domain,
+        on_invalid=spec.on_invalid,
+        max_records=spec.max_records,
+        stamps=[(Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths],
+    )
+    if spec.streaming:
+        return datasets.IterableDataset.from_generator(_records, gen_kwargs=kwargs)
+    try:
+        return datasets.Dataset.from_generator(_records, gen_kwargs=kwargs, cache_dir=spec.cache_dir)
+    except datasets.exceptions.DatasetGenerationError as error:
+        # A bad record is the user's input error, not a failure of the generator machinery.
+        raise error.__cause__ or error
+
+
+def _tokenise(batch: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
+    return {"input_ids": tokenizer(batch["sequence"], add_special_tokens=False)["input_ids"]}
+
+
+def _examples(batch: dict, cls_id: int, eos_id: int, max_length: int, homologs_in_context: bool) -> dict:
+    """Cut each sequence (closed by <eos>) into pieces of max_length - 1 tokens and start every
+    example with <cls>; with homologs_in_context, fill each example with consecutive pieces of the
+    same file."""
+    room = max_length - 1
+    examples, current, current_source = [], [], None
+    for source, ids in zip(batch["source"], batch["input_ids"]):
+        ids = [*ids, eos_id]
+        for start in range(0, len(ids), room):
+            piece = ids[start : start + room]
+            fits = homologs_in_context and source == current_source and len(current) + len(piece) <= room
+            if current and not fits:
+                examples.append([cls_id, *current])
+                current = []
+            current += piece
+            current_source = source
+    if current:
+        examples.append([cls_id, *current])
+    return {"input_ids": examples}
+
+
+def _in_split(example: dict, eval_fraction: float, seed: int, evaluation: bool) -> bool:
+    digest = zlib.crc32(str(example["input_ids"]).encode(), seed)
+    return (digest % HASH_BUCKETS < eval_fraction * HASH_BUCKETS) == evaluation
+
+
+def _with_reverse_complements(batch: dict, complement: list[int], eos_id: int) -> dict:
+    """Every example, then its reverse complement with <cls> (and a closing <eos>) kept in place."""
+    examples = []
+    for ids in batch["input_ids"]:
+        body_end = len(ids) - 1 if ids[-1] == eos_id else len(ids)
+        reverse = [complement[i] for i in reversed(ids[1:body_end])]
+        examples += [ids, [ids[0], *reverse, *ids[body_end:]]]
+    return {"input_ids": examples}
+
+
+def build_datasets(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, domain: str):
+    """(train, eval) datasets of `input_ids` examples, as described in the module docstring."""
+    spec.validate()
+    map_options = {} if spec.streaming else {"num_proc": spec.num_proc}
+
+    def examples_of(paths: list[str]):
+        records = read_dataset(paths, spec, domain)
+        tokens = records.map(
+            _tokenise, batched=True, fn_kwargs={"tokenizer": tokenizer}, remove_columns=["sequence"],
+            **map_options, **({} if spec.streaming else {"desc": "tokenising"}),
+        )
+        # One process: a group of homologs must not be cut at a worker's shard boundary.
+        return tokens.map(
+            _examples, batched=True, remove_columns=["source"],
+            fn_kwargs={
+                "cls_id": tokenizer.cls_token_id, "eos_id": tokenizer.eos_token_id,
+                "max_length": spec.max_length, "homologs_in_context": spec.homologs_in_context,
+            },
+            **({} if spec.streaming else {"desc": "cutting examples"}),
+        )
+
+    train = examples_of(spec.train)
+    if spec.eval:
+        evaluation = examples_of(spec.eval)
+    else:
+        split = {"eval_fraction": spec.eval_fraction, "seed": spec.seed}
+        evaluation = train.filter(_in_split, fn_kwargs={**split, "evaluation": True}, **map_options)
+        train = train.filter(_in_split, fn_kwargs={**split, "evaluation": False}, **map_options)
+    if spec.max_eval_examples is not None:
+        evaluation = (
+            evaluation.take(spec.max_eval_examples)
+            if spec.streaming
+            else evaluation.select(range(min(spec.max_eval_examples, len(evaluation))))
+        )
+    if spec.reverse_complement:
+        train = train.map(
+            _with_reverse_complements, batched=True,
+            fn_kwargs={"complement": complement_map(tokenizer), "eos_id": tokenizer.eos_token_id}, **map_options,
+        )
+    return train, evaluation

@@ -1,0 +1,158 @@
+"""Configuration of the Bio-xLSTM block stack: every field is part of the architecture."""
+
+import math
+
+from transformers import PretrainedConfig
+
+KERNEL_CHOICES = ("auto", "native", "triton")
+DOMAINS = (None, "dna", "protein", "smiles")
+
+
+def _round_up(value: float, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+class BioXLSTMConfig(PretrainedConfig):
+    r"""Configuration of a Bio-xLSTM model: a stack of mLSTM and sLSTM blocks (xLSTM v1 structure).
+
+    Args:
+        vocab_size: number of token ids.
+        hidden_size: width of the residual stream (the embedding dimension).
+        num_hidden_layers: number of blocks.
+        num_heads: heads of the mLSTM cells (and of the sLSTM cells unless `slstm_num_heads` is set).
+        slstm_layers: indices of the blocks that are sLSTM blocks; all others are mLSTM blocks.
+        proj_factor: mLSTM up-projection factor; the inner width is `proj_factor * hidden_size`
+            rounded up to a multiple of `proj_round_multiple`.
+        conv1d_kernel_size: width of the causal depthwise convolution in every block (0 disables it
+            in sLSTM blocks).
+        qkv_proj_blocksize: block size of the block-diagonal q/k/v projections of the mLSTM.
+        ffn_proj_factor: up-projection factor of the gated feed-forward of sLSTM blocks (rounded
+            like `proj_factor`).
+        dropout: dropout on the block outputs (and on the embeddings if `embedding_dropout`).
+        chunk_size: chunk length of the chunkwise mLSTM kernel used for training and prefill.
+        kernel: `"auto"` (Triton on CUDA when available, native PyTorch otherwise), `"native"` or
+            `"triton"`. Only `models/kernels.py` reads it.
+        tie_word_embeddings: share the input embedding with the LM head.
+        slstm_num_heads: heads of the sLSTM cells (default: `num_heads`).
+        slstm_conv1d_kernel_size: convolution width of sLSTM blocks (default: `conv1d_kernel_size`).
+        ffn_activation: activation of the gated feed-forward (`"gelu"`, `"swish"`, `"relu"`).
+        bias: bias terms in the up/down and q/k/v projections.
+        proj_round_multiple: the up-projection widths are rounded up to a multiple of this.
+        add_post_blocks_norm: layer norm after the last block.
+        embedding_dropout: apply `dropout` to the token embeddings.
+        norm_eps: epsilon of all layer and group norms.
+        domain: the sequence domain the model was trained on (`"dna"`, `"protein"`, `"smiles"`),
+            used to pick its tokenizer and describe it; None for a domain-free model.
+    """
+
+    model_type = "bioxlstm"
+    # save_pretrained ships this file as remote code, for users without bioxlstm installed.
+    _auto_class = "AutoConfig"
+
+    def __init__(
+        self,
+        vocab_size: int = 32,
+        hidden_size: int = 128,
+        num_hidden_layers: int = 4,
+        num_heads: int = 4,
+        slstm_layers: list[int] | tuple[int, ...] = (),
+        proj_factor: float = 2.0,
+        conv1d_kernel_size: int = 4,
+        qkv_proj_blocksize: int = 4,
+        ffn_proj_factor: float = 1.3,
+        dropout: float = 0.0,
+        chunk_size: int = 64,
+        kernel: str = "auto",
+        tie_word_embeddings: bool = False,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        slstm_num_heads: int | None = None,
+        slstm_conv1d_kernel_size: int | None = None,
+        ffn_activation: str = "gelu",
+        bias: bool = False,
+        proj_round_multiple: int = 64,
+        add_post_blocks_norm: bool = True,
+        embedding_dropout: bool = False,
+        norm_eps: float = 1e-5,
+        domain: str | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_heads = num_heads
+        self.slstm_layers = sorted(int(i) for i in slstm_layers)
+        self.proj_factor = proj_factor
+        self.conv1d_kernel_size = conv1d_kernel_size
+        self.qkv_proj_blocksize = qkv_proj_blocksize
+        self.ffn_proj_factor = ffn_proj_factor
+        self.dropout = dropout
+        self.chunk_size = chunk_size
+        self.kernel = kernel
+        self.slstm_num_heads = slstm_num_heads
+        self.slstm_conv1d_kernel_size = slstm_conv1d_kernel_size
+        self.ffn_activation = ffn_activation
+        self.bias = bias
+        self.proj_round_multiple = proj_round_multiple
+        self.add_post_blocks_norm = add_post_blocks_norm
+        self.embedding_dropout = embedding_dropout
+        self.norm_eps = norm_eps
+        self.domain = domain
+        # Every saved head also loads as the bare backbone (feature extraction) from remote code.
+        kwargs.setdefault("auto_map", {"AutoModel": "modeling_bioxlstm.BioXLSTMModel"})
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.kernel not in KERNEL_CHOICES:
+            raise ValueError(f"kernel must be one of {KERNEL_CHOICES}, got {self.kernel!r}")
+        bad = [i for i in self.slstm_layers if not 0 <= i < self.num_hidden_layers]
+        if bad:
+            raise ValueError(
+                f"slstm_layers {bad} out of range for num_hidden_layers={self.num_hidden_layers}"
+            )
+        if self.mlstm_inner_size % self.num_heads:
+            raise ValueError(
+                f"mLSTM inner size {self.mlstm_inner_size} is not divisible by num_heads={self.num_heads}"
+            )
+        if self.mlstm_inner_size % self.qkv_proj_blocksize:
+            raise ValueError(
+                f"mLSTM inner size {self.mlstm_inner_size} is not divisible by "
+                f"qkv_proj_blocksize={self.qkv_proj_blocksize}"
+            )
+        if self.slstm_layers and self.hidden_size % self.slstm_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by the sLSTM heads ({self.slstm_heads})"
+            )
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {self.chunk_size}")
+
+    @property
+    def mlstm_inner_size(self) -> int:
+        return _round_up(self.proj_factor * self.hidden_size, self.proj_round_multiple)
+
+    @property
+    def ffn_inner_size(self) -> int:
+        return _round_up(self.ffn_proj_factor * self.hidden_size, self.proj_round_multiple)
+
+    @property
+    def slstm_heads(self) -> int:
+        return self.slstm_num_heads or self.num_heads
+
+    @property
+    def slstm_conv_size(self) -> int:
+        if self.slstm_conv1d_kernel_size is None:
+            return self.conv1d_kernel_size
+        return self.slstm_conv1d_kernel_size
+
+    def is_slstm(self, layer_idx: int) -> bool:
+        return layer_idx in self.slstm_layers

@@ -1,0 +1,153 @@
+"""The one place that chooses and calls recurrence kernels.
+
+The mLSTM kernels come from `mlstm_kernels` (NXAI Community License; see NOTICE): the chunkwise
+kernel for training and prompt prefill (linear in length, any length through the library's
+padding wrapper) and the step kernel for decoding, native PyTorch on CPU and Triton on CUDA.
+The sLSTM is strictly sequential; its native scan below follows the reference semantics of the
+official `xlstm` package. Swapping an implementation means editing this module only.
+"""
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+# Gate pre-activations that make a position a no-op: the input gate closed (exp(-1e4) == 0 in
+# fp32) and the forget gate open (logsigmoid(1e4) == 0 in fp32). Padding is exactly invisible.
+INPUT_GATE_CLOSED = -1.0e4
+FORGET_GATE_OPEN = 1.0e4
+# A forget gate that erases the state: it scales the memory by e^-100 (~4e-44) relative to the new
+# input, far below fp32 resolution for any input-gate range a trained model uses, while the chunkwise
+# kernel's cumulative log-gate sums stay small enough for fp32 to resolve gates within a sequence.
+FORGET_GATE_CLOSED = -100.0
+
+MLSTM_EPS = 1e-6
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(kernel: str, device: torch.device) -> str:
+    """Map `config.kernel` and the tensors' device to the backend that runs: native or triton."""
+    if kernel == "native":
+        return "native"
+    if kernel == "triton":
+        if device.type != "cuda" or not triton_available():
+            raise RuntimeError(
+                "kernel='triton' needs a CUDA device and the `triton` package; "
+                "use kernel='auto' or 'native' on this machine"
+            )
+        return "triton"
+    return "triton" if device.type == "cuda" and triton_available() else "native"
+
+
+@lru_cache(maxsize=None)
+def _mlstm_functions(backend: str, training: bool):
+    from mlstm_kernels.torch import get_mlstm_kernel, get_mlstm_step_kernel
+
+    if backend == "triton":
+        chunkwise = get_mlstm_kernel("chunkwise--triton_xl_chunk")
+        step = get_mlstm_step_kernel("triton")
+    else:
+        # The custom-backward kernel recomputes chunk states instead of storing autograd graphs.
+        chunkwise = get_mlstm_kernel("chunkwise--native_custbw" if training else "chunkwise--native_autograd")
+        step = get_mlstm_step_kernel("native")
+    return chunkwise, step
+
+
+def mlstm_recurrence(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    igate: torch.Tensor,
+    fgate: torch.Tensor,
+    state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    chunk_size: int,
+    backend: str,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Run the mLSTM over a sequence and return the outputs and the final (C, n, m) state.
+
+    q, k, v: (B, NH, S, DH); igate, fgate: gate pre-activations (B, NH, S); state: (C, n, m) with
+    shapes (B, NH, DH, DH), (B, NH, DH), (B, NH, 1), or None for a fresh sequence. One token uses
+    the step kernel; longer inputs the chunkwise kernel, padded to a multiple of the chunk size.
+    """
+    from mlstm_kernels.torch.kernel_wrappers import wrap_chunkwise__arbitrary_sequence_length_with_padding
+
+    chunkwise, step = _mlstm_functions(backend, torch.is_grad_enabled())
+    c, n, m = state if state is not None else (None, None, None)
+    seq_len = q.shape[2]
+    # The chunkwise kernels need a multiple of the chunk size; a short prompt is one chunk.
+    chunk = chunk_size if seq_len >= chunk_size or backend == "triton" else max(seq_len, 1)
+    h, (c, n, m) = wrap_chunkwise__arbitrary_sequence_length_with_padding(
+        mlstm_chunkwise_kernel=chunkwise,
+        mlstm_sequence_kernel=None,
+        mlstm_step_kernel=step,
+        q=q,
+        k=k,
+        v=v,
+        f=fgate,
+        i=igate,
+        c_initial=c,
+        n_initial=n,
+        m_initial=m,
+        return_last_states=True,
+        eps=MLSTM_EPS,
+        autocast_kernel_dtype=torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32,
+        chunk_size=chunk,
+        dtype_state=torch.float32,
+    )
+    return h.to(q.dtype), (c, n, m)
+
+
+def slstm_scan(
+    preacts: torch.Tensor,
+    recurrent_kernel: torch.Tensor,
+    bias: torch.Tensor,
+    state: torch.Tensor | None,
+    keep: torch.Tensor | None,
+    reset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the sLSTM recurrence step by step.
+
+    preacts: input contributions to the gates (B, S, 4, NH, DH) in the order i, f, z, o;
+    recurrent_kernel: (NH, DH, 4, DH), block-diagonal per head; bias: (NH, 4, DH);
+    state: (B, 4, NH, DH) holding (h, c, n, m), or None for zeros; keep: (B, S) bool, False at
+    positions that must leave the state untouched (padding); reset: (B, S) bool, True where a new
+    sequence starts, which then sees a zero state.
+    Returns the hidden outputs (B, S, NH, DH) and the final state.
+    """
+    batch, seq_len, _, heads, head_dim = preacts.shape
+    if state is None:
+        state = preacts.new_zeros(batch, 4, heads, head_dim)
+    h, c, n, m = state.unbind(1)
+    kernel = recurrent_kernel.reshape(heads, head_dim, 4 * head_dim)
+    bias = bias.transpose(0, 1)  # (4, NH, DH)
+    outputs = []
+    for t in range(seq_len):
+        if reset is not None:
+            fresh = ~reset[:, t, None, None]
+            h, c, n, m = (v * fresh for v in (h, c, n, m))
+        recurrent = torch.bmm(h.transpose(0, 1), kernel)  # (NH, B, 4*DH)
+        recurrent = recurrent.view(heads, batch, 4, head_dim).permute(1, 2, 0, 3)
+        i_raw, f_raw, z_raw, o_raw = (preacts[:, t] + recurrent + bias).unbind(1)
+        log_f_plus_m = m + F.logsigmoid(f_raw)
+        # A sequence's first step (n == 0) starts its stabiliser at the input gate, as the reference does.
+        m_new = torch.where(n == 0, i_raw, torch.maximum(i_raw, log_f_plus_m))
+        i_act = torch.exp(i_raw - m_new).clamp(max=1.0)
+        f_act = torch.exp(log_f_plus_m - m_new).clamp(max=1.0)
+        c_new = f_act * c + i_act * torch.tanh(z_raw)
+        n_new = f_act * n + i_act
+        h_new = torch.sigmoid(o_raw) * c_new / n_new
+        if keep is not None:
+            keep_t = keep[:, t, None, None]
+            h_new, c_new, n_new, m_new = (
+                torch.where(keep_t, new, old) for new, old in ((h_new, h), (c_new, c), (n_new, n), (m_new, m))
+            )
+        h, c, n, m = h_new, c_new, n_new, m_new
+        outputs.append(h)
+    return torch.stack(outputs, dim=1), torch.stack((h, c, n, m), dim=1)

@@ -1,0 +1,250 @@
+"""mLSTM and sLSTM blocks (xLSTM v1 structure) and the layers they are made of.
+
+Module and parameter names and shapes follow the official `xlstm` package's `xLSTMLMModel`, so
+its checkpoints convert one to one (see `bioxlstm.convert`). Every layer takes an optional
+recurrent state and returns its new one, so one code path serves training, prompt prefill and
+token-by-token decoding; `keep` (B, S) marks the real (non-padding) positions and `reset` (B, S)
+the first position of each sequence packed into a row, where every state starts afresh.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .kernels import FORGET_GATE_CLOSED, FORGET_GATE_OPEN, INPUT_GATE_CLOSED, mlstm_recurrence, resolve_backend, slstm_scan
+from .configuration_bioxlstm import BioXLSTMConfig
+
+ACTIVATIONS = {"gelu": F.gelu, "swish": F.silu, "relu": F.relu}
+
+
+class LayerNorm(nn.Module):
+    """Layer norm without bias whose scale is stored as an offset from one (zero-initialised)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), weight=1.0 + self.weight, eps=self.eps)
+
+
+class MultiHeadLayerNorm(LayerNorm):
+    """Layer norm over each head separately (a group norm with one group per head)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, S, NH, DH)
+        batch, seq_len, heads, head_dim = x.shape
+        y = F.group_norm(x.reshape(batch * seq_len, heads * head_dim), heads, weight=1.0 + self.weight, eps=self.eps)
+        return y.view(batch, seq_len, heads * head_dim)
+
+
+class HeadwiseLinear(nn.Module):
+    """Block-diagonal linear map: each of `num_blocks` channel groups has its own square matrix."""
+
+    def __init__(self, dim: int, num_blocks: int, bias: bool):
+        super().__init__()
+        self.num_blocks = num_blocks
+        block = dim // num_blocks
+        self.weight = nn.Parameter(torch.empty(num_blocks, block, block))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.einsum("...hi,hoi->...ho", x.view(*shape[:-1], self.num_blocks, -1), self.weight)
+        y = y.reshape(shape)
+        return y if self.bias is None else y + self.bias
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal convolution whose state is the last `kernel_size - 1` inputs."""
+
+    def __init__(self, dim: int, kernel_size: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(dim, dim, kernel_size, groups=dim, bias=True)
+
+    def forward(
+        self, x: torch.Tensor, state: torch.Tensor | None, reset: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, S, D); state: (B, K-1, D) or None (zeros, i.e. the sequence starts here);
+        reset: (B, S) bool, True where a sequence starts that must not see earlier inputs."""
+        if state is None:
+            state = x.new_zeros(x.shape[0], self.kernel_size - 1, x.shape[2])
+        window = torch.cat([state.to(x.dtype), x], dim=1)
+        new_state = window[:, window.shape[1] - (self.kernel_size - 1) :]
+        if reset is None:
+            y = F.conv1d(window.transpose(1, 2), self.conv.weight, self.conv.bias, groups=x.shape[2])
+            return y.transpose(1, 2), new_state
+        # Tap k of output t reads input t-k, which belongs to the same sequence iff no sequence
+        # starts in (t-k, t]; inputs before this call count as one earlier sequence.
+        starts = torch.cumsum(reset.long(), dim=1)
+        starts = torch.cat([starts.new_zeros(x.shape[0], self.kernel_size - 1), starts], dim=1)
+        taps = window.unfold(1, self.kernel_size, 1)  # (B, S, D, K): inputs t-K+1 .. t
+        same_sequence = starts.unfold(1, self.kernel_size, 1) == starts[:, self.kernel_size - 1 :, None]
+        y = torch.einsum("bsdk,dk->bsd", taps * same_sequence[:, :, None, :], self.conv.weight[:, 0])
+        return y + self.conv.bias, new_state
+
+
+class GatedFeedForward(nn.Module):
+    def __init__(self, config: BioXLSTMConfig):
+        super().__init__()
+        inner = config.ffn_inner_size
+        self.proj_up = nn.Linear(config.hidden_size, 2 * inner, bias=config.bias)
+        self.proj_down = nn.Linear(inner, config.hidden_size, bias=config.bias)
+        self.act_fn = ACTIVATIONS[config.ffn_activation]
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.proj_up(x).chunk(2, dim=-1)
+        return self.dropout(self.proj_down(self.act_fn(gate) * up))
+
+
+def _mask_padding(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    return x if keep is None else x * keep.unsqueeze(-1).to(x.dtype)
+
+
+class MLSTMLayer(nn.Module):
+    """Up-projection, causal conv, head-wise q/k/v, exponential-gated mLSTM cell with multi-head
+    norm, learnable skip, output gate and down-projection.
+
+    State: (C, n, m, conv window).
+    """
+
+    def __init__(self, config: BioXLSTMConfig):
+        super().__init__()
+        inner = config.mlstm_inner_size
+        self.inner = inner
+        self.num_heads = config.num_heads
+        self.chunk_size = config.chunk_size
+        self.kernel = config.kernel
+        blocks = inner // config.qkv_proj_blocksize
+        self.proj_up = nn.Linear(config.hidden_size, 2 * inner, bias=config.bias)
+        self.q_proj = HeadwiseLinear(inner, blocks, config.bias)
+        self.k_proj = HeadwiseLinear(inner, blocks, config.bias)
+        self.v_proj = HeadwiseLinear(inner, blocks, config.bias)
+        self.conv1d = CausalConv1d(inner, config.conv1d_kernel_size)
+        self.igate = nn.Linear(3 * inner, config.num_heads)
+        self.fgate = nn.Linear(3 * inner, config.num_heads)
+        self.outnorm = MultiHeadLayerNorm(inner, config.norm_eps)
+        self.learnable_skip = nn.Parameter(torch.ones(inner))
+        self.proj_down = nn.Linear(inner, config.hidden_size, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, state: tuple | None, keep: torch.Tensor | None, reset: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple]:
+        batch, seq_len, _ = x.shape
+        x_mlstm, z = self.proj_up(x).split(self.inner, dim=-1)
+        x_mlstm = _mask_padding(x_mlstm, keep)
+        cell_state, conv_state = (state[:3], state[3]) if state is not None else (None, None)
+        x_conv, conv_state = self.conv1d(x_mlstm, conv_state, reset)
+        x_conv = F.silu(x_conv)
+        q, k, v = self.q_proj(x_conv), self.k_proj(x_conv), self.v_proj(x_mlstm)
+        gate_input = torch.cat([q, k, v], dim=-1)
+        igate, fgate = self.igate(gate_input), self.fgate(gate_input)  # (B, S, NH)
+        if keep is not None:
+            igate = igate.masked_fill(~keep.unsqueeze(-1), INPUT_GATE_CLOSED)
+            fgate = fgate.masked_fill(~keep.unsqueeze(-1), FORGET_GATE_OPEN)
+        if reset is not None:
+            fgate = fgate.masked_fill(reset.unsqueeze(-1), FORGET_GATE_CLOSED)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, seq_len, self.num_heads, -1).transpose(1, 2)
+
+        h, cell_state = mlstm_recurrence(
+            heads(q),
+            heads(k),
+            heads(v),
+            igate.transpose(1, 2).float(),
+            fgate.transpose(1, 2).float(),
+            cell_state,
+            self.chunk_size,
+            resolve_backend(self.kernel, x.device),
+        )
+        h = self.outnorm(h.transpose(1, 2))
+        h = (h + self.learnable_skip * x_conv) * F.silu(z)
+        return self.dropout(self.proj_down(h)), (*cell_state, conv_state)
+
+
+class SLSTMLayer(nn.Module):
+    """Causal conv, head-wise gate projections, sLSTM cell with block-diagonal recurrent matrices,
+    and a multi-head group norm.
+
+    State: ((h, c, n, m) stacked, conv window).
+    """
+
+    def __init__(self, config: BioXLSTMConfig, layer_idx: int):
+        super().__init__()
+        dim, heads = config.hidden_size, config.slstm_heads
+        self.num_heads = heads
+        self.layer_idx = layer_idx  # the forget-gate initialisation depends on depth
+        self.conv1d = CausalConv1d(dim, config.slstm_conv_size) if config.slstm_conv_size > 0 else None
+        self.igate = HeadwiseLinear(dim, heads, bias=False)
+        self.fgate = HeadwiseLinear(dim, heads, bias=False)
+        self.zgate = HeadwiseLinear(dim, heads, bias=False)
+        self.ogate = HeadwiseLinear(dim, heads, bias=False)
+        self.recurrent_kernel = nn.Parameter(torch.zeros(heads, dim // heads, 4, dim // heads))
+        self.bias = nn.Parameter(torch.zeros(heads, 4, dim // heads))
+        self.group_norm = MultiHeadLayerNorm(dim, config.norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, state: tuple | None, keep: torch.Tensor | None, reset: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple]:
+        batch, seq_len, dim = x.shape
+        cell_state, conv_state = state if state is not None else (None, None)
+        x = _mask_padding(x, keep)
+        if self.conv1d is not None:
+            x_conv, conv_state = self.conv1d(x, conv_state, reset)
+            x_conv = F.silu(x_conv)
+        else:
+            x_conv = x
+        preacts = torch.stack([self.igate(x_conv), self.fgate(x_conv), self.zgate(x), self.ogate(x)], dim=2)
+        h, cell_state = slstm_scan(
+            preacts.view(batch, seq_len, 4, self.num_heads, dim // self.num_heads),
+            self.recurrent_kernel,
+            self.bias,
+            cell_state,
+            keep,
+            reset,
+        )
+        return self.group_norm(self.dropout(h)), (cell_state, conv_state)
+
+
+class XLSTMBlock(GradientCheckpointingLayer):
+    """Pre-norm residual block around an mLSTM or sLSTM layer; sLSTM blocks add a gated
+    feed-forward with its own pre-norm."""
+
+    def __init__(self, config: BioXLSTMConfig, layer_idx: int):
+        super().__init__()
+        self.is_slstm = config.is_slstm(layer_idx)
+        self.xlstm_norm = LayerNorm(config.hidden_size, config.norm_eps)
+        self.xlstm = SLSTMLayer(config, layer_idx) if self.is_slstm else MLSTMLayer(config)
+        if self.is_slstm:
+            self.ffn_norm = LayerNorm(config.hidden_size, config.norm_eps)
+            self.ffn = GatedFeedForward(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: tuple | None = None,
+        keep: torch.Tensor | None = None,
+        reset: torch.Tensor | None = None,
+    ):
+        y, state = self.xlstm(self.xlstm_norm(x), state, keep, reset)
+        x = x + y
+        if self.is_slstm:
+            x = x + self.ffn(self.ffn_norm(x))
+        return x, state
+
+
+def small_init_std(dim: int) -> float:
+    """Std of the "small init" of the xLSTM/Transformers-without-tears recipe."""
+    return math.sqrt(2 / (5 * dim))
+
+
+def wang_init_std(dim: int, num_blocks: int) -> float:
+    return 2 / num_blocks / math.sqrt(dim)

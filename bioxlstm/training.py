@@ -1,0 +1,375 @@
+"""Recipes -> `transformers.Trainer`: how every Bio-xLSTM model is trained and fine-tuned.
+
+A recipe is a YAML file with these sections (see `recipes/`):
+
+    name, description   what it trains
+    domain              dna | protein | smiles: the tokenizer, and the model's domain
+    objective           a name in OBJECTIVES (clm, ...): the model head and the collator
+    data                the fields of `bioxlstm.data.DataSpec`; paths relative to the recipe file
+    model               fields of `BioXLSTMConfig` (vocabulary and special tokens come from the tokenizer)
+    training            fields of `transformers.TrainingArguments` (output_dir comes from the command)
+
+`load_recipe(path, ["training.max_steps=20", ...])` applies key=value overrides (values parsed as
+YAML) and rejects unknown keys; `train(recipe, output_dir, resume)` runs it. The same call runs on
+one CPU or, under `torchrun --nproc_per_node N` / `accelerate launch`, as DDP (or FSDP through the
+`training.fsdp` options), because `Trainer` reads the launcher's environment.
+
+What a run leaves in its output directory: `checkpoint-N/` every `save_steps` (each appears
+complete or not at all), TensorBoard events (with `report_to: [tensorboard]`), `log.csv` (every
+logged train and eval number), `loss_curve.png`, and `model/`, the final model exported with
+`bioxlstm.export` (weights, code, tokenizer and a card with held-out loss and perplexity).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+
+from .data import DataSpec, build_datasets, causal_lm_collator
+from .export import CardInfo, export
+from .models import BioXLSTMConfig, BioXLSTMForCausalLM
+from .tokenization import DOMAINS, load_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What an objective name stands for: the model head trained, and how examples become batches."""
+
+    model_class: type[PreTrainedModel]
+    collator: Callable[[PreTrainedTokenizerBase, DataSpec], Callable]
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "clm": Objective(BioXLSTMForCausalLM, lambda tokenizer, spec: causal_lm_collator(tokenizer, spec.packing)),
+}
+# Objectives that recipes may already name; they arrive with the parts of the suite that define them.
+PLANNED_OBJECTIVES = {
+    "mlm": "masked language modelling for bidirectional and RC-PS DNA models",
+    "fim-icl": "protein fill-in-the-middle with homologs in context",
+    "molecule-icl": "in-context generation from molecule sets",
+}
+
+
+def register_objective(name: str, objective: Objective) -> None:
+    """Make `name` usable as a recipe's objective."""
+    OBJECTIVES[name] = objective
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML 1.2 scalars on the safe loader: `5e-3` is a float and `no`/`off` are strings. YAML 1.1
+    would read the first as text (a learning rate the optimiser rejects) and `eval_strategy: no` as
+    False."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+_RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=_RecipeLoader)
+
+
+SECTIONS = ("name", "description", "domain", "objective", "data", "model", "training")
+# Set from the tokenizer and the recipe's domain, never by hand.
+DERIVED_MODEL_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "domain")
+
+
+def _model_fields() -> set[str]:
+    parameters = inspect.signature(BioXLSTMConfig.__init__).parameters
+    return {name for name, p in parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD} - {"self", *DERIVED_MODEL_FIELDS}
+
+
+def _section_fields() -> dict[str, set[str]]:
+    return {
+        "data": {f.name for f in dataclasses.fields(DataSpec)},
+        "model": _model_fields(),
+        "training": {f.name for f in dataclasses.fields(TrainingArguments) if f.init} - {"output_dir"},
+    }
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str
+    domain: str
+    objective: str
+    data: DataSpec
+    model: dict
+    training: dict
+    description: str = ""
+    path: Path | None = None
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+    """Read a recipe file and apply `section.key=value` overrides; every mistake is a ValueError
+    (or FileNotFoundError) with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "no such recipe file", str(path))
+    content = _parse_yaml(path.read_text())
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: a recipe is a YAML mapping with sections {', '.join(SECTIONS)}")
+    for override in overrides:
+        _apply_override(content, override, path)
+    _check_keys(content, path)
+    if content.get("domain") not in DOMAINS:
+        raise ValueError(f"{path}: domain must be one of {', '.join(DOMAINS)}, got {content.get('domain')!r}")
+    objective = content.get("objective")
+    if objective not in OBJECTIVES and objective not in PLANNED_OBJECTIVES:
+        known = sorted({*OBJECTIVES, *PLANNED_OBJECTIVES})
+        raise ValueError(f"{path}: unknown objective {objective!r}; known objectives: {', '.join(known)}")
+    data = dict(content.get("data") or {})
+    for key in ("train", "eval", "cards"):
+        data[key] = [str(path.parent / p) for p in _as_list(data.get(key, []))]
+    return Recipe(
+        name=content.get("name", path.stem),
+        domain=content["domain"],
+        objective=objective,
+        data=DataSpec(**data),
+        model=dict(content.get("model") or {}),
+        training=dict(content.get("training") or {}),
+        description=content.get("description", ""),
+        path=path,
+    )
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _apply_override(content: dict, override: str, path: Path) -> None:
+    key, separator, value = override.partition("=")
+    if not separator or not key:
+        raise ValueError(f"override {override!r} is not of the form section.key=value")
+    *sections, leaf = key.split(".")
+    target = content
+    for section in sections:
+        target = target.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ValueError(f"override {override!r}: {section!r} in {path} is not a section")
+    target[leaf] = _parse_yaml(value)
+
+
+def _check_keys(content: dict, path: Path) -> None:
+    unknown = [key for key in content if key not in SECTIONS]
+    fields = _section_fields()
+    for section, allowed in fields.items():
+        values = content.get(section) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: section {section!r} must be a mapping")
+        unknown += [f"{section}.{key}" for key in values if key not in allowed]
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown recipe key(s) {', '.join(unknown)}; data, model and training take the fields of "
+            "bioxlstm.data.DataSpec, BioXLSTMConfig and transformers.TrainingArguments"
+        )
+
+
+def objective_of(recipe: Recipe) -> Objective:
+    if recipe.objective not in OBJECTIVES:
+        raise ValueError(
+            f"objective {recipe.objective!r} of recipe {recipe.name!r} is not available yet "
+            f"({PLANNED_OBJECTIVES[recipe.objective]}); available objectives: {', '.join(sorted(OBJECTIVES))}"
+        )
+    return OBJECTIVES[recipe.objective]
+
+
+class RecipeTrainer(Trainer):
+    """`Trainer` with perplexity beside every evaluation loss, and atomic checkpoints."""
+
+    def evaluation_loop(self, *args, **kwargs):
+        output = super().evaluation_loop(*args, **kwargs)
+        for key, value in list(output.metrics.items()):
+            if key.endswith("_loss"):
+                output.metrics[key.removesuffix("_loss") + "_perplexity"] = math.exp(min(value, 700.0))
+        return output
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Let the Trainer write checkpoint-N into a staging directory, then rename it into place:
+        `--resume` picks the highest checkpoint-N, which must never be one cut short by a crash."""
+        run_dir = Path(self._get_output_dir(trial))
+        staging = run_dir / ".checkpoint-staging"
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        # Every rank writes its RNG state there, possibly before rank 0 has created the directory.
+        (staging / name).mkdir(parents=True, exist_ok=True)
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            final = run_dir / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging / name, final)
+            shutil.rmtree(staging)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _get_output_dir(self, trial) -> str:
+        staging = getattr(self, "_staging_dir", None)
+        return str(staging) if staging is not None else super()._get_output_dir(trial)
+
+
+class LogFilesCallback(TrainerCallback):
+    """`log.csv` with every logged number, rewritten from the trainer state at each log (so a
+    resumed run drops the rows of the interrupted one past its checkpoint), and `loss_curve.png`."""
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = output_dir
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero:
+            write_log_csv(state.log_history, self.output_dir / "log.csv")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            plot_loss_curve(state.log_history, self.output_dir / "loss_curve.png")
+
+
+def write_log_csv(log_history: list[dict], path: Path) -> None:
+    import pandas as pd
+
+    partial = path.with_suffix(".csv.partial")
+    pd.DataFrame(log_history).to_csv(partial, index=False)
+    os.replace(partial, path)
+
+
+def plot_loss_curve(log_history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for key, label in (("loss", "train"), ("eval_loss", "held-out")):
+        points = [(row["step"], row[key]) for row in log_history if key in row]
+        if points:
+            axes.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
+    axes.set_xlabel("step")
+    axes.set_ylabel("cross-entropy (nats per token)")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def build_trainer(recipe: Recipe, output_dir: str | Path) -> RecipeTrainer:
+    """The Trainer of `recipe`, with its model, data and callbacks, ready for `.train()`."""
+    objective = objective_of(recipe)
+    output_dir = Path(output_dir)
+    training = dict(recipe.training)
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched_processes > 1 and not torch.cuda.is_available():
+        # Accelerate runs DDP over gloo on CPUs only in its CPU mode; otherwise every process would
+        # silently train a model of its own.
+        training.setdefault("use_cpu", True)
+    args = TrainingArguments(output_dir=str(output_dir), **training)
+    if launched_processes > 1 and args.world_size != launched_processes:
+        raise ValueError(
+            f"launched as {launched_processes} processes, but the Trainer runs {args.world_size}; "
+            "check the recipe's training.use_cpu and training.ddp_backend"
+        )
+    tokenizer = load_tokenizer(recipe.domain)
+    with args.main_process_first(desc="building the datasets"):  # one rank fills the Arrow cache
+        train_dataset, eval_dataset = build_datasets(recipe.data, tokenizer, recipe.domain)
+    set_seed(args.seed)
+    config = BioXLSTMConfig(
+        **recipe.model,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        domain=recipe.domain,
+    )
+    return RecipeTrainer(
+        model=objective.model_class(config),
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=objective.collator(tokenizer, recipe.data),
+        processing_class=tokenizer,
+        callbacks=[LogFilesCallback(output_dir)],
+    )
+
+
+def train(recipe: Recipe, output_dir: str | Path | None = None, resume: bool = False) -> RecipeTrainer:
+    """Run `recipe` to its last step, evaluate, and export the model to `output_dir/model`.
+
+    resume: continue from the newest checkpoint in `output_dir`, with the same data order, optimiser
+    and RNG states. Without it, an output directory that already holds checkpoints is refused.
+    """
+    objective_of(recipe)
+    output_dir = Path(output_dir or Path("runs") / recipe.name)
+    last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if resume and last_checkpoint is None:
+        raise ValueError(f"{output_dir}: no checkpoint to resume from")
+    if not resume and last_checkpoint is not None:
+        raise ValueError(f"{output_dir}: holds checkpoints; pass --resume to continue, or choose another --output-dir")
+    started = time.monotonic()
+    trainer = build_trainer(recipe, output_dir)
+    trainer.train(resume_from_checkpoint=last_checkpoint)
+    metrics = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        export_trained_model(trainer, recipe, output_dir / "model", metrics, time.monotonic() - started)
+    return trainer
+
+
+def export_trained_model(trainer: Trainer, recipe: Recipe, directory: Path, metrics: dict, seconds: float) -> Path:
+    """The final model as a self-contained directory whose card reports the data, the run and the
+    held-out numbers."""
+    card_metrics = {key: value for key, value in metrics.items() if key in ("eval_loss", "eval_perplexity")}
+    args = trainer.args
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    description = (
+        f"{recipe.description.strip()}\n\n"
+        f"Trained with the `{recipe.name}` recipe (objective `{recipe.objective}`) for "
+        f"{trainer.state.global_step} steps of {batch} examples of at most {recipe.data.max_length} tokens "
+        f"({'packed' if recipe.data.packing else 'padded'}), in {seconds / 60:.1f} minutes on "
+        f"{args.world_size} process(es). The held-out numbers below are the mean token cross-entropy "
+        "(nats) and its exponential on the recipe's eval split.\n\n![loss curve](loss_curve.png)"
+    )
+    card = CardInfo(
+        training_data={Path(card).stem: Path(card).read_text() for card in recipe.data.cards},
+        metrics=card_metrics,
+        description=description,
+    )
+    export(trainer.model, directory, trainer.processing_class, card)
+    curve = Path(args.output_dir) / "loss_curve.png"
+    if curve.is_file():
+        shutil.copy(curve, directory / "loss_curve.png")
+    return directory

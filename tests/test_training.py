@@ -1,0 +1,298 @@
+"""Training from recipes: what a user relies on when training or fine-tuning on a CPU or a cluster."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import tiny_model
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+import bioxlstm
+from bioxlstm.cli import main
+from bioxlstm.data import DataSpec, build_datasets, causal_lm_collator
+from bioxlstm.training import build_trainer, load_recipe, train
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+CHEM_TINY = RECIPES / "chem-clm-tiny.yaml"
+# A very small model and a slice of the data: enough to see learning in seconds on a shared CPU.
+SMALL = [
+    "data.max_records=800",
+    "data.max_eval_examples=64",
+    "model.hidden_size=32",
+    "model.num_hidden_layers=2",
+    "model.num_heads=2",
+    "model.chunk_size=16",
+    "training.per_device_train_batch_size=8",
+    "training.per_device_eval_batch_size=32",
+    "training.learning_rate=5e-3",
+    "training.warmup_steps=2",
+    "training.report_to=[]",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small models on a shared machine run several times faster on one thread than on contended ones.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small(tmp_path, *overrides):
+    return [*SMALL, f"data.cache_dir={tmp_path / 'cache'}", *overrides]
+
+
+def test_tiny_recipe_lowers_the_held_out_loss_and_writes_logs_plot_and_model(tmp_path, capsys):
+    output = tmp_path / "run"
+    main(["train", str(CHEM_TINY), "--output-dir", str(output), *small(
+        tmp_path, "training.max_steps=40", "training.eval_on_start=true", "training.eval_steps=20",
+        "training.logging_steps=5", "training.save_steps=20", "training.report_to=[tensorboard]",
+    )])
+    history = json.loads((output / "checkpoint-40" / "trainer_state.json").read_text())["log_history"]
+    eval_losses = [row["eval_loss"] for row in history if "eval_loss" in row]
+    assert len(eval_losses) == 3 and eval_losses[2] < eval_losses[1] < eval_losses[0] - 0.5
+
+    log = (output / "log.csv").read_text().splitlines()
+    assert {"loss", "eval_loss", "eval_perplexity", "step", "learning_rate", "grad_norm"} <= set(log[0].split(","))
+    assert (output / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(output.glob("runs/*/events.out.tfevents.*")), "no TensorBoard events"
+    assert sorted(p.name for p in output.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-40"]
+
+    model, tokenizer = bioxlstm.pretrained.load_pretrained(output / "model")
+    assert model.config.domain == "smiles" and len(tokenizer) == model.config.vocab_size
+    card = (output / "model" / "README.md").read_text()
+    metrics = yaml.safe_load(card.split("---")[1])["model-index"][0]["results"][0]["metrics"]
+    perplexity = {m["type"]: m["value"] for m in metrics}["eval_perplexity"]
+    assert perplexity == pytest.approx(2.718281828 ** eval_losses[-1], rel=1e-4)
+    assert "ChEMBL" in card and "40 steps" in card and "![loss curve](loss_curve.png)" in card
+    assert (output / "model" / "loss_curve.png").is_file()
+    assert "model in" in capsys.readouterr().err
+
+
+class StopAt(TrainerCallback):
+    """Ends training after `step`, as a killed job would after its last checkpoint."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_a_resumed_run_continues_exactly_where_the_interrupted_one_stopped(tmp_path):
+    recipe = load_recipe(CHEM_TINY, small(
+        tmp_path, "training.max_steps=8", "training.save_steps=4", "training.logging_steps=1",
+        "training.eval_strategy=no",
+    ))
+    uninterrupted = train(recipe, tmp_path / "uninterrupted")
+
+    interrupted = build_trainer(recipe, tmp_path / "interrupted")
+    interrupted.add_callback(StopAt(4))
+    interrupted.train()
+    assert interrupted.state.global_step == 4
+    resumed = train(recipe, tmp_path / "interrupted", resume=True)
+
+    def losses(trainer):
+        return {row["step"]: row["loss"] for row in trainer.state.log_history if "loss" in row}
+
+    assert resumed.state.global_step == 8
+    assert losses(resumed) == pytest.approx(losses(uninterrupted), rel=1e-5)
+    for (name, a), b in zip(uninterrupted.model.named_parameters(), resumed.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_a_checkpoint_cut_short_while_written_is_never_resumed_from(tmp_path):
+    recipe = load_recipe(CHEM_TINY, small(
+        tmp_path, "training.max_steps=4", "training.save_steps=2", "training.eval_strategy=no",
+    ))
+    trainer = build_trainer(recipe, tmp_path / "run")
+    save_rng_state = trainer._save_rng_state
+    saves = []
+
+    def crash_on_second_save(output_dir):
+        saves.append(output_dir)
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # the job is killed while checkpoint-4 is half written
+        save_rng_state(output_dir)
+
+    trainer._save_rng_state = crash_on_second_save
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+    resumed = train(recipe, tmp_path / "run", resume=True)
+    assert resumed.state.global_step == 4
+
+
+def test_packed_batch_loss_is_the_token_weighted_mean_of_the_sequences_run_alone(tmp_path):
+    """Real protein homologs through the data pipeline (windows, ends, homolog groups) and both
+    collators: packing and padding give the loss of running every example on its own."""
+    tokenizer = bioxlstm.load_tokenizer("protein")
+    spec = DataSpec(
+        train=[str(ROOT / "data" / "globins45.fa")], max_length=120, homologs_in_context=True,
+        eval_fraction=0.2, cache_dir=str(tmp_path / "cache"),
+    )
+    train_set, _ = build_datasets(spec, tokenizer, "protein")
+    examples = [train_set[i] for i in range(6)]
+    assert len({len(e["input_ids"]) for e in examples}) > 1
+    model = tiny_model(vocab_size=len(tokenizer), chunk_size=16, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        total, predicted = 0.0, 0
+        for example in examples:
+            ids = torch.tensor([example["input_ids"]])
+            total += model(ids, labels=ids).loss.item() * (ids.shape[1] - 1)
+            predicted += ids.shape[1] - 1
+        for packing in (True, False):
+            batch = causal_lm_collator(tokenizer, packing)(examples)
+            assert ("seq_idx" in batch) == packing
+            assert model(**batch).loss.item() == pytest.approx(total / predicted, rel=1e-4)
+
+
+def test_the_trainer_hands_the_packing_boundaries_to_the_model(tmp_path):
+    trainer = build_trainer(load_recipe(CHEM_TINY, small(tmp_path)), tmp_path / "run")
+    batch = next(iter(trainer.get_train_dataloader()))
+    received = []
+    forward = trainer.model.forward
+
+    def recording_forward(**inputs):
+        received.append(inputs)
+        return forward(**inputs)
+
+    trainer.model.forward = recording_forward
+    trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch))
+    starts = received[0]["seq_idx"].diff(dim=1).ne(0).sum().item()
+    assert starts == trainer.args.per_device_train_batch_size - 1  # one row, eight molecules
+
+
+def test_examples_start_with_cls_and_end_with_eos_only_where_a_sequence_ends(tmp_path):
+    tokenizer = bioxlstm.load_tokenizer("protein")
+    lengths = [len(r.sequence) for r in bioxlstm.io.read_records(ROOT / "data" / "globins45.fa")]
+    spec = DataSpec(train=[str(ROOT / "data" / "globins45.fa")], max_length=100, eval_fraction=0.1,
+                    cache_dir=str(tmp_path / "cache"))
+    train_set, eval_set = build_datasets(spec, tokenizer, "protein")
+    examples = [e["input_ids"] for e in train_set] + [e["input_ids"] for e in eval_set]
+    assert all(e[0] == tokenizer.cls_token_id and len(e) <= 100 for e in examples)
+    assert sum(e.count(tokenizer.eos_token_id) for e in examples) == len(lengths)
+    assert sum(len(e) - 1 for e in examples) == sum(lengths) + len(lengths)  # every residue, once
+    assert not {tuple(e) for e in train_set["input_ids"]} & {tuple(e) for e in eval_set["input_ids"]}
+
+    streamed_train, streamed_eval = build_datasets(
+        DataSpec(**{**spec.__dict__, "streaming": True}), tokenizer, "protein"
+    )
+    assert [e["input_ids"] for e in streamed_train] == train_set["input_ids"]
+    assert [e["input_ids"] for e in streamed_eval] == eval_set["input_ids"]
+
+
+def test_dna_training_examples_come_with_their_reverse_complement(tmp_path):
+    genome = next(iter(bioxlstm.io.read_records(ROOT / "data" / "ecoli_536_NC_008253.fna.gz")))
+    sample = tmp_path / "ecoli_first_2kb.fa"
+    sample.write_text(f">ecoli_first_2kb\n{genome.sequence[:2000]}\n")
+    tokenizer = bioxlstm.load_tokenizer("dna")
+    spec = DataSpec(train=[str(sample)], max_length=101, eval_fraction=0.1, reverse_complement=True,
+                    cache_dir=str(tmp_path / "cache"))
+    train_set, eval_set = build_datasets(spec, tokenizer, "dna")
+    complement = str.maketrans("ACGT", "TGCA")
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in train_set["input_ids"]]
+    for forward, reverse in zip(texts[::2], texts[1::2]):
+        assert reverse == forward.translate(complement)[::-1]
+    assert len(texts) % 2 == 0 and len(eval_set) > 0
+    assert all(len(text) == 100 for text in texts[:-2])  # windows of <cls> + 100 bases
+
+
+def test_two_ddp_processes_end_with_identical_parameters(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        "import sys, torch\n"
+        "from bioxlstm.training import load_recipe, train\n"
+        "trainer = train(load_recipe(sys.argv[1], sys.argv[3:]), sys.argv[2])\n"
+        "parameters = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}\n"
+        "wrapper = type(trainer.model_wrapped).__name__\n"
+        "torch.save((wrapper, parameters), f'{sys.argv[2]}/rank{trainer.args.process_index}.pt')\n"
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+        str(worker), str(CHEM_TINY), str(tmp_path / "run"),
+        *small(tmp_path, "training.max_steps=4", "training.eval_strategy=no", "training.ddp_backend=gloo"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wrapper0, rank0), (wrapper1, rank1) = (torch.load(tmp_path / "run" / f"rank{r}.pt") for r in (0, 1))
+    assert wrapper0 == wrapper1 == "DistributedDataParallel"
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+    exported = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert torch.equal(exported["backbone.embeddings.weight"], rank0["backbone.embeddings.weight"])
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ([str(CHEM_TINY), "training.max_stepz=3"], "unknown recipe key(s) training.max_stepz"),
+        ([str(CHEM_TINY), "model=3"], "section 'model' must be a mapping"),
+        ([str(CHEM_TINY), "data.train=[no/such/file.smi]"], "no/such/file.smi: no such file or directory"),
+        ([str(CHEM_TINY), "objective=mystery"], "unknown objective 'mystery'; known objectives: clm, fim-icl"),
+        ([str(RECIPES / "dna-mlm-rcps-tiny.yaml")], "objective 'mlm' of recipe 'dna-mlm-rcps-tiny' is not available yet"),
+        (["no/such/recipe.yaml"], "no/such/recipe.yaml: no such file or directory"),
+        ([str(CHEM_TINY), "--resume", "--output-dir", "{tmp}/empty"], "{tmp}/empty: no checkpoint to resume from"),
+        ([str(CHEM_TINY), "training.max_steps"], "override 'training.max_steps' is not of the form section.key=value"),
+    ],
+)
+def test_recipe_mistakes_are_one_line_errors(tmp_path, capsys, arguments, message):
+    arguments = [a.format(tmp=tmp_path) for a in arguments]
+    with pytest.raises(SystemExit) as exit:
+        main(["train", *arguments])
+    assert exit.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("bioxlstm: error: ") and error.count("\n") == 1, error
+    assert message.format(tmp=tmp_path) in error
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_is_complete_and_tiny_ones_fit_a_laptop(path):
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem and recipe.description
+    assert recipe.data.cards and all(Path(p).is_file() for p in recipe.data.cards), "cards of its data"
+    if path.stem.endswith("-tiny"):  # the full corpora are fetched by users (see their cards)
+        assert all(Path(p).is_file() for p in [*recipe.data.train, *recipe.data.eval])
+    tokenizer = bioxlstm.load_tokenizer(recipe.domain)
+    config = bioxlstm.BioXLSTMConfig(**recipe.model, vocab_size=len(tokenizer))
+    if path.stem.endswith("-tiny"):
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in bioxlstm.BioXLSTMForCausalLM(config).parameters())
+        assert parameters <= 2_500_000
+    else:
+        assert (RECIPES / f"{path.stem}-tiny.yaml").is_file()
+
+
+@pytest.mark.parametrize("name, domain", [("dna", "dna"), ("protein", "protein"), ("chem", "smiles")])
+def test_bundled_default_models_load_by_name_and_report_held_out_numbers(name, domain):
+    model, tokenizer = bioxlstm.pretrained.load_pretrained(name)
+    assert model.config.domain == domain and len(tokenizer) == model.config.vocab_size
+    directory = bioxlstm.pretrained.resolve_model(name)
+    assert (directory / "model.safetensors").stat().st_size <= 10 * 2**20
+    metadata = yaml.safe_load((directory / "README.md").read_text().split("---")[1])
+    metrics = {m["type"]: m["value"] for m in metadata["model-index"][0]["results"][0]["metrics"]}
+    assert 1 < metrics["eval_perplexity"] < model.config.vocab_size
+    if name == "chem":
+        assert 0 < metrics["validity_of_200_samples"] <= 1
+    prompt = tokenizer("", return_tensors="pt").input_ids
+    sampled = model.generate(prompt, max_new_tokens=5, do_sample=False)
+    assert sampled.shape == (1, 6)
+
+
+def test_an_unknown_model_name_lists_the_bundled_ones():
+    with pytest.raises(bioxlstm.pretrained.ModelNotFoundError, match="bundled default: chem, dna, protein"):
+        bioxlstm.pretrained.load_pretrained("rna")
