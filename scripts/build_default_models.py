@@ -57,6 +57,10 @@ def build(name: str) -> Path:
             "(until `<eos>`) that RDKit parses."
         )
         export(model, target, tokenizer, card)
+    # The installed package is the code of its bundled models; a copy beside the weights would fall
+    # out of step with it. `bioxlstm export --model NAME` writes a self-contained directory.
+    for code in target.glob("*.py"):
+        code.unlink()
     for path in target.iterdir():
         path.chmod(0o644)  # safetensors writes owner-only files; an installed package is read by all users
     return target
