@@ -6,6 +6,7 @@ from transformers import PretrainedConfig
 
 KERNEL_CHOICES = ("auto", "native", "triton")
 DOMAINS = (None, "dna", "protein", "smiles")
+POSITION_EMBEDDINGS = ("none", "rotary")
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -43,6 +44,17 @@ class BioXLSTMConfig(PretrainedConfig):
         norm_eps: epsilon of all layer and group norms.
         domain: the sequence domain the model was trained on (`"dna"`, `"protein"`, `"smiles"`),
             used to pick its tokenizer and describe it; None for a domain-free model.
+        position_embedding: `"none"` (the recurrence alone orders the tokens) or `"rotary"`: q and k
+            of every mLSTM cell are rotated by the token's position id (see `models/positions.py`),
+            so that positions can restart at every sequence of a homolog context and jump back
+            after a fill-in-the-middle sentinel. Position ids are the `position_ids` argument of
+            `forward`; without it they count on from the tokens already in the cache.
+        rope_theta: base of the rotary frequencies (the slowest pair turns by 1/rope_theta radians per
+            position).
+        rope_sequence_index: 2-D rotary: the first half of each head's rotary channel pairs turn
+            with the position in the sequence, the second half with the index of the sequence in
+            the context, which counts the tokens whose position id is 0 (a sequence starts there).
+            Needs a head dimension divisible by 4.
     """
 
     model_type = "bioxlstm"
@@ -76,6 +88,9 @@ class BioXLSTMConfig(PretrainedConfig):
         embedding_dropout: bool = False,
         norm_eps: float = 1e-5,
         domain: str | None = None,
+        position_embedding: str = "none",
+        rope_theta: float = 10000.0,
+        rope_sequence_index: bool = False,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -99,6 +114,9 @@ class BioXLSTMConfig(PretrainedConfig):
         self.embedding_dropout = embedding_dropout
         self.norm_eps = norm_eps
         self.domain = domain
+        self.position_embedding = position_embedding
+        self.rope_theta = rope_theta
+        self.rope_sequence_index = rope_sequence_index
         # Every saved head also loads as the bare backbone (feature extraction) from remote code.
         kwargs.setdefault("auto_map", {"AutoModel": "modeling_bioxlstm.BioXLSTMModel"})
         super().__init__(
@@ -135,10 +153,27 @@ class BioXLSTMConfig(PretrainedConfig):
             raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {self.chunk_size}")
+        self._validate_positions()
+
+    def _validate_positions(self) -> None:
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, got {self.position_embedding!r}")
+        if self.rope_sequence_index and self.position_embedding != "rotary":
+            raise ValueError("rope_sequence_index needs position_embedding='rotary'")
+        if self.position_embedding == "rotary":
+            multiple = 4 if self.rope_sequence_index else 2
+            if self.mlstm_head_dim % multiple:
+                raise ValueError(
+                    f"rotary embeddings need an mLSTM head dimension divisible by {multiple}, got {self.mlstm_head_dim}"
+                )
 
     @property
     def mlstm_inner_size(self) -> int:
         return _round_up(self.proj_factor * self.hidden_size, self.proj_round_multiple)
+
+    @property
+    def mlstm_head_dim(self) -> int:
+        return self.mlstm_inner_size // self.num_heads
 
     @property
     def ffn_inner_size(self) -> int:

@@ -20,6 +20,7 @@ from .blocks import (
     wang_init_std,
 )
 from .configuration_bioxlstm import BioXLSTMConfig
+from .positions import rotary_angles
 
 
 class BioXLSTMCache:
@@ -27,12 +28,15 @@ class BioXLSTMCache:
 
     `states[i]` is block i's state, every tensor batch-first: (C, n, m, conv window) for an mLSTM
     block, and ((h, c, n, m) stacked on dim 1, conv window) for an sLSTM block. `seen_tokens` counts the positions
-    consumed, padding included.
+    consumed, padding included. `sequences_started` (B,) counts, per row, the sequences begun so far
+    (tokens with position id 0), which 2-D rotary embeddings (`config.rope_sequence_index`) turn
+    with; None for other models.
     """
 
-    def __init__(self, states: list[tuple], seen_tokens: int = 0):
+    def __init__(self, states: list[tuple], seen_tokens: int = 0, sequences_started: torch.Tensor | None = None):
         self.states = states
         self.seen_tokens = seen_tokens
+        self.sequences_started = sequences_started
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Select batch rows (beam search)."""
@@ -43,6 +47,18 @@ class BioXLSTMCache:
             return None if item is None else item.index_select(0, beam_idx)
 
         self.states = [select(state) for state in self.states]
+        self.sequences_started = select(self.sequences_started)
+
+    def repeat_interleave(self, repeats: int) -> "BioXLSTMCache":
+        """A new cache in which every row is repeated `repeats` times (row i becomes rows
+        i*repeats .. i*repeats+repeats-1): a context is read once and many continuations start from it."""
+
+        def repeat(item):
+            if isinstance(item, tuple):
+                return tuple(repeat(x) for x in item)
+            return None if item is None else item.repeat_interleave(repeats, dim=0)
+
+        return BioXLSTMCache([repeat(state) for state in self.states], self.seen_tokens, repeat(self.sequences_started))
 
     def tensors(self) -> list[torch.Tensor]:
         def flatten(item):
@@ -188,6 +204,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         seq_idx: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> BioXLSTMOutput | tuple:
         """attention_mask: 1 for real tokens, 0 for padding (left or right). Padding positions leave
@@ -197,7 +214,12 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         seq_idx: (B, S) index of the sequence each token belongs to, for rows that pack several
         sequences (as `transformers.DataCollatorWithFlattening(return_seq_idx=True)` makes them):
         where it changes, every state (mLSTM memory, sLSTM cell, conv window) starts afresh, so
-        nothing leaks from one packed sequence into the next."""
+        nothing leaks from one packed sequence into the next.
+
+        position_ids: (B, S) position of every token within its own sequence, read only when
+        `config.position_embedding == "rotary"`; by default the positions count on from
+        `cache_params.seen_tokens` (the same for every row, so a left-padded batch must pass them,
+        as `generate` does from the attention mask)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         output_hidden_states = (
@@ -218,11 +240,14 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             seq_idx = seq_idx.to(x.device)
             reset = torch.zeros_like(seq_idx, dtype=torch.bool)
             reset[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+        rotary, sequences_started = None, None
+        if self.config.position_embedding == "rotary":
+            rotary, sequences_started = self._rotary_angles(position_ids, keep, cache_params, x)
         states = cache_params.states if cache_params is not None else [None] * len(self.blocks)
         new_states = []
         hidden_states = (x,) if output_hidden_states else None
         for block, state in zip(self.blocks, states):
-            x, state = block(x, state, keep, reset)
+            x, state = block(x, state, keep, reset, rotary)
             new_states.append(state)
             if output_hidden_states:
                 hidden_states += (x,)
@@ -233,10 +258,37 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         cache = None
         if use_cache:
             seen = cache_params.seen_tokens if cache_params is not None else 0
-            cache = BioXLSTMCache(new_states, seen + seq_len)
+            cache = BioXLSTMCache(new_states, seen + seq_len, sequences_started)
         if not return_dict:
             return tuple(v for v in (x, cache, hidden_states) if v is not None)
         return BioXLSTMOutput(last_hidden_state=x, cache_params=cache, hidden_states=hidden_states)
+
+    def _rotary_angles(
+        self,
+        position_ids: torch.Tensor | None,
+        keep: torch.Tensor | None,
+        cache_params: BioXLSTMCache | None,
+        x: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rotation angles of q and k for this call and, for 2-D rotary, the per-row count of
+        sequences started once it is done (to carry in the cache)."""
+        batch, seq_len = x.shape[:2]
+        if position_ids is None:
+            seen = cache_params.seen_tokens if cache_params is not None else 0
+            position_ids = torch.arange(seen, seen + seq_len, device=x.device).expand(batch, seq_len)
+        position_ids = position_ids[:, -seq_len:].to(x.device)
+        sequence_index, sequences_started = None, None
+        if self.config.rope_sequence_index:
+            starts = position_ids == 0
+            if keep is not None:  # padding (position 0 under generate's numbering) starts nothing
+                starts = starts & keep
+            before = None if cache_params is None else cache_params.sequences_started
+            before = before if before is not None else torch.zeros(batch, dtype=torch.long, device=x.device)
+            started = before[:, None] + starts.long().cumsum(dim=1)
+            sequence_index = (started - 1).clamp(min=0)
+            sequences_started = started[:, -1]
+        head_dim = self.config.mlstm_head_dim
+        return rotary_angles(position_ids, head_dim, self.config.rope_theta, sequence_index), sequences_started
 
 
 class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
@@ -293,6 +345,7 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         seq_idx: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> BioXLSTMCausalLMOutput | tuple:
         """labels: token ids aligned with input_ids (-100 ignored); the loss is the mean
@@ -307,6 +360,7 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             seq_idx=seq_idx,
+            position_ids=position_ids,
         )
         hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden).float()

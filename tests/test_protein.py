@@ -1,0 +1,115 @@
+"""Prot-xLSTM: positions inside homolog contexts, fill-in-the-middle, and the protein tasks."""
+
+import pytest
+import torch
+from helpers import tiny_model
+
+from bioxlstm.models.positions import apply_rotary, rotary_angles
+
+# --- rotary position embeddings ---------------------------------------------------------------
+
+
+def rotary_reference(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding as complex multiplication: channel i and channel i + DH/2 form one complex
+    number, which turns by its angle."""
+    half = x.shape[-1] // 2
+    pairs = torch.complex(x[..., :half].double(), x[..., half:].double())
+    turned = pairs * torch.polar(torch.ones_like(angles.double()), angles.double())[:, None]
+    return torch.cat([turned.real, turned.imag], dim=-1)
+
+
+@pytest.mark.parametrize("with_sequence_index", [False, True])
+def test_rotary_matches_the_complex_number_formulation(with_sequence_index):
+    x = torch.randn(2, 3, 7, 16)
+    positions = torch.randint(0, 500, (2, 7))
+    sequence_index = torch.randint(0, 9, (2, 7)) if with_sequence_index else None
+    angles = rotary_angles(positions, 16, 10000.0, sequence_index)
+    torch.testing.assert_close(apply_rotary(x, angles).double(), rotary_reference(x, angles), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_sequence_index", [False, True])
+def test_rotary_scores_depend_only_on_position_differences(with_sequence_index):
+    q, k = torch.randn(1, 2, 6, 32), torch.randn(1, 2, 6, 32)
+    positions = torch.tensor([[1, 2, 3, 40, 41, 42]])
+    sequence_index = torch.tensor([[0, 0, 0, 1, 1, 2]]) if with_sequence_index else None
+
+    def scores(shift: int) -> torch.Tensor:
+        index = None if sequence_index is None else sequence_index + shift
+        angles = rotary_angles(positions + 100 * shift, 32, 10000.0, index)
+        return apply_rotary(q, angles) @ apply_rotary(k, angles).transpose(-1, -2)
+
+    torch.testing.assert_close(scores(0), scores(7), atol=1e-3, rtol=1e-4)
+    assert not torch.allclose(scores(0), q @ k.transpose(-1, -2), atol=1e-2)
+
+
+# --- positions in the model: prefill, decoding, padding -----------------------------------------
+
+# Two homologs and a query with a fill-in-the-middle suffix: positions restart at every <cls>
+# (here token 0 plays <cls>) and jump back to a span's start after its sentinel (token 11).
+TOKENS = torch.tensor([[0, 5, 6, 7, 8, 0, 5, 9, 7, 0, 5, 11, 8, 11, 6, 7, 2]])
+POSITIONS = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 1, 2, 4, 2, 2, 3, 5]])
+
+
+def rotary_model(**overrides):
+    return tiny_model(position_embedding="rotary", **overrides)
+
+
+@pytest.mark.parametrize("sequence_index", [False, True])
+def test_prefill_then_stepwise_decoding_with_position_ids_equals_the_full_forward(sequence_index):
+    model = rotary_model(rope_sequence_index=sequence_index)
+    with torch.no_grad():
+        full = model(TOKENS, position_ids=POSITIONS).logits
+        split = 7
+        out = model(TOKENS[:, :split], position_ids=POSITIONS[:, :split], use_cache=True)
+        logits, cache = [out.logits], out.cache_params
+        for t in range(split, TOKENS.shape[1]):
+            out = model(TOKENS[:, t : t + 1], position_ids=POSITIONS[:, t : t + 1], cache_params=cache, use_cache=True)
+            logits.append(out.logits)
+            cache = out.cache_params
+    torch.testing.assert_close(torch.cat(logits, dim=1), full, atol=1e-4, rtol=1e-4)
+    # Positions matter: the same tokens numbered 0, 1, 2, ... give other predictions.
+    assert not torch.allclose(model(TOKENS).logits, full, atol=1e-3)
+
+
+def test_without_position_ids_positions_count_on_from_the_cache():
+    model = rotary_model()
+    with torch.no_grad():
+        full = model(TOKENS, position_ids=torch.arange(TOKENS.shape[1])[None]).logits
+        prefill = model(TOKENS[:, :9], use_cache=True)
+        rest = model(TOKENS[:, 9:], cache_params=prefill.cache_params)
+    torch.testing.assert_close(torch.cat([prefill.logits, rest.logits], dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_generate_advances_given_position_ids_and_left_padding_changes_nothing():
+    """`generate` continues the numbering of the prompt's last token (the new sequence started by
+    the final <cls> counts 1, 2, ...), and a left-padded batch decodes each row as it would alone."""
+    model = rotary_model(rope_sequence_index=True)
+    prompt, positions = TOKENS[:, :10], POSITIONS[:, :10]
+    kwargs = dict(max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=1)
+    alone = model.generate(prompt, position_ids=positions, attention_mask=torch.ones_like(prompt), **kwargs)
+    continued = torch.cat([positions, positions[:, -1:] + torch.arange(1, 6)], dim=1)
+    with torch.no_grad():
+        full = model(alone.sequences, position_ids=continued).logits[:, 9:-1]
+    torch.testing.assert_close(torch.stack(alone.logits, dim=1), full, atol=1e-4, rtol=1e-4)
+
+    short = TOKENS[:, 5:10]  # the last homolog and the query's <cls>, alone in a row
+    batch = torch.stack([prompt[0], torch.cat([torch.ones(5, dtype=torch.long), short[0]])])
+    mask = (torch.arange(10) >= torch.tensor([[0], [5]])).long()
+    padded_positions = torch.stack([positions[0], torch.cat([torch.zeros(5, dtype=torch.long), POSITIONS[0, 5:10]])])
+    together = model.generate(batch, attention_mask=mask, position_ids=padded_positions, **kwargs)
+    short_alone = model.generate(short, position_ids=POSITIONS[:, 5:10], attention_mask=torch.ones_like(short), **kwargs)
+    torch.testing.assert_close(torch.stack(together.logits, 1)[:1], torch.stack(alone.logits, 1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.stack(together.logits, 1)[1:], torch.stack(short_alone.logits, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_repeated_cache_rows_continue_like_the_original():
+    model = rotary_model(rope_sequence_index=True)
+    with torch.no_grad():
+        prefill = model(TOKENS[:, :9], position_ids=POSITIONS[:, :9], use_cache=True)
+        repeated = prefill.cache_params.repeat_interleave(3)
+        assert repeated.seen_tokens == prefill.cache_params.seen_tokens
+        assert all(t.shape[0] == 3 for t in repeated.tensors())
+        rest = TOKENS[:, 9:].expand(3, -1)
+        out = model(rest, position_ids=POSITIONS[:, 9:].expand(3, -1), cache_params=repeated)
+        single = model(TOKENS[:, 9:], position_ids=POSITIONS[:, 9:], cache_params=prefill.cache_params)
+    torch.testing.assert_close(out.logits, single.logits.expand(3, -1, -1), atol=1e-5, rtol=1e-5)
