@@ -1,9 +1,21 @@
 """Prot-xLSTM: positions inside homolog contexts, fill-in-the-middle, and the protein tasks."""
 
+import random
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import tiny_model
 
+import bioxlstm
+from bioxlstm.data.protein import (
+    IGNORE_INDEX,
+    HomologContextCollator,
+    fill_in_the_middle,
+    sample_spans,
+    sentinel_ids,
+    undo_fill_in_the_middle,
+)
 from bioxlstm.models.positions import apply_rotary, rotary_angles
 
 # --- rotary position embeddings ---------------------------------------------------------------
@@ -113,3 +125,100 @@ def test_repeated_cache_rows_continue_like_the_original():
         out = model(rest, position_ids=POSITIONS[:, 9:].expand(3, -1), cache_params=repeated)
         single = model(TOKENS[:, 9:], position_ids=POSITIONS[:, 9:], cache_params=prefill.cache_params)
     torch.testing.assert_close(out.logits, single.logits.expand(3, -1, -1), atol=1e-5, rtol=1e-5)
+
+
+# --- fill-in-the-middle and homolog contexts on real families ------------------------------------
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+FN3 = DATA / "fn3.sto.gz"
+PROTMAMBA = DATA / "protmamba_example.a3m"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return bioxlstm.load_tokenizer("protein")
+
+
+@pytest.fixture(scope="module")
+def fn3_family():
+    return [record.sequence for record in bioxlstm.io.read_records(FN3, domain="protein")]
+
+
+def fim_of(tokenizer, sequence, spans):
+    residues = tokenizer(sequence, add_special_tokens=False)["input_ids"]
+    return residues, fill_in_the_middle(
+        tokenizer.cls_token_id, tokenizer.eos_token_id, residues, spans, sentinel_ids(tokenizer)
+    )
+
+
+def test_fim_round_trip_sentinels_and_positions_on_real_sequences(tokenizer, fn3_family):
+    rng = random.Random(0)
+    sentinels = sentinel_ids(tokenizer)
+    for sequence in fn3_family:
+        spans = sample_spans(len(sequence), rng, max_spans=5, max_span_length=12)
+        assert 1 <= len(spans) <= 5
+        assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), "spans are ordered, disjoint, not touching"
+        residues, row = fim_of(tokenizer, sequence, spans)
+        assert row.input_ids[0] == tokenizer.cls_token_id and row.input_ids[-1] == tokenizer.eos_token_id
+        body = row.input_ids[1:-1]
+        assert undo_fill_in_the_middle(body, sentinels) == residues
+        # Every sentinel appears twice: once in the sequence, once opening its span in the suffix.
+        used = [token for token in body if token in sentinels]
+        assert used == sentinels[: len(spans)] * 2
+        # Every residue, in the sequence or in the suffix, keeps its original position; a sentinel
+        # takes the position of its span's first residue; <eos> follows the last residue.
+        original_position = {}
+        for token, position in zip(row.input_ids, row.position_ids):
+            if token not in sentinels and token != tokenizer.cls_token_id and token != tokenizer.eos_token_id:
+                assert residues[position - 1] == token
+                original_position.setdefault(position, 0)
+                original_position[position] += 1
+        assert sorted(original_position) == list(range(1, len(residues) + 1))
+        for index, token in enumerate(row.input_ids):
+            if token in sentinels:
+                assert row.position_ids[index] == spans[sentinels.index(token)][0] + 1
+        assert row.position_ids[-1] == len(residues) + 1
+        suffix = [i for i, infill in enumerate(row.infill) if infill]
+        assert row.input_ids[suffix[0]] == sentinels[0] and suffix[-1] == len(row) - 1
+
+
+def test_fim_spans_are_reproducible_from_a_seed(fn3_family):
+    draw = lambda seed: [sample_spans(len(s), random.Random(seed)) for s in fn3_family]  # noqa: E731
+    assert draw(3) == draw(3) and draw(3) != draw(4)
+
+
+def test_collator_puts_the_query_last_within_the_cap_with_restarting_positions(tokenizer):
+    family = [record.sequence for record in bioxlstm.io.read_records(PROTMAMBA, domain="protein")]
+    collator = HomologContextCollator(tokenizer, max_tokens=2000, fim_probability=0.0, seed=0)
+    batch = collator([{"sequences": family}, {"sequences": family[:3]}])
+    cls_id = tokenizer.cls_token_id
+    for row in range(2):
+        length = int(batch["attention_mask"][row].sum())
+        assert length <= 2000
+        ids, positions = batch["input_ids"][row, :length], batch["position_ids"][row, :length]
+        starts = (ids == cls_id).nonzero().flatten().tolist()
+        assert (positions[starts] == 0).all()
+        for start, end in zip(starts, starts[1:] + [length]):
+            assert positions[start:end].tolist() == list(range(end - start))
+        query = tokenizer.decode(ids[starts[-1] :], skip_special_tokens=True)
+        assert query == family[0]
+        assert ids[-1] == tokenizer.eos_token_id
+        homologs = [tokenizer.decode(ids[a:b], skip_special_tokens=True) for a, b in zip(starts, starts[1:])]
+        assert set(homologs) <= set(family[1:])
+    assert len(family) > 20 and int(batch["attention_mask"][0].sum()) > 2000 - 450, "the cap is filled"
+    assert (batch["labels"][1, int(batch["attention_mask"][1].sum()) :] == IGNORE_INDEX).all()
+
+
+def test_collator_shuffle_is_seeded_and_infill_loss_covers_only_the_suffix(tokenizer, fn3_family):
+    feature = [{"sequences": fn3_family}]
+    first = HomologContextCollator(tokenizer, max_tokens=600, fim_probability=1.0, loss_on="infill", seed=1)(feature)
+    again = HomologContextCollator(tokenizer, max_tokens=600, fim_probability=1.0, loss_on="infill", seed=1)(feature)
+    other = HomologContextCollator(tokenizer, max_tokens=600, fim_probability=1.0, loss_on="infill", seed=2)(feature)
+    assert torch.equal(first["input_ids"], again["input_ids"])
+    assert not torch.equal(first["input_ids"], other["input_ids"])
+    ids, labels = first["input_ids"][0], first["labels"][0]
+    sentinels = sentinel_ids(tokenizer)
+    mask_positions = [i for i, token in enumerate(ids.tolist()) if token in sentinels]
+    suffix_start = mask_positions[len(mask_positions) // 2]
+    assert (labels[:suffix_start] == IGNORE_INDEX).all()
+    assert torch.equal(labels[suffix_start:], ids[suffix_start:])
