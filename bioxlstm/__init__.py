@@ -4,6 +4,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from . import chem, convert, export, io, pretrained
 from .models import BioXLSTMCache, BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMModel
+from .tasks.protein import generate_family, inpaint, score_variants
 from .tokenization import complement_map, load_tokenizer
 
 __version__ = "0.1.0"
@@ -18,5 +19,8 @@ __all__ = [
     "BioXLSTMForCausalLM",
     "BioXLSTMModel",
     "complement_map",
+    "generate_family",
+    "inpaint",
     "load_tokenizer",
+    "score_variants",
 ]

@@ -222,3 +222,131 @@ def test_collator_shuffle_is_seeded_and_infill_loss_covers_only_the_suffix(token
     suffix_start = mask_positions[len(mask_positions) // 2]
     assert (labels[:suffix_start] == IGNORE_INDEX).all()
     assert torch.equal(labels[suffix_start:], ids[suffix_start:])
+
+
+# --- the protein tasks on a real family ----------------------------------------------------------
+
+from bioxlstm.tasks.protein import (  # noqa: E402
+    apply_mutant,
+    held_out_perplexity,
+    identity_to_context,
+    load_context,
+    sequence_log_likelihoods,
+)
+from bioxlstm.tokenization import sequence_token_ids  # noqa: E402
+
+
+def protein_model(tokenizer, **overrides):
+    """A small random mLSTM-only protein model with rotary positions (like Prot-xLSTM)."""
+    return tiny_model(
+        slstm_layers=(),
+        vocab_size=len(tokenizer),
+        domain="protein",
+        position_embedding="rotary",
+        chunk_size=64,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    return protein_model(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def family():
+    """The ProtMamba example family: the query first, then its homologs."""
+    return [record.sequence for record in bioxlstm.io.read_records(PROTMAMBA, domain="protein")]
+
+
+def test_reusing_the_context_state_gives_the_scores_of_recomputing_it(model, tokenizer, family):
+    wildtype = family[0]
+    mutants = [f"{wildtype[9]}10A", f"{wildtype[19]}20W:{wildtype[29]}30K", wildtype[:5] + "W" + wildtype[6:], wildtype]
+    context = family[1:3]
+    assert sum(map(len, context)) > 500
+    reused = bioxlstm.score_variants(model, tokenizer, wildtype, mutants, context=context, batch_size=3)
+    recomputed = bioxlstm.score_variants(model, tokenizer, wildtype, mutants, context=context, reuse_context_state=False)
+    assert max(abs(a - b) for a, b in zip(reused, recomputed)) <= 1e-4
+    assert reused[-1] == pytest.approx(0.0, abs=1e-6), "the wild type itself scores 0"
+    alone = bioxlstm.score_variants(model, tokenizer, wildtype, mutants[:1])
+    assert abs(alone[0] - reused[0]) > 1e-3, "the context changes the score"
+
+
+def test_a_variant_score_is_the_difference_of_log_likelihoods(model, tokenizer, family):
+    wildtype, context = family[0], family[1:2]
+    mutant = apply_mutant(wildtype, f"{wildtype[0]}1W")
+    assert mutant == "W" + wildtype[1:]
+    wt_ll, mutant_ll = sequence_log_likelihoods(model, tokenizer, [wildtype, mutant], context)
+    (score,) = bioxlstm.score_variants(model, tokenizer, wildtype, [f"{wildtype[0]}1W"], context=context)
+    assert score == pytest.approx(mutant_ll - wt_ll, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        ("W3A", "the wild type has V at position 3, not W"),
+        ("M1A:V400C", "position 400 is outside the wild type (1..334)"),
+        ("M1", "'M1' is neither a substitution like A24C nor a full sequence of length 334"),
+        ("MKV", "neither a substitution"),
+        ("M1J", "'J' is not an amino acid"),
+    ],
+)
+def test_mutant_codes_that_do_not_match_the_wild_type_are_reported(model, tokenizer, family, code, message):
+    assert family[0].startswith("MIV")
+    with pytest.raises(ValueError) as error:
+        bioxlstm.score_variants(model, tokenizer, family[0], ["M1A", code])
+    assert message in str(error.value) and repr(code) in str(error.value)
+
+
+def test_inpainting_fills_spans_with_amino_acids_and_keeps_the_rest(model, tokenizer, family):
+    sequence, spans = family[0][:80], [(10, 18), (40, 44)]
+    result = bioxlstm.inpaint(model, tokenizer, sequence, spans, context=family[1:2], max_fill_length=6, seed=0)
+    assert result.fill_lengths == [len(fill) for fill in result.fills]
+    assert all(length <= 6 for length in result.fill_lengths)
+    amino_acids = set(tokenizer.convert_ids_to_tokens(sequence_token_ids(tokenizer, "protein")))
+    assert all(set(fill) <= amino_acids for fill in result.fills)
+    first, second = result.fills
+    assert result.sequence == sequence[:10] + first + sequence[18:40] + second + sequence[44:]
+    assert result.log_likelihood < 0 and len(result.finished) == 2
+    greedy = [bioxlstm.inpaint(model, tokenizer, sequence, spans, max_fill_length=3, temperature=0) for _ in range(2)]
+    assert greedy[0] == greedy[1]
+
+
+def test_family_generation_samples_amino_acids_with_likelihood_and_similarity(model, tokenizer, family):
+    members = bioxlstm.generate_family(model, tokenizer, PROTMAMBA, 3, context_sequences=2, max_new_tokens=12, seed=0)
+    assert [m.id for m in members] == ["generated_1", "generated_2", "generated_3"]
+    amino_acids = set(tokenizer.convert_ids_to_tokens(sequence_token_ids(tokenizer, "protein")))
+    for member in members:
+        assert set(member.sequence) <= amino_acids and 0 < len(member.sequence) <= 12
+        predicted = len(member.sequence) + member.finished
+        assert member.perplexity == pytest.approx(torch.tensor(-member.log_likelihood / predicted).exp().item())
+        assert (member.max_identity, member.min_hamming) == identity_to_context(member.sequence, family[:2])
+    again = bioxlstm.generate_family(model, tokenizer, PROTMAMBA, 3, context_sequences=2, max_new_tokens=12, seed=0)
+    assert [m.sequence for m in again] == [m.sequence for m in members]
+
+
+def test_identity_and_hamming_distance_to_the_context(family):
+    query = family[0]
+    assert identity_to_context(query, [query, family[1]]) == (1.0, 0)
+    changed = query[:50] + ("A" if query[50] != "A" else "G") + query[51:]
+    identity, hamming = identity_to_context(changed, [query])
+    assert hamming == 1 and identity == pytest.approx(1 - 1 / len(query))
+    assert identity_to_context(query, []) == (0.0, None)
+
+
+def test_context_is_capped_in_whole_sequences(family):
+    capped = load_context(PROTMAMBA, max_tokens=1000)
+    assert capped == family[: len(capped)]
+    assert sum(len(s) + 1 for s in capped) <= 1000 < sum(len(s) + 1 for s in family[: len(capped) + 1])
+    assert load_context(PROTMAMBA, max_sequences=2) == family[:2]
+
+
+def test_held_out_perplexity_is_measured_alone_and_in_context(model, tokenizer, family):
+    rows = held_out_perplexity(model, tokenizer, PROTMAMBA, held_out=2, max_context_tokens=600)
+    assert len(rows) == 2 and {row["id"] for row in rows} <= {r.id for r in bioxlstm.io.read_records(PROTMAMBA)}
+    for row in rows:
+        assert row["perplexity_alone"] > 1 and row["perplexity_in_context"] > 1
+        assert row["perplexity_alone"] != pytest.approx(row["perplexity_in_context"])
