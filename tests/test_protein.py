@@ -16,7 +16,7 @@ from bioxlstm.data.protein import (
     sentinel_ids,
     undo_fill_in_the_middle,
 )
-from bioxlstm.models.positions import apply_rotary, rotary_angles
+from bioxlstm.models.positions import apply_rotary, rotary_angles, rotation
 
 # --- rotary position embeddings ---------------------------------------------------------------
 
@@ -36,7 +36,7 @@ def test_rotary_matches_the_complex_number_formulation(with_sequence_index):
     positions = torch.randint(0, 500, (2, 7))
     sequence_index = torch.randint(0, 9, (2, 7)) if with_sequence_index else None
     angles = rotary_angles(positions, 16, 10000.0, sequence_index)
-    torch.testing.assert_close(apply_rotary(x, angles).double(), rotary_reference(x, angles), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(apply_rotary(x, rotation(angles)).double(), rotary_reference(x, angles), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("with_sequence_index", [False, True])
@@ -48,7 +48,7 @@ def test_rotary_scores_depend_only_on_position_differences(with_sequence_index):
     def scores(shift: int) -> torch.Tensor:
         index = None if sequence_index is None else sequence_index + shift
         angles = rotary_angles(positions + 100 * shift, 32, 10000.0, index)
-        return apply_rotary(q, angles) @ apply_rotary(k, angles).transpose(-1, -2)
+        return apply_rotary(q, rotation(angles)) @ apply_rotary(k, rotation(angles)).transpose(-1, -2)
 
     torch.testing.assert_close(scores(0), scores(7), atol=1e-3, rtol=1e-4)
     assert not torch.allclose(scores(0), q @ k.transpose(-1, -2), atol=1e-2)
@@ -350,3 +350,75 @@ def test_held_out_perplexity_is_measured_alone_and_in_context(model, tokenizer, 
     for row in rows:
         assert row["perplexity_alone"] > 1 and row["perplexity_in_context"] > 1
         assert row["perplexity_alone"] != pytest.approx(row["perplexity_in_context"])
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+import pandas as pd  # noqa: E402
+
+from bioxlstm.cli import main  # noqa: E402
+from bioxlstm.export import export  # noqa: E402
+from bioxlstm.pretrained import load_pretrained  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def saved(tokenizer, model, tmp_path_factory):
+    return str(export(model, tmp_path_factory.mktemp("protein") / "model", tokenizer))
+
+
+@pytest.fixture
+def variant_files(tmp_path, family):
+    wildtype = family[0]
+    bioxlstm.io.write_records([bioxlstm.io.Record("query", wildtype)], tmp_path / "wt.fasta")
+    codes = [f"{wildtype[3]}4A", f"{wildtype[9]}10W:{wildtype[11]}12K", wildtype[:-1] + "W"]
+    pd.DataFrame({"mutant": codes, "assay": [0.1, 0.2, 0.3]}).to_csv(tmp_path / "variants.csv", index=False)
+    return tmp_path, codes
+
+
+def test_cli_scores_variants_with_a_homolog_context(saved, variant_files, family):
+    directory, codes = variant_files
+    common = ["score", "--model", saved, "--wildtype", str(directory / "wt.fasta"), "--mutants",
+              str(directory / "variants.csv"), "--context", str(PROTMAMBA), "--max-context-tokens", "700"]
+    main([*common, "--output", str(directory / "scores.csv")])
+    main([*common, "--no-reuse-context-state", "--output", str(directory / "recomputed.csv")])
+    scores, recomputed = pd.read_csv(directory / "scores.csv"), pd.read_csv(directory / "recomputed.csv")
+    assert list(scores.columns) == ["mutant", "assay", "score"] and list(scores.mutant) == codes
+    assert (scores.score - recomputed.score).abs().max() <= 1e-4
+    model, tokenizer = load_pretrained(saved)
+    expected = bioxlstm.score_variants(model, tokenizer, family[0], codes, context=PROTMAMBA, max_context_tokens=700)
+    assert scores.score.tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_cli_reports_a_bad_mutant_file_in_one_line_and_scores_nothing(saved, variant_files, capsys, family):
+    directory, codes = variant_files
+    pd.DataFrame({"mutant": [codes[0], "W3A", "M999A"]}).to_csv(directory / "bad.csv", index=False)
+    with pytest.raises(SystemExit) as stop:
+        main(["score", "--model", saved, "--wildtype", str(directory / "wt.fasta"), "--mutants",
+              str(directory / "bad.csv"), "--output", str(directory / "scores.csv")])
+    assert stop.value.code == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "Traceback" not in error
+    assert f"{directory / 'bad.csv'}: line 3: mutant 'W3A'" in error and "1 more rows" in error
+    assert not (directory / "scores.csv").exists()
+
+
+def test_cli_generates_family_members_with_likelihood_and_identity(saved, tmp_path):
+    output = tmp_path / "family.fasta"
+    main(["generate", "--model", saved, "--context", str(PROTMAMBA), "--context-sequences", "2", "-n", "2",
+          "--max-new-tokens", "8", "--seed", "0", "--output", str(output)])
+    records = list(bioxlstm.io.read_records(output, domain="protein"))
+    assert [r.id for r in records] == ["generated_1", "generated_2"]
+    for record in records:
+        fields = dict(item.split("=") for item in record.description.split()[1:])
+        assert float(fields["log_likelihood"]) < 0 and 0 <= float(fields["max_identity"]) <= 1
+        assert set(fields) == {"log_likelihood", "perplexity", "max_identity", "min_hamming", "finished"}
+
+
+def test_cli_inpaints_spans_given_one_based(saved, tmp_path, family):
+    query = family[0][:60]
+    bioxlstm.io.write_records([bioxlstm.io.Record("query", query)], tmp_path / "query.fasta")
+    main(["inpaint", "--model", saved, "--input", str(tmp_path / "query.fasta"), "--span", "11-20",
+          "--max-fill-length", "4", "--seed", "0", "--output", str(tmp_path / "filled.fasta")])
+    (record,) = bioxlstm.io.read_records(tmp_path / "filled.fasta", domain="protein")
+    length = int(record.description.split("fill_lengths=")[1].split()[0])
+    assert record.sequence[:10] == query[:10] and record.sequence[10 + length :] == query[20:]

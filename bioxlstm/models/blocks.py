@@ -140,9 +140,9 @@ class MLSTMLayer(nn.Module):
         state: tuple | None,
         keep: torch.Tensor | None,
         reset: torch.Tensor | None = None,
-        rotary: torch.Tensor | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple]:
-        """rotary: (B, S, DH // 2) rotation angles of q and k (see `positions.py`), or None."""
+        """rotary: the (cos, sin) rotation of q and k by their positions (see `positions.py`), or None."""
         batch, seq_len, _ = x.shape
         x_mlstm, z = self.proj_up(x).split(self.inner, dim=-1)
         x_mlstm = _mask_padding(x_mlstm, keep)
@@ -207,7 +207,7 @@ class SLSTMLayer(nn.Module):
         state: tuple | None,
         keep: torch.Tensor | None,
         reset: torch.Tensor | None = None,
-        rotary: torch.Tensor | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple]:
         """rotary is accepted for a uniform block interface and unused: the sLSTM has no q and k."""
         batch, seq_len, dim = x.shape
@@ -249,7 +249,7 @@ class XLSTMBlock(GradientCheckpointingLayer):
         state: tuple | None = None,
         keep: torch.Tensor | None = None,
         reset: torch.Tensor | None = None,
-        rotary: torch.Tensor | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         y, state = self.xlstm(self.xlstm_norm(x), state, keep, reset, rotary)
         x = x + y

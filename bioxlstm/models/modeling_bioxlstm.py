@@ -20,7 +20,7 @@ from .blocks import (
     wang_init_std,
 )
 from .configuration_bioxlstm import BioXLSTMConfig
-from .positions import rotary_angles
+from .positions import rotary_angles, rotation
 
 
 class BioXLSTMCache:
@@ -270,7 +270,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         cache_params: BioXLSTMCache | None,
         x: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rotation angles of q and k for this call and, for 2-D rotary, the per-row count of
+        """The rotation (cos, sin) of q and k for this call and, for 2-D rotary, the per-row count of
         sequences started once it is done (to carry in the cache)."""
         batch, seq_len = x.shape[:2]
         if position_ids is None:
@@ -288,7 +288,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             sequence_index = (started - 1).clamp(min=0)
             sequences_started = started[:, -1]
         head_dim = self.config.mlstm_head_dim
-        return rotary_angles(position_ids, head_dim, self.config.rope_theta, sequence_index), sequences_started
+        return rotation(rotary_angles(position_ids, head_dim, self.config.rope_theta, sequence_index)), sequences_started
 
 
 class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):

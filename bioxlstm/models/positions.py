@@ -41,9 +41,15 @@ def rotary_angles(
     return torch.cat([within, across], dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate the heads x (B, NH, S, DH) by angles (B, S, DH // 2)."""
-    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+def rotation(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of angles (B, S, DH // 2), shaped (B, 1, S, DH // 2) to broadcast over heads;
+    computed once per forward pass and shared by every layer."""
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rotary(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate the heads x (B, NH, S, DH) by the rotation of `rotation(angles)`."""
+    cos, sin = cos_sin
     first, second = x.float().chunk(2, dim=-1)
     rotated = torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
     return rotated.to(x.dtype)

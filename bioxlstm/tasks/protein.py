@@ -64,6 +64,12 @@ def load_context(
     return sequences
 
 
+def require_protein_model(model: PreTrainedModel, task: str) -> None:
+    require_causal_lm(model, task)
+    if model.config.domain not in (None, "protein"):
+        raise ValueError(f"{task} needs a protein model; this one is for {model.config.domain}")
+
+
 def _residue_ids(tokenizer: PreTrainedTokenizerBase, sequence: str) -> list[int]:
     return tokenizer(sequence, add_special_tokens=False)["input_ids"]
 
@@ -77,19 +83,30 @@ def _tensor(values: list[int], model: PreTrainedModel) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _read(model: PreTrainedModel, row: TokenRow, cache=None):
-    """Run the model over `row` from `cache`; returns the logits of its last token and the new cache
-    (None and the old cache for an empty row)."""
-    if not len(row):
-        return None, cache
-    out = model(
-        _tensor(row.input_ids, model),
-        position_ids=_tensor(row.position_ids, model),
-        cache_params=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    return out.logits[:, -1], out.cache_params
+def _read(model: PreTrainedModel, row: TokenRow, cache=None, window: int = 8192):
+    """Run the model over `row` from `cache`, `window` tokens per call with the state carried (so
+    a context of any length needs the memory of one window); returns the logits of its last token
+    and the new cache (None and the old cache for an empty row)."""
+    logits = None
+    for start in range(0, len(row), window):
+        out = model(
+            _tensor(row.input_ids[start : start + window], model),
+            position_ids=_tensor(row.position_ids[start : start + window], model),
+            cache_params=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits, cache = out.logits[:, -1], out.cache_params
+    return logits, cache
+
+
+def context_state(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, homologs: Sequence[str], window: int = 8192
+):
+    """The model's recurrent state (a `BioXLSTMCache`) after reading `homologs` as a context, and
+    the logits of its last token; (None, None) for no homologs."""
+    logits, cache = _read(model, _context_row(tokenizer, homologs), window=window)
+    return cache, logits
 
 
 # --- log-likelihoods given a context ---------------------------------------------------------------
@@ -109,9 +126,9 @@ def sequence_log_likelihoods(
     reuse_context_state: read the context once and start every sequence from a copy of its state;
     False reads context + sequence from scratch for every sequence (same numbers, for checking and
     benchmarking)."""
-    require_causal_lm(model, "scoring")
+    require_protein_model(model, "scoring with homologs")
     context_tokens = _context_row(tokenizer, context)
-    _, context_cache = _read(model, context_tokens) if reuse_context_state else (None, None)
+    context_cache = context_state(model, tokenizer, context)[0] if reuse_context_state else None
     results = []
     for start in range(0, len(sequences), batch_size):
         rows = [
@@ -291,7 +308,7 @@ def inpaint(
     original positions, until the model writes the next sentinel (`<eos>` after the last span) or
     `max_fill_length` residues. Only amino-acid tokens go into a fill; the fill may be longer or
     shorter than the span it replaces. temperature 0 picks the likeliest token."""
-    require_causal_lm(model, "inpainting")
+    require_protein_model(model, "inpainting")
     spans = sorted(spans)
     if not spans:
         raise ValueError("give at least one span to fill")
@@ -379,7 +396,7 @@ def generate_family(
     the new sequence's own numbering, amino acids only, until `<eos>` (or a `<cls>` that would begin
     another homolog) or `max_new_tokens`. Each comes with its log-likelihood, perplexity and
     similarity to the context."""
-    require_causal_lm(model, "generation")
+    require_protein_model(model, "family generation")
     if n < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError("n, max_new_tokens and batch_size must be positive")
     if temperature <= 0:
