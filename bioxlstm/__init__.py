@@ -13,6 +13,7 @@ from . import chem, convert, export, io, pretrained
 from .models import BioXLSTMCache, BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMModel
 from .models import BioXLSTMForMaskedLM, BioXLSTMForSequenceClassification, BioXLSTMForTokenClassification
 from .tasks.molecules import evaluate_in_context, generate_molecules, sample_molecules
+from .tasks.protein import generate_family, inpaint, score_variants
 from .tokenization import complement_map, load_tokenizer
 
 __version__ = "0.1.0"
@@ -34,7 +35,10 @@ __all__ = [
     "BioXLSTMModel",
     "complement_map",
     "evaluate_in_context",
+    "generate_family",
     "generate_molecules",
+    "inpaint",
     "load_tokenizer",
     "sample_molecules",
+    "score_variants",
 ]

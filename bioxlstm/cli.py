@@ -11,6 +11,23 @@ from . import __version__
 USER_ERRORS = (ValueError, OSError)
 
 
+def _input_options(input_required: bool) -> argparse.ArgumentParser:
+    input_options = argparse.ArgumentParser(add_help=False)
+    input_options.add_argument("--input", required=input_required, help="sequence file (FASTA, FASTQ, GenBank, A3M, SMILES, CSV, ...; .gz ok) or - for stdin")
+    input_options.add_argument("--format", help="input format when the extension does not say it (required for stdin)")
+    input_options.add_argument("--column", default="sequence", help="sequence column of a CSV/TSV/Parquet input")
+    input_options.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    input_options.add_argument(
+        "--window", type=int, default=4096,
+        help="tokens per forward pass for long sequences; the recurrent state is carried between windows",
+    )
+    input_options.add_argument(
+        "--rc-invariant", action="store_true",
+        help="DNA: average over both strands, so a sequence and its reverse complement get the same result",
+    )
+    return input_options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bioxlstm",
@@ -25,19 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, help="a saved model directory (or a bundled default: dna, protein, chem)"
     )
     model_options.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    input_options = argparse.ArgumentParser(add_help=False)
-    input_options.add_argument("--input", required=True, help="sequence file (FASTA, FASTQ, GenBank, A3M, SMILES, CSV, ...; .gz ok) or - for stdin")
-    input_options.add_argument("--format", help="input format when the extension does not say it (required for stdin)")
-    input_options.add_argument("--column", default="sequence", help="sequence column of a CSV/TSV/Parquet input")
-    input_options.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
-    input_options.add_argument(
-        "--window", type=int, default=4096,
-        help="tokens per forward pass for long sequences; the recurrent state is carried between windows",
-    )
-    input_options.add_argument(
-        "--rc-invariant", action="store_true",
-        help="DNA: average over both strands, so a sequence and its reverse complement get the same result",
-    )
+    input_options = _input_options(input_required=True)
 
     generate = commands.add_parser(
         "generate", parents=[model_options], help="sample new sequences",
@@ -55,6 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", default="-",
         help="FASTA for DNA and proteins; .smi or .csv for molecules; - for stdout (default)",
     )
+    family = generate.add_argument_group(
+        "in-context generation (protein and molecule models)",
+        "with --context, a protein model reads a family's homologs and samples new members (each FASTA "
+        "record's description gives its log-likelihood, perplexity and identity to the context); a molecule "
+        "model reads example molecules and samples molecules like them (the context is read once)",
+    )
+    family.add_argument(
+        "--context", help="protein: homologs (A3M, Stockholm or FASTA, the query first); molecules: a SMILES file of examples"
+    )
+    family.add_argument("--context-sequences", type=int, default=None, help="read only the first N homologs")
+    family.add_argument("--max-context-tokens", type=int, default=None, help="read homologs while the context stays within N tokens")
+    molecules = generate.add_argument_group("molecules")
+    molecules.add_argument(
+        "--unique-valid", action="store_true",
+        help="keep sampling until -n distinct valid molecules exist (or --max-draws samples were drawn); "
+        "a report of how many were drawn goes to stderr",
+    )
+    molecules.add_argument("--max-draws", type=int, default=None, help="sampling cap for --unique-valid (default 10 n)")
     generate.set_defaults(run=run_generate)
 
     embed = commands.add_parser(
@@ -71,12 +94,51 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(run=run_embed)
 
     score = commands.add_parser(
-        "score", parents=[model_options, input_options], help="log-likelihood and perplexity of sequences",
-        description="Score every sequence of a file by its log-likelihood (natural log, including its end) and perplexity.",
+        "score", parents=[model_options, _input_options(input_required=False)],
+        help="log-likelihood and perplexity of sequences, or variant effects",
+        description=(
+            "Score every sequence of --input by its log-likelihood (natural log, including its end) and perplexity, "
+            "optionally after homologs (--context). With --wildtype and --mutants, score variant effects instead: "
+            "log p(mutant | context) - log p(wild type | context) per mutant. A mutant that does not match the wild "
+            "type stops the run before anything is scored, with one line naming its row."
+        ),
+    )
+    variants = score.add_argument_group("variant effects and homolog context (protein models)")
+    variants.add_argument("--wildtype", help="sequence file holding the one wild-type sequence (FASTA, ...)")
+    variants.add_argument("--mutants", help="CSV or TSV with one mutant per row: codes like A24C:D30E (1-based) or full sequences")
+    variants.add_argument("--mutant-column", default="mutant", help="the column of --mutants holding them (default: mutant)")
+    variants.add_argument("--context", help="homologs read before every scored sequence: A3M, Stockholm or FASTA (.gz ok)")
+    variants.add_argument("--max-context-tokens", type=int, default=None, help="read homologs while the context stays within N tokens")
+    variants.add_argument(
+        "--no-reuse-context-state", action="store_true",
+        help="read the context again for every sequence instead of copying its state (same scores, slower; for checking)",
     )
     score.add_argument("--output", default="-", help="table: .csv, .tsv or .parquet; - for stdout (default)")
     score.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     score.set_defaults(run=run_score)
+
+    inpaint = commands.add_parser(
+        "inpaint", parents=[model_options], help="fill spans of a protein sequence",
+        description=(
+            "Rewrite spans of a protein sequence by fill-in-the-middle decoding, optionally given homologs. "
+            "Writes FASTA; each record's description gives the fill lengths and their log-likelihood."
+        ),
+    )
+    inpaint.add_argument("--input", required=True, help="sequence file; its first record is filled")
+    inpaint.add_argument(
+        "--span", action="append", required=True, metavar="START-END",
+        help="residues to rewrite, 1-based and inclusive (e.g. 10-20); repeat for up to five spans",
+    )
+    inpaint.add_argument("--context", help="homologs: A3M, Stockholm or FASTA (.gz ok)")
+    inpaint.add_argument("--max-context-tokens", type=int, default=None, help="read homologs while the context stays within N tokens")
+    inpaint.add_argument("-n", type=int, default=1, help="number of inpainted versions")
+    inpaint.add_argument("--max-fill-length", type=int, default=64, help="longest fill of one span")
+    inpaint.add_argument("--temperature", type=float, default=1.0, help="0 picks the likeliest residue")
+    inpaint.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
+    inpaint.add_argument("--top-p", type=float, default=None, help="sample within this probability mass")
+    inpaint.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    inpaint.add_argument("--output", default="-", help="FASTA file; - for stdout (default)")
+    inpaint.set_defaults(run=run_inpaint)
 
     info = commands.add_parser("info", help="describe a model", description="Show a model's architecture, size, domain and card.")
     info.add_argument("--model", required=True, help="a saved model directory (or a bundled default)")
@@ -328,22 +390,100 @@ def run_generate(args: argparse.Namespace) -> None:
     from .tasks import generate_sequences
 
     model, tokenizer = _load(args)
+    domain = model.config.domain
     if args.output == STANDARD_STREAM:
-        output_format = "smiles" if model.config.domain == "smiles" else "fasta"
+        output_format = "smiles" if domain == "smiles" else "fasta"
     else:
         output_format = format_from_path(args.output)
-    generated = generate_sequences(
-        model, tokenizer, args.n, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+    sampling = dict(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed, batch_size=args.batch_size,
     )
+    if domain == "smiles" and (args.context or args.unique_valid):
+        generated = _sample_molecules(args, model, tokenizer, sampling)
+    elif args.context:
+        if domain != "protein":
+            raise ValueError(f"--context needs a protein or molecule model; this one is for {domain}")
+        generated = _family_members(args, model, tokenizer, sampling)
+    else:
+        generated = [
+            Record(g.id, g.sequence, f"log_likelihood={g.log_likelihood:.4f} finished={'yes' if g.finished else 'no'}")
+            for g in generate_sequences(model, tokenizer, args.n, prompt=args.prompt, **sampling)
+        ]
     if output_format in TABLE_FORMATS:
-        write_table(pd.DataFrame([vars(g) for g in generated]), args.output, output_format)
-        return
-    records = [
-        Record(g.id, g.sequence, f"log_likelihood={g.log_likelihood:.4f} finished={'yes' if g.finished else 'no'}")
-        for g in generated
+        table = pd.DataFrame([{"id": r.id, "sequence": r.sequence, **_fields(r.description)} for r in generated])
+        write_table(table, args.output, output_format)
+    else:
+        write_records(generated, args.output, output_format)
+
+
+def _fields(description: str) -> dict:
+    """The `key=value` pairs of a generated record's description, as table columns."""
+    return dict(item.split("=", 1) for item in description.split())
+
+
+def _sample_molecules(args: argparse.Namespace, model, tokenizer, sampling: dict) -> list:
+    from .chem import is_valid
+    from .io import Record, read_records
+    from .tasks.molecules import sample_molecules
+
+    context = [r.sequence for r in read_records(args.context, domain="smiles")] if args.context else None
+    sample = sample_molecules(
+        model, tokenizer, args.n, context=context, unique_valid=args.unique_valid, max_draws=args.max_draws, **sampling
+    )
+    print(f"molecules: {sample.report}", file=sys.stderr)
+    return [
+        Record(f"generated_{i}", smiles, f"valid={'yes' if is_valid(smiles) else 'no'}")
+        for i, smiles in enumerate(sample.molecules, start=1)
     ]
-    write_records(records, args.output, output_format)
+
+
+def _family_members(args: argparse.Namespace, model, tokenizer, sampling: dict) -> list:
+    from .io import Record
+    from .tasks.protein import generate_family
+
+    members = generate_family(
+        model, tokenizer, args.context, args.n, context_sequences=args.context_sequences,
+        max_context_tokens=args.max_context_tokens, **sampling,
+    )
+    return [
+        Record(
+            m.id, m.sequence,
+            f"log_likelihood={m.log_likelihood:.4f} perplexity={m.perplexity:.3f} max_identity={m.max_identity:.3f} "
+            f"min_hamming={m.min_hamming} finished={'yes' if m.finished else 'no'}",
+        )
+        for m in members
+    ]
+
+
+def run_inpaint(args: argparse.Namespace) -> None:
+    from .io import Record, read_records, write_records
+    from .tasks.protein import inpaint
+
+    spans = [_span(text) for text in args.span]
+    model, tokenizer = _load(args)
+    record = next(read_records(args.input, domain="protein"))
+    results = []
+    for index in range(args.n):
+        result = inpaint(
+            model, tokenizer, record.sequence, spans, context=args.context, max_context_tokens=args.max_context_tokens,
+            max_fill_length=args.max_fill_length, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+            seed=args.seed if index == 0 else None,
+        )
+        lengths = ",".join(map(str, result.fill_lengths))
+        results.append(
+            Record(f"{record.id}_inpainted_{index + 1}", result.sequence,
+                   f"fill_lengths={lengths} log_likelihood={result.log_likelihood:.4f}")
+        )
+    write_records(results, args.output, "fasta" if args.output == "-" else None)
+
+
+def _span(text: str) -> tuple[int, int]:
+    """A 1-based inclusive `START-END` as a 0-based slice."""
+    start, separator, end = text.partition("-")
+    if not (separator and start.isdigit() and end.isdigit() and 1 <= int(start) <= int(end)):
+        raise ValueError(f"--span {text!r}: expected START-END, 1-based and inclusive, e.g. 10-20")
+    return int(start) - 1, int(end)
 
 
 def run_embed(args: argparse.Namespace) -> None:
@@ -390,6 +530,14 @@ def run_score(args: argparse.Namespace) -> None:
     from .io import write_table
     from .tasks import score_records
 
+    if args.wildtype or args.mutants:
+        run_variant_scoring(args)
+        return
+    if args.input is None:
+        raise ValueError("score needs --input (sequences to score) or --wildtype and --mutants (variant effects)")
+    if args.context:
+        run_context_scoring(args)
+        return
     model, tokenizer = _load(args)
     scores = score_records(
         model, tokenizer, _records(args, model), rc_invariant=args.rc_invariant,
@@ -400,6 +548,63 @@ def run_score(args: argparse.Namespace) -> None:
             print(json.dumps(vars(score)))
         return
     write_table(pd.DataFrame([vars(score) for score in scores], columns=["id", "length", "log_likelihood", "perplexity"]), args.output)
+
+
+def run_context_scoring(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .io import write_table
+    from .tasks.protein import load_context, perplexity, sequence_log_likelihoods
+
+    model, tokenizer = _load(args)
+    records = list(_records(args, model))
+    context = load_context(args.context, max_tokens=args.max_context_tokens)
+    log_likelihoods = sequence_log_likelihoods(
+        model, tokenizer, [r.sequence for r in records], context,
+        reuse_context_state=not args.no_reuse_context_state, batch_size=args.batch_size,
+    )
+    rows = [
+        (r.id, len(r.sequence), value, perplexity(value, len(r.sequence) + 1)) for r, value in zip(records, log_likelihoods)
+    ]
+    write_table(pd.DataFrame(rows, columns=["id", "length", "log_likelihood", "perplexity"]), args.output)
+
+
+def run_variant_scoring(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .io import InputError, format_from_path, read_records, write_table
+    from .tasks.protein import apply_mutant, score_variants
+
+    if not (args.wildtype and args.mutants):
+        raise ValueError("variant-effect scoring needs both --wildtype and --mutants")
+    wildtypes = list(read_records(args.wildtype, domain="protein"))
+    if len(wildtypes) != 1:
+        raise InputError(f"{args.wildtype}: expected one wild-type sequence, found {len(wildtypes)}")
+    wildtype = wildtypes[0].sequence
+    separator = {"csv": ",", "tsv": "\t"}.get(format_from_path(args.mutants))
+    if separator is None:
+        raise InputError(f"{args.mutants}: mutants are read from a CSV or TSV file")
+    table = pd.read_csv(args.mutants, sep=separator, dtype=str, keep_default_na=False)
+    if args.mutant_column not in table.columns:
+        raise InputError(
+            f"{args.mutants}: no column {args.mutant_column!r} (available: {', '.join(map(str, table.columns))})"
+        )
+    problems = []
+    for row, code in enumerate(table[args.mutant_column], start=2):  # line 1 is the header
+        try:
+            apply_mutant(wildtype, code)
+        except ValueError as problem:
+            problems.append(f"line {row}: {problem}")
+    if problems:
+        more = f" ({len(problems) - 1} more rows do not match the wild type)" if len(problems) > 1 else ""
+        raise InputError(f"{args.mutants}: {problems[0]}{more}; nothing was scored")
+    model, tokenizer = _load(args)
+    table["score"] = score_variants(
+        model, tokenizer, wildtype, list(table[args.mutant_column]), context=args.context,
+        reuse_context_state=not args.no_reuse_context_state, max_context_tokens=args.max_context_tokens,
+        batch_size=args.batch_size,
+    )
+    write_table(table, args.output)
 
 
 def run_info(args: argparse.Namespace) -> None:

@@ -182,3 +182,24 @@ def test_invalid_character_error_names_file_record_and_position(models, tmp_path
 def test_debug_shows_the_traceback(models):
     result = run("--debug", "score", "--model", str(models["protein"]), "--input", "no_such.fa")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_generate_molecules_like_examples_and_until_unique_valid(models, tmp_path):
+    examples = tmp_path / "examples.smi"
+    examples.write_text("CC(=O)Nc1ccc(O)cc1\nCC(=O)Nc1ccc(OC)cc1\nCC(=O)Nc1ccc(Cl)cc1\n")
+    common = ["generate", "--model", str(models["smiles"]), "-n", "6", "--max-new-tokens", "20", "--seed", "2"]
+    main([*common, "--context", str(examples), "--output", str(tmp_path / "like.csv")])
+    like = pd.read_csv(tmp_path / "like.csv", keep_default_na=False)
+    assert list(like.columns) == ["id", "sequence", "valid"] and len(like) == 6
+    result = run(*common, "--unique-valid", "--max-draws", "12", "--output", str(tmp_path / "unique.smi"))
+    assert result.returncode == 0, result.stderr
+    assert "drawn" in result.stderr and "valid" in result.stderr  # the sampling report
+    molecules = (tmp_path / "unique.smi").read_text().split()
+    assert len(molecules) == len(set(molecules)) <= 6
+    assert all(bioxlstm.chem.is_valid(m) for m in molecules)
+
+
+def test_context_needs_a_protein_or_molecule_model(models):
+    result = run("generate", "--model", str(models["dna"]), "--context", str(GLOBINS), "-n", "1")
+    assert result.returncode == 1
+    assert "bioxlstm: error: --context needs a protein or molecule model; this one is for dna" in result.stderr

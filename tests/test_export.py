@@ -161,3 +161,54 @@ def test_cli_export_user_errors_are_one_line(tmp_path, args, message):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == f"bioxlstm: error: {message}", result.stderr
+
+
+HEADS = {
+    "BioXLSTMForMaskedLM": ("AutoModelForMaskedLM", {"bidirectional": True}),
+    "BioXLSTMForSequenceClassification": ("AutoModelForSequenceClassification", {"num_labels": 2}),
+    "BioXLSTMForTokenClassification": ("AutoModelForTokenClassification", {"num_labels": 3}),
+    "BioXLSTMModel": ("AutoModel", {}),
+}
+
+
+def test_every_head_loads_without_bioxlstm_and_runs_its_pipeline(tmp_path):
+    """Each head, exported, gives identical outputs from the shipped code, and its pipeline runs."""
+    tokenizer = bioxlstm.load_tokenizer("dna")
+    text = "ACGTTGCAAGGCTTA"
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    expected, directories = {}, {}
+    for name, (_, overrides) in HEADS.items():
+        config = tiny_model(vocab_size=len(tokenizer), domain="dna", pad_token_id=tokenizer.pad_token_id).config
+        config = bioxlstm.BioXLSTMConfig(**{**config.to_dict(), **overrides})
+        torch.manual_seed(1)
+        model = getattr(bioxlstm, name)(config).eval()
+        with torch.no_grad():
+            output = model(ids)[0]
+        expected[name] = output
+        directories[name] = str(export(model, tmp_path / name, tokenizer))
+    result = run_without_bioxlstm(
+        f"""
+import json, torch, transformers
+from transformers import AutoTokenizer, pipeline
+heads = {json.dumps({name: auto for name, (auto, _) in HEADS.items()})}
+directories = {json.dumps(directories)}
+tokenizer = AutoTokenizer.from_pretrained(directories["BioXLSTMModel"], trust_remote_code=False)
+ids = tokenizer({text!r}, return_tensors="pt").input_ids
+outputs = {{}}
+for name, auto in heads.items():
+    model = getattr(transformers, auto).from_pretrained(directories[name], trust_remote_code=True).eval()
+    with torch.no_grad():
+        outputs[name] = model(ids)[0].tolist()
+fill = pipeline("fill-mask", model=directories["BioXLSTMForMaskedLM"], trust_remote_code=True)
+filled = fill("ACGT<mask>GCA", targets=list("ACGT"))
+classify = pipeline("text-classification", model=directories["BioXLSTMForSequenceClassification"], trust_remote_code=True)
+print(json.dumps({{"outputs": outputs, "filled": [f["token_str"] for f in filled],
+                  "scores": [f["score"] for f in filled], "label": classify({text!r})[0]["label"]}}))
+""",
+        tmp_path,
+    )
+    for name in HEADS:
+        assert torch.equal(torch.tensor(result["outputs"][name]), expected[name]), name
+    assert sorted(result["filled"]) == list("ACGT")
+    assert result["scores"] == sorted(result["scores"], reverse=True)
+    assert result["label"] in ("LABEL_0", "LABEL_1")

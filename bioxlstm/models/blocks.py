@@ -20,6 +20,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .kernels import FORGET_GATE_CLOSED, FORGET_GATE_OPEN, INPUT_GATE_CLOSED, mlstm_recurrence, resolve_backend, slstm_scan
 from .configuration_bioxlstm import BioXLSTMConfig
+from .positions import apply_rotary
 
 ACTIVATIONS = {"gelu": F.gelu, "swish": F.silu, "relu": F.relu}
 # How a bidirectional block merges the mixer output on the sequence with the one on its reversal.
@@ -169,8 +170,14 @@ class MLSTMLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: torch.Tensor, state: tuple | None, keep: torch.Tensor | None, reset: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        state: tuple | None,
+        keep: torch.Tensor | None,
+        reset: torch.Tensor | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple]:
+        """rotary: the (cos, sin) rotation of q and k by their positions (see `positions.py`), or None."""
         batch, seq_len, _ = x.shape
         x_mlstm, z = self.proj_up(x).split(self.inner, dim=-1)
         x_mlstm = _mask_padding(x_mlstm, keep)
@@ -189,9 +196,12 @@ class MLSTMLayer(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(batch, seq_len, self.num_heads, -1).transpose(1, 2)
 
+        q, k = heads(q), heads(k)
+        if rotary is not None:  # the gates above read the unrotated q and k: they do not depend on position
+            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         h, cell_state = mlstm_recurrence(
-            heads(q),
-            heads(k),
+            q,
+            k,
             heads(v),
             igate.transpose(1, 2).float(),
             fgate.transpose(1, 2).float(),
@@ -227,8 +237,14 @@ class SLSTMLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: torch.Tensor, state: tuple | None, keep: torch.Tensor | None, reset: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        state: tuple | None,
+        keep: torch.Tensor | None,
+        reset: torch.Tensor | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple]:
+        """rotary is accepted for a uniform block interface and unused: the sLSTM has no q and k."""
         batch, seq_len, dim = x.shape
         cell_state, conv_state = state if state is not None else (None, None)
         x = _mask_padding(x, keep)
@@ -275,10 +291,11 @@ class XLSTMBlock(GradientCheckpointingLayer):
         state: tuple | None = None,
         keep: torch.Tensor | None = None,
         reset: torch.Tensor | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         normed = self.xlstm_norm(x)
         if self.combine_directions is None:
-            y, state = self.xlstm(normed, state, keep, reset)
+            y, state = self.xlstm(normed, state, keep, reset, rotary)
         else:
             if state is not None:
                 raise ValueError("a bidirectional block has no recurrent state to continue from")

@@ -8,6 +8,7 @@ KERNEL_CHOICES = ("auto", "native", "triton")
 DOMAINS = (None, "dna", "protein", "smiles")
 BIDIRECTIONAL_COMBINE_CHOICES = ("add", "mean")
 POOLING_CHOICES = ("mean", "max", "first", "last")
+POSITION_EMBEDDINGS = ("none", "rotary")
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -70,6 +71,17 @@ class BioXLSTMConfig(PretrainedConfig):
 
     Classification heads also read the standard `num_labels` and `problem_type` (regression when
     `num_labels == 1`).
+        position_embedding: `"none"` (the recurrence alone orders the tokens) or `"rotary"`: q and k
+            of every mLSTM cell are rotated by the token's position id (see `models/positions.py`),
+            so that positions can restart at every sequence of a homolog context and jump back
+            after a fill-in-the-middle sentinel. Position ids are the `position_ids` argument of
+            `forward`; without it they count on from the tokens already in the cache.
+        rope_theta: base of the rotary frequencies (the slowest pair turns by 1/rope_theta radians per
+            position).
+        rope_sequence_index: 2-D rotary: the first half of each head's rotary channel pairs turn
+            with the position in the sequence, the second half with the index of the sequence in
+            the context, which counts the tokens whose position id is 0 (a sequence starts there).
+            Needs a head dimension divisible by 4.
     """
 
     model_type = "bioxlstm"
@@ -110,6 +122,9 @@ class BioXLSTMConfig(PretrainedConfig):
         conjoin: bool = False,
         pooling: str = "mean",
         classifier_dropout: float = 0.0,
+        position_embedding: str = "none",
+        rope_theta: float = 10000.0,
+        rope_sequence_index: bool = False,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -133,6 +148,9 @@ class BioXLSTMConfig(PretrainedConfig):
         self.embedding_dropout = embedding_dropout
         self.norm_eps = norm_eps
         self.domain = domain
+        self.position_embedding = position_embedding
+        self.rope_theta = rope_theta
+        self.rope_sequence_index = rope_sequence_index
         # Every saved head also loads as the bare backbone (feature extraction) from remote code.
         kwargs.setdefault("auto_map", {"AutoModel": "modeling_bioxlstm.BioXLSTMModel"})
         self.bidirectional = bidirectional
@@ -188,6 +206,21 @@ class BioXLSTMConfig(PretrainedConfig):
             raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {self.chunk_size}")
+        self._validate_positions()
+
+    def _validate_positions(self) -> None:
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, got {self.position_embedding!r}")
+        if self.rope_sequence_index and self.position_embedding != "rotary":
+            raise ValueError("rope_sequence_index needs position_embedding='rotary'")
+        if self.position_embedding == "rotary" and (self.bidirectional or self.rcps):
+            raise ValueError("rotary positions are for causal models; bidirectional and RC-PS models read order from the recurrence")
+        if self.position_embedding == "rotary":
+            multiple = 4 if self.rope_sequence_index else 2
+            if self.mlstm_head_dim % multiple:
+                raise ValueError(
+                    f"rotary embeddings need an mLSTM head dimension divisible by {multiple}, got {self.mlstm_head_dim}"
+                )
 
     def _validate_complement_map(self) -> None:
         complement = self.complement_map
@@ -209,6 +242,10 @@ class BioXLSTMConfig(PretrainedConfig):
     @property
     def mlstm_inner_size(self) -> int:
         return _round_up(self.proj_factor * self.block_width, self.proj_round_multiple)
+
+    @property
+    def mlstm_head_dim(self) -> int:
+        return self.mlstm_inner_size // self.num_heads
 
     @property
     def ffn_inner_size(self) -> int:

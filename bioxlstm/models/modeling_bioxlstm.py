@@ -24,6 +24,7 @@ from .blocks import (
     wang_init_std,
 )
 from .configuration_bioxlstm import BioXLSTMConfig
+from .positions import rotary_angles, rotation
 from .rc import (
     ReverseComplementEmbedding,
     ReverseComplementLMHead,
@@ -39,34 +40,30 @@ class BioXLSTMCache:
 
     `states[i]` is block i's state, every tensor batch-first: (C, n, m, conv window) for an mLSTM
     block, and ((h, c, n, m) stacked on dim 1, conv window) for an sLSTM block. `seen_tokens` counts the positions
-    consumed, padding included.
+    consumed, padding included. `sequences_started` (B,) counts, per row, the sequences begun so far
+    (tokens with position id 0), which 2-D rotary embeddings (`config.rope_sequence_index`) turn
+    with; None for other models.
     """
 
-    def __init__(self, states: list[tuple], seen_tokens: int = 0):
+    def __init__(self, states: list[tuple], seen_tokens: int = 0, sequences_started: torch.Tensor | None = None):
         self.states = states
         self.seen_tokens = seen_tokens
+        self.sequences_started = sequences_started
+
+    def _with_rows(self, rows) -> tuple[list[tuple], torch.Tensor | None]:
+        """The states and sequence counts with `rows` (a function of a batch-first tensor) applied."""
+        return [_map_tensors(state, rows) for state in self.states], _map_tensors(self.sequences_started, rows)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Select batch rows (beam search)."""
-
-        def select(item):
-            if isinstance(item, tuple):
-                return tuple(select(x) for x in item)
-            return None if item is None else item.index_select(0, beam_idx)
-
-        self.states = [select(state) for state in self.states]
+        self.states, self.sequences_started = self._with_rows(lambda t: t.index_select(0, beam_idx))
 
     def repeat_interleave(self, repeats: int) -> "BioXLSTMCache":
-        """A new cache holding each batch row `repeats` times in a row (rows 0,0,..,1,1,..), the
-        layout of `num_return_sequences`: a prompt's state is computed once and continued in
-        `repeats` independent ways. This cache is left unchanged."""
-
-        def repeat(item):
-            if isinstance(item, tuple):
-                return tuple(repeat(x) for x in item)
-            return None if item is None else item.repeat_interleave(repeats, dim=0)
-
-        return BioXLSTMCache([repeat(state) for state in self.states], self.seen_tokens)
+        """A new cache in which every row is repeated `repeats` times (row i becomes rows
+        i*repeats .. i*repeats+repeats-1, the layout of `num_return_sequences`): a context is read
+        once and many continuations start from it. This cache is left unchanged."""
+        states, sequences_started = self._with_rows(lambda t: t.repeat_interleave(repeats, dim=0))
+        return BioXLSTMCache(states, self.seen_tokens, sequences_started)
 
     def tensors(self) -> list[torch.Tensor]:
         def flatten(item):
@@ -77,6 +74,13 @@ class BioXLSTMCache:
                 yield item
 
         return [t for state in self.states for t in flatten(state)]
+
+
+def _map_tensors(item, fn):
+    """Apply `fn` to every tensor of a nested tuple (None stays None)."""
+    if isinstance(item, tuple):
+        return tuple(_map_tensors(x, fn) for x in item)
+    return None if item is None else fn(item)
 
 
 @dataclass
@@ -231,6 +235,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         seq_idx: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> BioXLSTMOutput | tuple:
         """attention_mask: 1 for real tokens, 0 for padding (left or right). Padding positions leave
@@ -240,7 +245,12 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         seq_idx: (B, S) index of the sequence each token belongs to, for rows that pack several
         sequences (as `transformers.DataCollatorWithFlattening(return_seq_idx=True)` makes them):
         where it changes, every state (mLSTM memory, sLSTM cell, conv window) starts afresh, so
-        nothing leaks from one packed sequence into the next."""
+        nothing leaks from one packed sequence into the next.
+
+        position_ids: (B, S) position of every token within its own sequence, read only when
+        `config.position_embedding == "rotary"`; by default the positions count on from
+        `cache_params.seen_tokens` (the same for every row, so a left-padded batch must pass them,
+        as `generate` does from the attention mask)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         output_hidden_states = (
@@ -251,7 +261,8 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         if use_cache or cache_params is not None:
             self._check_recurrent_decoding()
 
-        seq_len = (input_ids if inputs_embeds is None else inputs_embeds).shape[1]
+        tokens = input_ids if inputs_embeds is None else inputs_embeds
+        seq_len = tokens.shape[1]
         keep = None
         if attention_mask is not None:
             keep = attention_mask[:, -seq_len:].to(dtype=torch.bool)
@@ -261,6 +272,9 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         if seq_idx is not None:
             reset = torch.zeros_like(seq_idx, dtype=torch.bool)
             reset[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+        rotary, sequences_started = None, None
+        if self.config.position_embedding == "rotary":
+            rotary, sequences_started = self._rotary_angles(position_ids, keep, cache_params, len(tokens), seq_len)
         states = cache_params.states if cache_params is not None else [None] * len(self.blocks)
 
         if self.config.conjoin:
@@ -273,7 +287,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             complement = torch.tensor(self.config.complement_map, device=input_ids.device)
             both_strands = torch.cat([input_ids, reverse_complement(input_ids, complement, index)])
             x, new_states, hidden_states = self._run(
-                both_strands, None, None if keep is None else keep.repeat(2, 1), None, states, output_hidden_states
+                both_strands, None, None if keep is None else keep.repeat(2, 1), None, None, states, output_hidden_states
             )
 
             def conjoined(both: torch.Tensor) -> torch.Tensor:
@@ -283,12 +297,14 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             x = conjoined(x)
             hidden_states = None if hidden_states is None else tuple(map(conjoined, hidden_states))
         else:
-            x, new_states, hidden_states = self._run(input_ids, inputs_embeds, keep, reset, states, output_hidden_states)
+            x, new_states, hidden_states = self._run(
+                input_ids, inputs_embeds, keep, reset, rotary, states, output_hidden_states
+            )
 
         cache = None
         if use_cache:
             seen = cache_params.seen_tokens if cache_params is not None else 0
-            cache = BioXLSTMCache(new_states, seen + seq_len)
+            cache = BioXLSTMCache(new_states, seen + seq_len, sequences_started)
         if not return_dict:
             return tuple(v for v in (x, cache, hidden_states) if v is not None)
         return BioXLSTMOutput(last_hidden_state=x, cache_params=cache, hidden_states=hidden_states)
@@ -300,7 +316,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
                 "sequence at once and has no recurrent cache; call it without use_cache/cache_params"
             )
 
-    def _run(self, input_ids, inputs_embeds, keep, reset, states, output_hidden_states):
+    def _run(self, input_ids, inputs_embeds, keep, reset, rotary, states, output_hidden_states):
         x = self.embedding_dropout(self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds)
         if keep is not None:
             keep = keep.to(x.device)
@@ -309,7 +325,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         new_states = []
         hidden_states = (x,) if output_hidden_states else None
         for block, state in zip(self.blocks, states):
-            x, state = block(x, state, keep, reset)
+            x, state = block(x, state, keep, reset, rotary)
             new_states.append(state)
             if output_hidden_states:
                 hidden_states += (x,)
@@ -320,6 +336,34 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         if output_hidden_states:
             hidden_states = hidden_states[:-1] + (x,)
         return x, new_states, hidden_states
+
+    def _rotary_angles(
+        self,
+        position_ids: torch.Tensor | None,
+        keep: torch.Tensor | None,
+        cache_params: BioXLSTMCache | None,
+        batch: int,
+        seq_len: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rotation (cos, sin) of q and k for this call and, for 2-D rotary, the per-row count of
+        sequences started once it is done (to carry in the cache)."""
+        device = self.embeddings.weight.device
+        if position_ids is None:
+            seen = cache_params.seen_tokens if cache_params is not None else 0
+            position_ids = torch.arange(seen, seen + seq_len, device=device).expand(batch, seq_len)
+        position_ids = position_ids[:, -seq_len:].to(device)
+        sequence_index, sequences_started = None, None
+        if self.config.rope_sequence_index:
+            starts = position_ids == 0
+            if keep is not None:  # padding (position 0 under generate's numbering) starts nothing
+                starts = starts & keep.to(device)
+            before = None if cache_params is None else cache_params.sequences_started
+            before = before if before is not None else torch.zeros(batch, dtype=torch.long, device=device)
+            started = before[:, None] + starts.long().cumsum(dim=1)
+            sequence_index = (started - 1).clamp(min=0)
+            sequences_started = started[:, -1]
+        head_dim = self.config.mlstm_head_dim
+        return rotation(rotary_angles(position_ids, head_dim, self.config.rope_theta, sequence_index)), sequences_started
 
 
 class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
@@ -382,6 +426,7 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         seq_idx: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> BioXLSTMCausalLMOutput | tuple:
         """labels: token ids aligned with input_ids (-100 ignored); the loss is the mean
@@ -396,6 +441,7 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             seq_idx=seq_idx,
+            position_ids=position_ids,
         )
         hidden = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden).float()
@@ -418,6 +464,7 @@ class BioXLSTMForMaskedLM(BioXLSTMPreTrainedModel):
     loss is the mean cross-entropy over the selected positions only.
     """
 
+    _auto_class = "AutoModelForMaskedLM"
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
 
     def __init__(self, config: BioXLSTMConfig):
@@ -526,6 +573,8 @@ class BioXLSTMForSequenceClassification(_BioXLSTMClassifierBase):
     then a linear layer. Classification, multi-label or regression, following `problem_type` and
     `num_labels` as every Hugging Face sequence classifier does."""
 
+    _auto_class = "AutoModelForSequenceClassification"
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -555,6 +604,8 @@ class BioXLSTMForSequenceClassification(_BioXLSTMClassifierBase):
 
 class BioXLSTMForTokenClassification(_BioXLSTMClassifierBase):
     """One prediction per token (e.g. per-base annotation); labels -100 are ignored."""
+
+    _auto_class = "AutoModelForTokenClassification"
 
     def forward(
         self,

@@ -1,0 +1,495 @@
+"""In-context protein tasks: a model reads a family's homologs, then generates, completes or scores
+a member of that family.
+
+The context is laid out as in training (`bioxlstm.data.protein`): every homolog as `<cls>` +
+residues with positions restarting at 0, and the sequence of interest last. Its recurrent state is
+computed once; every continuation (a mutant, a new family member, a fill) starts from a copy.
+"""
+
+import math
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from Bio.Align import PairwiseAligner, substitution_matrices
+from transformers import (
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from ..data.protein import TokenRow, context_row, fill_in_the_middle, sentinel_ids, undo_fill_in_the_middle
+from ..io import Record, read_records
+from ..tokenization import ALPHABETS, sequence_token_ids
+from .score import require_causal_lm
+
+ContextSource = str | Path | Iterable[str | Record] | None
+
+# A substitution: wild-type residue, 1-based position, new residue (ProteinGym's `A24C`).
+_SUBSTITUTION = re.compile(r"([A-Z])(\d+)([A-Z])")
+
+
+# --- the homolog context --------------------------------------------------------------------------
+
+
+def load_context(
+    context: ContextSource, max_sequences: int | None = None, max_tokens: int | None = None
+) -> list[str]:
+    """The homolog sequences of `context`: a file (A3M, Stockholm, FASTA, ...; read with
+    `bioxlstm.io.read_records`, aligned files as full sequences) or sequences / Records; None is no
+    context. Sequences are taken in order, the first `max_sequences`, while the context stays within
+    `max_tokens` tokens (each sequence costs its length + 1 for its `<cls>`)."""
+    if context is None:
+        return []
+    if isinstance(context, (str, Path)):
+        context = read_records(context, domain="protein")
+    sequences, tokens = [], 0
+    for item in context:
+        sequence = item.sequence if isinstance(item, Record) else item
+        if max_sequences is not None and len(sequences) >= max_sequences:
+            break
+        if max_tokens is not None and tokens + len(sequence) + 1 > max_tokens:
+            break
+        sequences.append(sequence)
+        tokens += len(sequence) + 1
+    return sequences
+
+
+def require_protein_model(model: PreTrainedModel, task: str) -> None:
+    require_causal_lm(model, task)
+    if model.config.domain not in (None, "protein"):
+        raise ValueError(f"{task} needs a protein model; this one is for {model.config.domain}")
+
+
+def _residue_ids(tokenizer: PreTrainedTokenizerBase, sequence: str) -> list[int]:
+    return tokenizer(sequence, add_special_tokens=False)["input_ids"]
+
+
+def _context_row(tokenizer: PreTrainedTokenizerBase, sequences: Sequence[str]) -> TokenRow:
+    return context_row(tokenizer.cls_token_id, [_residue_ids(tokenizer, s) for s in sequences])
+
+
+def _tensor(values: list[int], model: PreTrainedModel) -> torch.Tensor:
+    return torch.tensor([values], device=model.device)
+
+
+@torch.no_grad()
+def _read(model: PreTrainedModel, row: TokenRow, cache=None, window: int = 8192):
+    """Run the model over `row` from `cache`, `window` tokens per call with the state carried (so
+    a context of any length needs the memory of one window); returns the logits of its last token
+    and the new cache (None and the old cache for an empty row)."""
+    logits = None
+    for start in range(0, len(row), window):
+        out = model(
+            _tensor(row.input_ids[start : start + window], model),
+            position_ids=_tensor(row.position_ids[start : start + window], model),
+            cache_params=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits, cache = out.logits[:, -1], out.cache_params
+    return logits, cache
+
+
+def context_state(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, homologs: Sequence[str], window: int = 8192
+):
+    """The model's recurrent state (a `BioXLSTMCache`) after reading `homologs` as a context, and
+    the logits of its last token; (None, None) for no homologs."""
+    logits, cache = _read(model, _context_row(tokenizer, homologs), window=window)
+    return cache, logits
+
+
+# --- log-likelihoods given a context ---------------------------------------------------------------
+
+
+@torch.no_grad()
+def sequence_log_likelihoods(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    sequences: Sequence[str],
+    context: Sequence[str] = (),
+    reuse_context_state: bool = True,
+    batch_size: int = 16,
+) -> list[float]:
+    """log p(residues + `<eos>` | context, `<cls>`) of every sequence (natural log).
+
+    reuse_context_state: read the context once and start every sequence from a copy of its state;
+    False reads context + sequence from scratch for every sequence (same numbers, for checking and
+    benchmarking)."""
+    require_protein_model(model, "scoring with homologs")
+    context_tokens = _context_row(tokenizer, context)
+    context_cache = context_state(model, tokenizer, context)[0] if reuse_context_state else None
+    results = []
+    for start in range(0, len(sequences), batch_size):
+        rows = [
+            TokenRow([tokenizer.cls_token_id, *ids, tokenizer.eos_token_id], list(range(len(ids) + 2)), [])
+            for ids in (_residue_ids(tokenizer, s) for s in sequences[start : start + batch_size])
+        ]
+        offset, cache = 0, None
+        if not reuse_context_state:
+            rows = [context_tokens + row for row in rows]
+            offset = len(context_tokens)
+        elif context_cache is not None:
+            cache = context_cache.repeat_interleave(len(rows))
+        input_ids, position_ids, mask = _right_padded(rows, tokenizer.pad_token_id, model.device)
+        logits = model(
+            input_ids, position_ids=position_ids, attention_mask=mask, cache_params=cache, use_cache=cache is not None
+        ).logits
+        # Token t + 1 is predicted at t: the residues and <eos> after the sequence's <cls>. Summed
+        # in float64: a float32 sum over hundreds of tokens is only good to ~1e-4.
+        predicted = logits[:, offset:-1].double().log_softmax(dim=-1)
+        targets = input_ids[:, offset + 1 :]
+        token_log_probs = predicted.gather(-1, targets[..., None])[..., 0] * mask[:, offset + 1 :]
+        results.extend(token_log_probs.sum(dim=1).tolist())
+    return results
+
+
+def _right_padded(rows: list[TokenRow], pad_id: int, device: torch.device):
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, device=device)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row)] = torch.tensor(row.input_ids)
+        position_ids[index, : len(row)] = torch.tensor(row.position_ids)
+        mask[index, : len(row)] = 1
+    return input_ids, position_ids, mask
+
+
+def perplexity(log_likelihood: float, predicted_tokens: int) -> float:
+    """exp of the mean negative log-likelihood per predicted token."""
+    return math.exp(-log_likelihood / predicted_tokens)
+
+
+def held_out_perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    family: str | Path | Iterable[str | Record],
+    held_out: int = 8,
+    max_context_tokens: int = 4096,
+    seed: int = 0,
+) -> list[dict]:
+    """Perplexity of held-out family members without and with homologs in context: `held_out`
+    members drawn at random (seeded) are scored alone and after as many of the remaining members
+    as fit in `max_context_tokens`. One row per held-out member: id, length, perplexity_alone,
+    perplexity_in_context. A model that uses its context has the second lower than the first."""
+    if isinstance(family, (str, Path)):
+        family = read_records(family, domain="protein")
+    records = [r if isinstance(r, Record) else Record(f"sequence_{i + 1}", r) for i, r in enumerate(family)]
+    if len(records) < 2 or not 1 <= held_out < len(records):
+        raise ValueError(f"held_out must be between 1 and {len(records) - 1} for a family of {len(records)}")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    query_indices, context_indices = order[:held_out], order[held_out:]
+    queries = [records[i].sequence for i in query_indices]
+    context = load_context([records[i].sequence for i in context_indices], max_tokens=max_context_tokens)
+    alone = sequence_log_likelihoods(model, tokenizer, queries)
+    in_context = sequence_log_likelihoods(model, tokenizer, queries, context)
+    return [
+        {
+            "id": records[i].id,
+            "length": len(sequence),
+            "perplexity_alone": perplexity(without, len(sequence) + 1),
+            "perplexity_in_context": perplexity(with_context, len(sequence) + 1),
+        }
+        for i, sequence, without, with_context in zip(query_indices, queries, alone, in_context)
+    ]
+
+
+# --- variant effects -------------------------------------------------------------------------------
+
+
+def apply_mutant(wildtype: str, mutant: str) -> str:
+    """The sequence of `mutant`: ProteinGym-style substitutions (`A24C`, several joined by `:`,
+    1-based positions, each naming the wild-type residue) or a full sequence of the wild type's
+    length. Raises ValueError naming the code and what does not match."""
+    code = mutant.strip().upper()
+    if ALPHABETS["protein"].invalid_position(code) is None and len(code) == len(wildtype):
+        return code
+    residues = list(wildtype)
+    for substitution in code.split(":"):
+        match = _SUBSTITUTION.fullmatch(substitution)
+        if match is None:
+            raise ValueError(
+                f"mutant {mutant!r}: {substitution!r} is neither a substitution like A24C nor a full sequence of "
+                f"length {len(wildtype)}"
+            )
+        before, position, after = match[1], int(match[2]), match[3]
+        if not 1 <= position <= len(wildtype):
+            raise ValueError(f"mutant {mutant!r}: position {position} is outside the wild type (1..{len(wildtype)})")
+        if wildtype[position - 1] != before:
+            raise ValueError(
+                f"mutant {mutant!r}: the wild type has {wildtype[position - 1]} at position {position}, not {before}"
+            )
+        if ALPHABETS["protein"].invalid_position(after) is not None:
+            raise ValueError(f"mutant {mutant!r}: {after!r} is not an amino acid")
+        residues[position - 1] = after
+    return "".join(residues)
+
+
+def score_variants(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    wildtype: str,
+    mutants: Sequence[str],
+    context: ContextSource = None,
+    reuse_context_state: bool = True,
+    max_context_tokens: int | None = None,
+    batch_size: int = 16,
+) -> list[float]:
+    """Variant-effect scores: log p(mutant | context) - log p(wild type | context), one per mutant,
+    in order. Mutants are ProteinGym codes (`A24C:D30E`) or full sequences (see `apply_mutant`);
+    every code is checked before anything is scored, and the first that does not match the wild
+    type raises ValueError. The context (homologs, see `load_context`) is read once and its state
+    reused for every mutant unless `reuse_context_state=False`."""
+    wildtype = wildtype.upper()
+    sequences = [apply_mutant(wildtype, mutant) for mutant in mutants]
+    homologs = load_context(context, max_tokens=max_context_tokens)
+    log_likelihoods = sequence_log_likelihoods(
+        model, tokenizer, [wildtype, *sequences], homologs, reuse_context_state, batch_size
+    )
+    return [value - log_likelihoods[0] for value in log_likelihoods[1:]]
+
+
+# --- sampling --------------------------------------------------------------------------------------
+
+
+def _logits_processors(
+    vocab_size: int, allowed: set[int], temperature: float, top_k: int | None, top_p: float | None, device
+) -> LogitsProcessorList:
+    processors = LogitsProcessorList(
+        [SuppressTokensLogitsProcessor([i for i in range(vocab_size) if i not in allowed], device=device)]
+    )
+    if temperature != 1.0:
+        processors.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        processors.append(TopKLogitsWarper(top_k))
+    if top_p is not None and top_p < 1.0:
+        processors.append(TopPLogitsWarper(top_p))
+    return processors
+
+
+@dataclass
+class Inpainting:
+    sequence: str  # the whole sequence with every span filled
+    fills: list[str]  # what was written into each span, in order
+    fill_lengths: list[int]
+    finished: list[bool]  # the model closed the fill itself (False: it reached max_fill_length)
+    log_likelihood: float  # of the fills and the tokens that closed them, under the unmodified model
+
+
+@torch.no_grad()
+def inpaint(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    sequence: str,
+    spans: Sequence[tuple[int, int]],
+    context: ContextSource = None,
+    max_context_tokens: int | None = None,
+    max_fill_length: int = 64,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+) -> Inpainting:
+    """Fill the `spans` of `sequence` (0-based, end exclusive, as Python slices; at most five,
+    disjoint), given optional homologs as context, by fill-in-the-middle decoding: the sequence is
+    read with `<mask-i>` in place of span i, then each span is written after its sentinel, at its
+    original positions, until the model writes the next sentinel (`<eos>` after the last span) or
+    `max_fill_length` residues. Only amino-acid tokens go into a fill; the fill may be longer or
+    shorter than the span it replaces. temperature 0 picks the likeliest token."""
+    require_protein_model(model, "inpainting")
+    spans = sorted(spans)
+    if not spans:
+        raise ValueError("give at least one span to fill")
+    sentinels = sentinel_ids(tokenizer)
+    residues = _residue_ids(tokenizer, sequence)
+    query = fill_in_the_middle(tokenizer.cls_token_id, tokenizer.eos_token_id, residues, spans, sentinels)
+    masked = query.infill.index(True)
+    first_sentinel = TokenRow(query.input_ids[masked : masked + 1], query.position_ids[masked : masked + 1], [True])
+    prompt = _context_row(tokenizer, load_context(context, max_tokens=max_context_tokens)) + TokenRow(
+        query.input_ids[:masked], query.position_ids[:masked], query.infill[:masked]
+    )
+    logits, cache = _read(model, prompt + first_sentinel)
+    if seed is not None:
+        torch.manual_seed(seed)
+    amino_acids = set(sequence_token_ids(tokenizer, "protein"))
+    suffix, fills, finished, total = [], [], [], 0.0
+    for index, (start, _) in enumerate(spans):
+        closing = sentinels[index + 1] if index + 1 < len(spans) else tokenizer.eos_token_id
+        if index:  # open the span: its sentinel, at the position of its first residue
+            logits, cache = _read(model, TokenRow([sentinels[index]], [start + 1], [True]), cache)
+        processors = _logits_processors(
+            model.config.vocab_size, amino_acids | {closing}, max(temperature, 1e-5), top_k, top_p, model.device
+        )
+        fill = []
+        while True:
+            token = _choose(processors, logits, temperature)
+            total += F.log_softmax(logits.float(), dim=-1)[0, token].item()
+            if token == closing or len(fill) == max_fill_length:
+                break
+            fill.append(token)
+            logits, cache = _read(model, TokenRow([token], [start + len(fill)], [True]), cache)
+        finished.append(token == closing)
+        fills.append(fill)
+        suffix += [sentinels[index], *fill]
+    restored = undo_fill_in_the_middle(query.input_ids[1:masked] + suffix, sentinels)
+    return Inpainting(
+        sequence=tokenizer.decode(restored),
+        fills=[tokenizer.decode(fill) for fill in fills],
+        fill_lengths=[len(fill) for fill in fills],
+        finished=finished,
+        log_likelihood=total,
+    )
+
+
+def _choose(processors: LogitsProcessorList, logits: torch.Tensor, temperature: float) -> int:
+    scores = processors(None, logits.float())
+    if temperature == 0:
+        return int(scores.argmax(dim=-1))
+    return int(torch.multinomial(scores.softmax(dim=-1), 1))
+
+
+# --- family generation -----------------------------------------------------------------------------
+
+
+@dataclass
+class FamilyMember:
+    id: str
+    sequence: str
+    log_likelihood: float  # of the residues and the end token, under the unmodified model
+    perplexity: float  # per predicted token (residues and end token)
+    finished: bool  # the model ended the sequence itself
+    max_identity: float  # to the closest context sequence (see identity_to_context)
+    min_hamming: int | None
+
+
+@torch.no_grad()
+def generate_family(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    context: ContextSource,
+    n: int,
+    context_sequences: int | None = None,
+    max_context_tokens: int | None = None,
+    max_new_tokens: int = 512,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    batch_size: int = 16,
+    id_prefix: str = "generated",
+) -> list[FamilyMember]:
+    """Sample `n` new members of the family whose homologs are `context` (a file or sequences; the
+    first `context_sequences`, within `max_context_tokens`). Each is sampled with
+    `transformers`' `generate` after the homologs and a fresh `<cls>`, with positions continuing
+    the new sequence's own numbering, amino acids only, until `<eos>` (or a `<cls>` that would begin
+    another homolog) or `max_new_tokens`. Each comes with its log-likelihood, perplexity and
+    similarity to the context."""
+    require_protein_model(model, "family generation")
+    if n < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise ValueError("n, max_new_tokens and batch_size must be positive")
+    if temperature <= 0:
+        raise ValueError("temperature must be positive")
+    homologs = load_context(context, context_sequences, max_context_tokens)
+    if not homologs:
+        raise ValueError("the context holds no sequences: family generation needs homologs")
+    prompt = _context_row(tokenizer, homologs) + TokenRow([tokenizer.cls_token_id], [0], [False])
+    prompt_ids, prompt_positions = _tensor(prompt.input_ids, model), _tensor(prompt.position_ids, model)
+    ends = [tokenizer.eos_token_id, tokenizer.cls_token_id]
+    allowed = set(sequence_token_ids(tokenizer, "protein")) | set(ends)
+    if seed is not None:
+        torch.manual_seed(seed)
+    members = []
+    for start in range(0, n, batch_size):
+        rows = min(batch_size, n - start)
+        out = model.generate(
+            prompt_ids,
+            position_ids=prompt_positions,
+            attention_mask=torch.ones_like(prompt_ids),
+            do_sample=True,
+            temperature=temperature,
+            top_k=top_k or 0,
+            top_p=top_p or 1.0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=rows,
+            eos_token_id=ends,
+            pad_token_id=tokenizer.pad_token_id,
+            suppress_tokens=[i for i in range(model.config.vocab_size) if i not in allowed],
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        new_tokens = out.sequences[:, prompt_ids.shape[1] :]
+        log_probs = F.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
+        token_log_probs = log_probs.gather(-1, new_tokens[..., None])[..., 0]
+        for row in range(rows):
+            tokens = new_tokens[row].tolist()
+            end = next((i for i, token in enumerate(tokens) if token in ends), None)
+            length = len(tokens) if end is None else end + 1
+            residues = tokenizer.decode(tokens[:length], skip_special_tokens=True)
+            log_likelihood = token_log_probs[row, :length].sum().item()
+            identity, hamming = identity_to_context(residues, homologs)
+            members.append(
+                FamilyMember(
+                    id=f"{id_prefix}_{start + row + 1}",
+                    sequence=residues,
+                    log_likelihood=log_likelihood,
+                    perplexity=perplexity(log_likelihood, length),
+                    finished=end is not None,
+                    max_identity=identity,
+                    min_hamming=hamming,
+                )
+            )
+    return members
+
+
+# --- quality figures -------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _aligner() -> PairwiseAligner:
+    # EMBOSS needle's defaults: BLOSUM62, gap open 10, extend 0.5, global.
+    return PairwiseAligner(
+        mode="global",
+        substitution_matrix=substitution_matrices.load("BLOSUM62"),
+        open_gap_score=-10.0,
+        extend_gap_score=-0.5,
+    )
+
+
+def _blosum_letters(sequence: str) -> str:
+    # BLOSUM62 has no rows for selenocysteine and pyrrolysine; they align as their standard analogues.
+    return sequence.translate(_RARE_RESIDUE_ANALOGUES)
+
+
+_RARE_RESIDUE_ANALOGUES = str.maketrans({"U": "C", "O": "K"})
+
+
+def identity_to_context(sequence: str, context: Sequence[str]) -> tuple[float, int | None]:
+    """(maximum identity, minimum Hamming distance) of `sequence` to the context sequences, from
+    global alignments (BLOSUM62, gap open 10, extend 0.5, as EMBOSS needle): identity is the
+    fraction of alignment columns with identical residues, the Hamming distance the number of
+    columns without (mismatches and gaps; for an ungapped alignment of equal lengths, the plain
+    Hamming distance). An empty sequence or context gives (0.0, None)."""
+    if not sequence or not context:
+        return 0.0, None
+    best_identity, best_hamming = 0.0, None
+    for other in context:
+        if not other:
+            continue
+        alignment = _aligner().align(_blosum_letters(sequence), _blosum_letters(other))[0]
+        identities = alignment.counts().identities
+        best_identity = max(best_identity, identities / alignment.length)
+        hamming = alignment.length - identities
+        best_hamming = hamming if best_hamming is None else min(best_hamming, hamming)
+    return best_identity, best_hamming
