@@ -242,7 +242,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             reset[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
         rotary, sequences_started = None, None
         if self.config.position_embedding == "rotary":
-            rotary, sequences_started = self._rotary_angles(position_ids, keep, cache_params, x)
+            rotary, sequences_started = self._rotation(position_ids, keep, cache_params, x)
         states = cache_params.states if cache_params is not None else [None] * len(self.blocks)
         new_states = []
         hidden_states = (x,) if output_hidden_states else None
@@ -263,13 +263,13 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             return tuple(v for v in (x, cache, hidden_states) if v is not None)
         return BioXLSTMOutput(last_hidden_state=x, cache_params=cache, hidden_states=hidden_states)
 
-    def _rotary_angles(
+    def _rotation(
         self,
         position_ids: torch.Tensor | None,
         keep: torch.Tensor | None,
         cache_params: BioXLSTMCache | None,
         x: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
         """The rotation (cos, sin) of q and k for this call and, for 2-D rotary, the per-row count of
         sequences started once it is done (to carry in the cache)."""
         batch, seq_len = x.shape[:2]
