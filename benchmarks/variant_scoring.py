@@ -6,7 +6,7 @@ starting every mutant from a copy of its state (`reuse_context_state=True`), onc
 context + mutant from scratch for every mutant. Both in the same run, on the same weights; the
 largest difference between the two sets of scores is reported beside the speed-up.
 
-    python benchmarks/variant_scoring.py [--model DIR] [--mutants 200] [--context-tokens 4000] [--out benchmarks/results]
+    python benchmarks/variant_scoring.py [--model DIR] [--mutants 200] [--context-tokens 4000] [--batch-size 64] [--out benchmarks/results]
 
 Without --model a small random protein model with rotary positions is used (speed does not depend
 on the weights).
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="saved protein model (default: a small random one)")
     parser.add_argument("--mutants", type=int, default=200)
     parser.add_argument("--context-tokens", type=int, default=4000, help="the context holds at least this many tokens")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass, the same for both methods")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 

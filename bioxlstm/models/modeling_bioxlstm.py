@@ -344,7 +344,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         cache_params: BioXLSTMCache | None,
         batch: int,
         seq_len: int,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
         """The rotation (cos, sin) of q and k for this call and, for 2-D rotary, the per-row count of
         sequences started once it is done (to carry in the cache)."""
         device = self.embeddings.weight.device
