@@ -68,7 +68,9 @@ class ReverseComplementShared(nn.Module):
         state: tuple | None = None,
         keep: torch.Tensor | None = None,
         reset: torch.Tensor | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
+        """Same interface as `XLSTMBlock.forward`; rotary positions are refused by the config."""
         if state is not None:
             raise ValueError("an RC-PS block has no recurrent state to continue from")
         if reset is not None:
