@@ -281,7 +281,8 @@ def plot_loss_curve(log_history: list[dict], path: Path) -> None:
             axes.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=label)
     axes.set_xlabel("step")
     axes.set_ylabel("cross-entropy (nats per token)")
-    axes.legend()
+    if axes.lines:  # a run shorter than logging_steps logs no loss
+        axes.legend()
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
