@@ -108,6 +108,14 @@ class BioXLSTMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _is_stateful = True
 
+    # The token embedding lives in the backbone (`base_model`, the model itself for BioXLSTMModel);
+    # the output layer, where there is one, is `lm_head`, which transformers' defaults handle.
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.base_model.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.base_model.embeddings = value
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Load safetensors weights only: unpickling a checkpoint can run arbitrary code. Pass
@@ -218,12 +226,6 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         )
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embeddings = value
 
     def forward(
         self,
@@ -385,18 +387,6 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
         self.lm_head = LanguageModelHead(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.backbone.embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.backbone.embeddings = value
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Linear) -> None:
-        self.lm_head = value
-
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
@@ -481,18 +471,6 @@ class BioXLSTMForMaskedLM(BioXLSTMPreTrainedModel):
             self.lm_head = LanguageModelHead(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.backbone.embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.backbone.embeddings = value
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Module) -> None:
-        self.lm_head = value
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -533,12 +511,6 @@ class _BioXLSTMClassifierBase(BioXLSTMPreTrainedModel):
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.classifier = nn.Linear(config.block_width if config.rcps else config.hidden_size, config.num_labels)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.backbone.embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.backbone.embeddings = value
 
     def _token_features(self, input_ids, attention_mask, inputs_embeds, output_hidden_states):
         outputs = self.backbone(
