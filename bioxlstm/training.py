@@ -4,7 +4,8 @@ A recipe is a YAML file with these sections (see `recipes/`):
 
     name, description   what it trains
     domain              dna | protein | smiles: the tokenizer, and the model's domain
-    objective           a name in OBJECTIVES (clm, ...): the model head and the collator
+    objective           a name in OBJECTIVES (clm, mlm, fim-icl, molecule-icl): the model head,
+                        the collator and the data settings it needs
     data                the fields of `bioxlstm.data.DataSpec`; paths relative to the recipe file
     model               fields of `BioXLSTMConfig` (vocabulary and special tokens come from the tokenizer)
     training            fields of `transformers.TrainingArguments` (output_dir comes from the command)
@@ -45,27 +46,69 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from .data import DataSpec, build_datasets, causal_lm_collator
+from .data.collators import MoleculeSetCollator
+from .data.dna import DNADataCollatorForLanguageModeling
+from .data.protein import HomologContextCollator
 from .export import CardInfo, export
-from .models import BioXLSTMConfig, BioXLSTMForCausalLM
-from .tokenization import DOMAINS, load_tokenizer
+from .models import BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMForMaskedLM
+from .tokenization import DOMAINS, MOLECULE_SEPARATOR, complement_map, load_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """What an objective name stands for: the model head trained, and how examples become batches."""
+    """What an objective name stands for: the model head trained, how examples become batches, the
+    domains it applies to (None: all) and the data settings it needs (checked against the recipe)."""
 
     model_class: type[PreTrainedModel]
     collator: Callable[[PreTrainedTokenizerBase, DataSpec], Callable]
+    domains: tuple[str, ...] | None = None
+    data_requirements: dict = dataclasses.field(default_factory=dict)
+    description: str = ""
+
+
+def _masked_lm_collator(tokenizer: PreTrainedTokenizerBase, spec: DataSpec):
+    return DNADataCollatorForLanguageModeling(
+        tokenizer, mlm=True, mlm_probability=spec.mlm_probability, rc_probability=spec.rc_probability, seed=spec.seed
+    )
+
+
+def _fim_collator(tokenizer: PreTrainedTokenizerBase, spec: DataSpec):
+    # The FIM form of a query is up to two tokens per span, plus one, longer than the query.
+    return HomologContextCollator(
+        tokenizer, max_tokens=spec.max_length + 11, fim_probability=spec.fim_probability, seed=spec.seed
+    )
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "clm": Objective(BioXLSTMForCausalLM, lambda tokenizer, spec: causal_lm_collator(tokenizer, spec.packing)),
-}
-# Objectives that recipes may already name; they arrive with the parts of the suite that define them.
-PLANNED_OBJECTIVES = {
-    "mlm": "masked language modelling for bidirectional and RC-PS DNA models",
-    "fim-icl": "protein fill-in-the-middle with homologs in context",
-    "molecule-icl": "in-context generation from molecule sets",
+    "clm": Objective(
+        BioXLSTMForCausalLM,
+        lambda tokenizer, spec: causal_lm_collator(tokenizer, spec.packing),
+        description="next-token prediction on examples, packed or padded",
+    ),
+    "mlm": Objective(
+        BioXLSTMForMaskedLM,
+        _masked_lm_collator,
+        domains=("dna",),
+        # A bidirectional model reverses each padded sequence within its own length; packed rows
+        # would read across sequence boundaries backwards.
+        data_requirements={"packing": False},
+        description="masked language modelling (80/10/10) for bidirectional and RC-PS DNA models",
+    ),
+    "fim-icl": Objective(
+        BioXLSTMForCausalLM,
+        _fim_collator,
+        domains=("protein",),
+        data_requirements={"homologs_in_context": True, "packing": False},
+        description="protein homolog groups, a random member last as the query, in fill-in-the-middle form "
+        "with probability data.fim_probability",
+    ),
+    "molecule-icl": Objective(
+        BioXLSTMForCausalLM,
+        lambda tokenizer, spec: MoleculeSetCollator(tokenizer, spec.packing, seed=spec.seed),
+        domains=("smiles",),
+        data_requirements={"cut_at": MOLECULE_SEPARATOR},
+        description="next-token prediction on molecule sets joined by '.', shuffled in every batch",
+    ),
 }
 
 
@@ -99,7 +142,7 @@ def _parse_yaml(text: str):
 
 SECTIONS = ("name", "description", "domain", "objective", "data", "model", "training")
 # Set from the tokenizer and the recipe's domain, never by hand.
-DERIVED_MODEL_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "domain")
+DERIVED_MODEL_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "domain", "complement_map")
 
 
 def _model_fields() -> set[str]:
@@ -142,17 +185,18 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     if content.get("domain") not in DOMAINS:
         raise ValueError(f"{path}: domain must be one of {', '.join(DOMAINS)}, got {content.get('domain')!r}")
     objective = content.get("objective")
-    if objective not in OBJECTIVES and objective not in PLANNED_OBJECTIVES:
-        known = sorted({*OBJECTIVES, *PLANNED_OBJECTIVES})
-        raise ValueError(f"{path}: unknown objective {objective!r}; known objectives: {', '.join(known)}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"{path}: unknown objective {objective!r}; known objectives: {', '.join(sorted(OBJECTIVES))}")
     data = dict(content.get("data") or {})
     for key in ("train", "eval", "cards"):
         data[key] = [str(path.parent / p) for p in _as_list(data.get(key, []))]
+    spec = DataSpec(**data)
+    _check_objective(OBJECTIVES[objective], objective, content["domain"], spec, path)
     return Recipe(
         name=content.get("name", path.stem),
         domain=content["domain"],
         objective=objective,
-        data=DataSpec(**data),
+        data=spec,
         model=dict(content.get("model") or {}),
         training=dict(content.get("training") or {}),
         description=content.get("description", ""),
@@ -192,20 +236,31 @@ def _check_keys(content: dict, path: Path) -> None:
         )
 
 
-def objective_of(recipe: Recipe) -> Objective:
-    if recipe.objective not in OBJECTIVES:
-        raise ValueError(
-            f"objective {recipe.objective!r} of recipe {recipe.name!r} is not available yet "
-            f"({PLANNED_OBJECTIVES[recipe.objective]}); available objectives: {', '.join(sorted(OBJECTIVES))}"
-        )
-    return OBJECTIVES[recipe.objective]
+def _check_objective(objective: Objective, name: str, domain: str, data: DataSpec, path: Path) -> None:
+    if objective.domains is not None and domain not in objective.domains:
+        raise ValueError(f"{path}: objective {name!r} trains {' or '.join(objective.domains)} models, not {domain}")
+    for key, value in objective.data_requirements.items():
+        if getattr(data, key) != value:
+            raise ValueError(f"{path}: objective {name!r} needs data.{key}: {value!r}, got {getattr(data, key)!r}")
 
 
 class RecipeTrainer(Trainer):
-    """`Trainer` with perplexity beside every evaluation loss, and atomic checkpoints."""
+    """`Trainer` with perplexity beside every evaluation loss, and atomic checkpoints.
+
+    Collators with random draws (masked positions, FIM spans, molecule orders) take them from their
+    seed, the epoch and each batch's content (`bioxlstm.data.collators.batch_seed`): the trainer
+    tells them the epoch, and evaluation always runs at epoch -1, so it sees the same batches
+    every time."""
 
     def evaluation_loop(self, *args, **kwargs):
-        output = super().evaluation_loop(*args, **kwargs)
+        training_epoch = getattr(self.data_collator, "epoch", None)
+        if training_epoch is not None:
+            self.data_collator.epoch = -1
+        try:
+            output = super().evaluation_loop(*args, **kwargs)
+        finally:
+            if training_epoch is not None:
+                self.data_collator.epoch = training_epoch
         for key, value in list(output.metrics.items()):
             if key.endswith("_loss"):
                 output.metrics[key.removesuffix("_loss") + "_perplexity"] = math.exp(min(value, 700.0))
@@ -242,6 +297,17 @@ class RecipeTrainer(Trainer):
     def _get_output_dir(self, trial) -> str:
         staging = getattr(self, "_staging_dir", None)
         return str(staging) if staging is not None else super()._get_output_dir(trial)
+
+
+class CollatorEpochCallback(TrainerCallback):
+    """Tells a collator with per-epoch random draws which pass over the data begins."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is the fraction done; a run resumed mid-epoch begins with a fractional one.
+        self.collator.epoch = int(state.epoch + 1e-6)
 
 
 class LogFilesCallback(TrainerCallback):
@@ -289,9 +355,23 @@ def plot_loss_curve(log_history: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def model_config(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> BioXLSTMConfig:
+    """The recipe's model section completed by what the tokenizer and the domain decide."""
+    return BioXLSTMConfig(
+        **recipe.model,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        domain=recipe.domain,
+        # RC-PS layers, conjoined scoring and classifiers of DNA models all read it.
+        complement_map=complement_map(tokenizer) if recipe.domain == "dna" else None,
+    )
+
+
 def build_trainer(recipe: Recipe, output_dir: str | Path) -> RecipeTrainer:
     """The Trainer of `recipe`, with its model, data and callbacks, ready for `.train()`."""
-    objective = objective_of(recipe)
+    objective = OBJECTIVES[recipe.objective]
     output_dir = Path(output_dir)
     training = dict(recipe.training)
     launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
@@ -309,22 +389,19 @@ def build_trainer(recipe: Recipe, output_dir: str | Path) -> RecipeTrainer:
     with args.main_process_first(desc="building the datasets"):  # one rank fills the Arrow cache
         train_dataset, eval_dataset = build_datasets(recipe.data, tokenizer, recipe.domain)
     set_seed(args.seed)
-    config = BioXLSTMConfig(
-        **recipe.model,
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        domain=recipe.domain,
-    )
+    config = model_config(recipe, tokenizer)
+    collator = objective.collator(tokenizer, recipe.data)
+    callbacks = [LogFilesCallback(output_dir)]
+    if hasattr(collator, "epoch"):
+        callbacks.append(CollatorEpochCallback(collator))
     return RecipeTrainer(
         model=objective.model_class(config),
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=objective.collator(tokenizer, recipe.data),
+        data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[LogFilesCallback(output_dir)],
+        callbacks=callbacks,
     )
 
 
@@ -334,7 +411,6 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, resume: bool = F
     resume: continue from the newest checkpoint in `output_dir`, with the same data order, optimiser
     and RNG states. Without it, an output directory that already holds checkpoints is refused.
     """
-    objective_of(recipe)
     output_dir = Path(output_dir or Path("runs") / recipe.name)
     last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     if resume and last_checkpoint is None:

@@ -1,8 +1,11 @@
 """Regenerates the bundled tokenizer files in `tokenizers/<domain>/`.
 
-The SMILES vocabulary is learned from the bundled ChEMBL training sample, so that the validation
-sample measures how often unseen tokens occur.
+The SMILES vocabulary is learned from the bundled ChEMBL training sample and the bundled ICST
+domains (the in-context training data, which, unlike the ChEMBL sample, writes stereochemistry and
+charged counter-ions), so that the ChEMBL validation sample measures how often unseen tokens occur.
 """
+
+import itertools
 
 from pathlib import Path
 
@@ -13,8 +16,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
-    training_smiles = read_records(REPO / "data" / "chembl31_train_50k.smi.gz", domain="smiles")
-    smiles_corpus = (record.sequence for record in training_smiles)
+    chembl = read_records(REPO / "data" / "chembl31_train_50k.smi.gz", domain="smiles")
+    icst_domains = read_records(REPO / "data" / "icst_valid_50_domains.txt.gz", domain="smiles")
+    smiles_corpus = itertools.chain(
+        (record.sequence for record in chembl),
+        (molecule for record in icst_domains for molecule in record.sequence.split(".") if molecule),
+    )
     tokenizers = {
         "dna": build_dna_tokenizer(),
         "protein": build_protein_tokenizer(),

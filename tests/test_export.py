@@ -36,7 +36,11 @@ def exported(tmp_path_factory):
 def run_without_bioxlstm(code: str, tmp_path: Path) -> dict:
     """Run `code` in a fresh interpreter where `import bioxlstm` fails; it prints one JSON object."""
     script = "import sys\nsys.modules['bioxlstm'] = None\n" + code
-    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
+    env = {
+        "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin",
+        # CPU kernels split sums by thread count; identical outputs need this process's count.
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    }
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL
     )

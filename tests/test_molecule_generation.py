@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
 
 import bioxlstm
 from bioxlstm.chem import canonicalize, is_valid
@@ -109,6 +111,18 @@ def test_the_bundled_tokenizer_has_a_token_for_the_molecule_separator(tokenizer)
     domain = gzip.open(ICST, "rt").readline().strip()
     tokens = tokenizer.tokenize(domain)
     assert tokens.count(".") == domain.count(".")
+
+
+def test_a_vocabulary_without_the_separator_samples_unconditionally_but_refuses_a_context(untrained, tokenizer):
+    vocab = {token: index for token, index in tokenizer.get_vocab().items() if token != "."}
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.model = models.WordLevel(vocab, unk_token="<unk>")
+    stripped = PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer.special_tokens_map)
+    assert stripped.convert_tokens_to_ids(".") == stripped.unk_token_id
+    sample = bioxlstm.sample_molecules(untrained, stripped, 4, unique_valid=False, max_new_tokens=10, seed=0)
+    assert len(sample.molecules) == 4
+    with pytest.raises(ValueError, match="no token for the molecule separator '.': its model cannot read molecules"):
+        bioxlstm.generate_molecules(untrained, stripped, chembl_molecules(2), n=2, max_new_tokens=10)
 
 
 def _record_backbone_inputs(model):

@@ -17,7 +17,8 @@ from transformers import TrainerCallback
 import bioxlstm
 from bioxlstm.cli import main
 from bioxlstm.data import DataSpec, build_datasets, causal_lm_collator
-from bioxlstm.training import build_trainer, load_recipe, train
+from bioxlstm.data.protein import sentinel_ids, undo_fill_in_the_middle
+from bioxlstm.training import OBJECTIVES, build_trainer, load_recipe, model_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -89,10 +90,13 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def test_a_resumed_run_continues_exactly_where_the_interrupted_one_stopped(tmp_path):
-    recipe = load_recipe(CHEM_TINY, small(
+# One recipe per objective: masking, FIM spans, homolog and molecule orders are random draws that a
+# resumed run must repeat.
+@pytest.mark.parametrize("recipe_name", ["chem-clm-tiny", "dna-mlm-rcps-tiny", "protein-fim-icl-tiny", "chem-icl-tiny"])
+def test_a_resumed_run_continues_exactly_where_the_interrupted_one_stopped(tmp_path, recipe_name):
+    recipe = load_recipe(RECIPES / f"{recipe_name}.yaml", small(
         tmp_path, "training.max_steps=8", "training.save_steps=4", "training.logging_steps=1",
-        "training.eval_strategy=no",
+        "training.eval_strategy=no", "data.max_length=256", "training.per_device_train_batch_size=2",
     ))
     uninterrupted = train(recipe, tmp_path / "uninterrupted")
 
@@ -173,6 +177,94 @@ def test_the_trainer_hands_the_packing_boundaries_to_the_model(tmp_path):
     assert starts == trainer.args.per_device_train_batch_size - 1  # one row, eight molecules
 
 
+def test_masked_lm_recipe_trains_a_bidirectional_rc_equivariant_model_on_bert_style_batches(tmp_path):
+    trainer = build_trainer(
+        load_recipe(RECIPES / "dna-mlm-rcps-tiny.yaml", small(tmp_path, "data.max_length=200")), tmp_path / "run"
+    )
+    model, tokenizer = trainer.model, trainer.processing_class
+    assert isinstance(model, bioxlstm.BioXLSTMForMaskedLM)
+    assert model.config.bidirectional and model.config.rcps
+    assert model.config.complement_map == bioxlstm.complement_map(tokenizer)
+    torch.manual_seed(0)
+    batches = [batch for batch, _ in zip(trainer.get_train_dataloader(), range(8))]
+    selected = torch.cat([(b["labels"] != -100).flatten() for b in batches])
+    bases = torch.cat([torch.isin(b["labels"].where(b["labels"] != -100, b["input_ids"]),
+                                  torch.tensor(tokenizer.convert_tokens_to_ids(list("ACGTN")))).flatten()
+                       for b in batches])
+    assert not (selected & ~bases).any()  # <cls>, <eos> and padding are never masked
+    assert selected.sum() / bases.sum() == pytest.approx(0.15, abs=0.02)
+    masked = torch.cat([(b["input_ids"] == tokenizer.mask_token_id)[b["labels"] != -100] for b in batches])
+    assert masked.float().mean() == pytest.approx(0.8, abs=0.05)
+    batch = trainer._prepare_inputs(batches[0])
+    assert torch.isfinite(trainer.compute_loss(model, batch))
+
+
+def test_fim_icl_rows_are_homolog_groups_with_a_member_last_in_fill_in_the_middle_form(tmp_path):
+    recipe = load_recipe(RECIPES / "protein-fim-icl-tiny.yaml", small(
+        tmp_path, "data.max_length=400", "data.fim_probability=1.0",
+    ))
+    trainer = build_trainer(recipe, tmp_path / "run")
+    tokenizer = trainer.processing_class
+    cls_id, eos_id = tokenizer.cls_token_id, tokenizer.eos_token_id
+    sentinels = set(sentinel_ids(tokenizer))
+    groups = [trainer.train_dataset[i]["input_ids"] for i in range(4)]
+    batch = trainer.data_collator([{"input_ids": group} for group in groups])
+    assert batch["position_ids"].shape == batch["input_ids"].shape
+    for group, ids, positions, mask in zip(groups, batch["input_ids"], batch["position_ids"], batch["attention_mask"]):
+        ids, positions = ids[mask.bool()].tolist(), positions[mask.bool()].tolist()
+        members = sorted(" ".join(map(str, m)) for m in _split(group[1:], eos_id))
+        starts = [i for i, token in enumerate(ids) if token == cls_id]
+        assert [positions[i] for i in starts] == [0] * len(starts)  # positions restart at every <cls>
+        segments = [ids[a + 1 : b] for a, b in zip(starts, [*starts[1:], len(ids)])]
+        *context, query = segments
+        assert query[-1] == eos_id and sentinels & set(query)
+        assert not any(sentinels & set(segment) for segment in context)
+        restored = undo_fill_in_the_middle(query[:-1], sorted(sentinels))
+        assert sorted([*(" ".join(map(str, s)) for s in context), " ".join(map(str, restored))]) == members
+    assert torch.isfinite(trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch)))
+
+
+def _split(ids, separator):
+    pieces = [[]]
+    for token in ids:
+        if token == separator:
+            pieces.append([])
+        else:
+            pieces[-1].append(token)
+    return [piece for piece in pieces if piece]
+
+
+def test_molecule_sets_are_whole_molecules_of_training_domains_shuffled_in_every_batch(tmp_path):
+    trainer = build_trainer(
+        load_recipe(RECIPES / "chem-icl-tiny.yaml", small(tmp_path, "data.max_length=300")), tmp_path / "run"
+    )
+    tokenizer = trainer.processing_class
+    domains = [r.sequence for r in bioxlstm.io.read_records(ROOT / "data" / "icst_valid_50_domains.txt.gz")]
+    molecules_of = [set(domain.split(".")) for domain in domains]
+    held_out = load_recipe(RECIPES / "chem-icl-tiny.yaml").data.held_out_records
+    trained_domains = [m for number, m in enumerate(molecules_of, start=1) if number not in held_out]
+    only_held_out = set().union(*(m for n, m in enumerate(molecules_of, start=1) if n in held_out))
+    only_held_out -= set().union(*trained_domains)
+    separator = tokenizer.convert_tokens_to_ids(".")
+    seen = set()
+    for example in trainer.train_dataset["input_ids"]:
+        body = [t for t in example[1:] if t != tokenizer.eos_token_id]
+        molecules = {tokenizer.decode(m) for m in _split(body, separator)}
+        assert molecules and any(molecules <= domain for domain in trained_domains)  # whole molecules of one domain
+        seen |= molecules
+    assert only_held_out and not seen & only_held_out  # the held-out domains never reach training
+    examples = [trainer.train_dataset[i]["input_ids"] for i in range(20)]
+    batch = trainer.data_collator([{"input_ids": e} for e in examples])
+    orders_changed = 0
+    for example, row in zip(examples, batch["input_ids"]):
+        row = row[: len(example)].tolist()  # right padding
+        assert row[0] == example[0] and row[-1] == example[-1]
+        assert sorted(map(tuple, _split(row[1:], separator))) == sorted(map(tuple, _split(example[1:], separator)))
+        orders_changed += row != example
+    assert orders_changed >= 15
+    assert torch.isfinite(trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch)))
+
+
 def test_examples_start_with_cls_and_end_with_eos_only_where_a_sequence_ends(tmp_path):
     tokenizer = bioxlstm.load_tokenizer("protein")
     lengths = [len(r.sequence) for r in bioxlstm.io.read_records(ROOT / "data" / "globins45.fa")]
@@ -243,8 +335,10 @@ def test_two_ddp_processes_end_with_identical_parameters(tmp_path):
         ([str(CHEM_TINY), "training.max_stepz=3"], "unknown recipe key(s) training.max_stepz"),
         ([str(CHEM_TINY), "model=3"], "section 'model' must be a mapping"),
         ([str(CHEM_TINY), "data.train=[no/such/file.smi]"], "no/such/file.smi: no such file or directory"),
-        ([str(CHEM_TINY), "objective=mystery"], "unknown objective 'mystery'; known objectives: clm, fim-icl"),
-        ([str(RECIPES / "dna-mlm-rcps-tiny.yaml")], "objective 'mlm' of recipe 'dna-mlm-rcps-tiny' is not available yet"),
+        ([str(CHEM_TINY), "objective=mystery"], "unknown objective 'mystery'; known objectives: clm, fim-icl, mlm, molecule-icl"),
+        ([str(CHEM_TINY), "objective=mlm"], "objective 'mlm' trains dna models, not smiles"),
+        ([str(RECIPES / "protein-fim-icl-tiny.yaml"), "data.packing=true"], "objective 'fim-icl' needs data.packing: False, got True"),
+        ([str(RECIPES / "chem-icl-tiny.yaml"), "data.cut_at=null"], "objective 'molecule-icl' needs data.cut_at: '.', got None"),
         (["no/such/recipe.yaml"], "no/such/recipe.yaml: no such file or directory"),
         ([str(CHEM_TINY), "--resume", "--output-dir", "{tmp}/empty"], "{tmp}/empty: no checkpoint to resume from"),
         ([str(CHEM_TINY), "training.max_steps"], "override 'training.max_steps' is not of the form section.key=value"),
@@ -267,11 +361,10 @@ def test_every_recipe_is_complete_and_tiny_ones_fit_a_laptop(path):
     assert recipe.data.cards and all(Path(p).is_file() for p in recipe.data.cards), "cards of its data"
     if path.stem.endswith("-tiny"):  # the full corpora are fetched by users (see their cards)
         assert all(Path(p).is_file() for p in [*recipe.data.train, *recipe.data.eval])
-    tokenizer = bioxlstm.load_tokenizer(recipe.domain)
-    config = bioxlstm.BioXLSTMConfig(**recipe.model, vocab_size=len(tokenizer))
+    config = model_config(recipe, bioxlstm.load_tokenizer(recipe.domain))
     if path.stem.endswith("-tiny"):
         with torch.device("meta"):
-            parameters = sum(p.numel() for p in bioxlstm.BioXLSTMForCausalLM(config).parameters())
+            parameters = sum(p.numel() for p in OBJECTIVES[recipe.objective].model_class(config).parameters())
         assert parameters <= 2_500_000
     else:
         assert (RECIPES / f"{path.stem}-tiny.yaml").is_file()

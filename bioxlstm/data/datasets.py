@@ -10,9 +10,12 @@ The pipeline, the same for every domain:
   the disk cache or RAM). Tokenisation is a batched `map` with `num_proc` workers.
 - An example starts with `<cls>` (as every tokenised prompt does) and holds at most `max_length`
   tokens. `<eos>` follows a sequence only where it really ends, so a window cut from the middle of
-  a genome carries none. With `homologs_in_context`, consecutive records of one file (one protein
+  a genome carries none. With `cut_at` (e.g. `.` between the molecules of a set) a long record is
+  cut just after that token, so no item is split unless it alone exceeds an example. With `homologs_in_context`, consecutive records of one file (one protein
   family) are joined, each closed by `<eos>`, into examples of up to `max_length` tokens, so the
   model predicts each homolog with the previous ones in context.
+- `held_out_records` leaves records out of training altogether (e.g. whole ICST domains kept for
+  an in-context evaluation on domains the model never saw).
 - Without separate eval files, an example goes to the eval split when a hash of its tokens falls in
   the `eval_fraction`: the split is the same on every run, in streaming and map-style mode alike,
   and identical examples never straddle it.
@@ -46,15 +49,20 @@ class DataSpec:
     format: str | None = None  # bioxlstm.io format of every file; default: from each file's extension
     on_invalid: str = "error"  # bioxlstm.io policy for records with characters outside the alphabet
     max_records: int | None = None  # read at most this many records per file
+    held_out_records: list[int] = field(default_factory=list)  # record numbers (from 1, per file) never trained on
     max_length: int = 1024  # tokens per example, <cls> and <eos> included
     homologs_in_context: bool = False
     reverse_complement: bool = False  # DNA: add the reverse-complement strand of every training example
+    cut_at: str | None = None  # a token after which long records are cut (e.g. "." between molecules)
     packing: bool = True  # pack examples into one row with state resets (else pad to the longest)
+    mlm_probability: float = 0.15  # objective mlm: the fraction of sequence tokens selected for the loss
+    rc_probability: float = 0.0  # DNA: the collator replaces an example by its reverse complement this often
+    fim_probability: float = 0.5  # objective fim-icl: the fraction of queries written in fill-in-the-middle form
     streaming: bool = False
     num_proc: int | None = None  # worker processes for tokenisation (map-style datasets only)
     cache_dir: str | None = None  # Arrow cache; default: the datasets library's cache
     cards: list[str] = field(default_factory=list)  # data cards (markdown) of the files, for the model card
-    seed: int = 0  # seed of the hash that chooses the eval examples
+    seed: int = 0  # seed of the hash that chooses the eval examples, and of the collators' random draws
 
     def validate(self) -> None:
         if not self.train:
@@ -68,25 +76,37 @@ class DataSpec:
             raise ValueError("no eval data: give data.eval files or a positive data.eval_fraction")
         if self.max_length < 3:
             raise ValueError(f"data.max_length must be at least 3 (<cls>, a token, <eos>), got {self.max_length}")
+        for name in ("mlm_probability", "rc_probability", "fim_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
-def _records(paths: list[str], format: str | None, domain: str, on_invalid: str, max_records: int | None, stamps):
+def _records(
+    paths: list[str], format: str | None, domain: str, on_invalid: str, max_records: int | None,
+    skipped: list[int], stamps,
+):
     # `stamps` (size, mtime per file) is unused here but part of the arguments `datasets` hashes for
     # its cache fingerprint, so an edited file is read again instead of served stale from the cache.
     del stamps
     for source, path in enumerate(paths):
-        for record in itertools.islice(read_records(path, format, domain, on_invalid), max_records):
+        records = read_records(path, format, domain, on_invalid)
+        kept = (record for number, record in enumerate(records, start=1) if number not in skipped)
+        for record in itertools.islice(kept, max_records):
             yield {"source": source, "sequence": record.sequence}
 
 
-def read_dataset(paths: list[str], spec: DataSpec, domain: str) -> datasets.Dataset | datasets.IterableDataset:
-    """The records of `paths` as a dataset with columns `source` (file index) and `sequence`."""
+def read_dataset(
+    paths: list[str], spec: DataSpec, domain: str, skipped: list[int] = ()
+) -> datasets.Dataset | datasets.IterableDataset:
+    """The records of `paths` as a dataset with columns `source` (file index) and `sequence`,
+    without the records numbered (from 1, in each file) in `skipped`."""
     kwargs = dict(
         paths=[str(Path(p).resolve()) for p in paths],
         format=spec.format,
         domain=domain,
         on_invalid=spec.on_invalid,
         max_records=spec.max_records,
+        skipped=tuple(sorted(skipped)),  # a tuple: `datasets` would shard over a list
         stamps=[(Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths],
     )
     if spec.streaming:
@@ -102,16 +122,31 @@ def _tokenise(batch: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
     return {"input_ids": tokenizer(batch["sequence"], add_special_tokens=False)["input_ids"]}
 
 
-def _examples(batch: dict, cls_id: int, eos_id: int, max_length: int, homologs_in_context: bool) -> dict:
-    """Cut each sequence (closed by <eos>) into pieces of max_length - 1 tokens and start every
-    example with <cls>; with homologs_in_context, fill each example with consecutive pieces of the
-    same file."""
+def _pieces(ids: list[int], room: int, cut_after: int | None) -> list[list[int]]:
+    """`ids` in pieces of at most `room` tokens; each piece but the last ends just after a `cut_after`
+    token when it holds one."""
+    pieces, start = [], 0
+    while start < len(ids):
+        end = min(start + room, len(ids))
+        if end < len(ids) and cut_after is not None:
+            window = ids[start:end]
+            if cut_after in window:
+                end = start + len(window) - window[::-1].index(cut_after)
+        pieces.append(ids[start:end])
+        start = end
+    return pieces
+
+
+def _examples(
+    batch: dict, cls_id: int, eos_id: int, max_length: int, homologs_in_context: bool, cut_after: int | None
+) -> dict:
+    """Cut each sequence (closed by <eos>) into pieces of at most max_length - 1 tokens (after a
+    `cut_after` token where possible) and start every example with <cls>; with homologs_in_context,
+    fill each example with consecutive pieces of the same file."""
     room = max_length - 1
     examples, current, current_source = [], [], None
     for source, ids in zip(batch["source"], batch["input_ids"]):
-        ids = [*ids, eos_id]
-        for start in range(0, len(ids), room):
-            piece = ids[start : start + room]
+        for piece in _pieces([*ids, eos_id], room, cut_after):
             fits = homologs_in_context and source == current_source and len(current) + len(piece) <= room
             if current and not fits:
                 examples.append([cls_id, *current])
@@ -141,10 +176,15 @@ def _with_reverse_complements(batch: dict, complement: list[int], eos_id: int) -
 def build_datasets(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, domain: str):
     """(train, eval) datasets of `input_ids` examples, as described in the module docstring."""
     spec.validate()
+    cut_after = None
+    if spec.cut_at is not None:
+        cut_after = tokenizer.convert_tokens_to_ids(spec.cut_at)
+        if cut_after is None or cut_after == tokenizer.unk_token_id:
+            raise ValueError(f"data.cut_at {spec.cut_at!r} is not a token of the {domain} tokenizer")
     map_options = {} if spec.streaming else {"num_proc": spec.num_proc}
 
-    def examples_of(paths: list[str]):
-        records = read_dataset(paths, spec, domain)
+    def examples_of(paths: list[str], skipped: list[int] = ()):
+        records = read_dataset(paths, spec, domain, skipped)
         tokens = records.map(
             _tokenise, batched=True, fn_kwargs={"tokenizer": tokenizer}, remove_columns=["sequence"],
             **map_options, **({} if spec.streaming else {"desc": "tokenising"}),
@@ -155,11 +195,12 @@ def build_datasets(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, domain: s
             fn_kwargs={
                 "cls_id": tokenizer.cls_token_id, "eos_id": tokenizer.eos_token_id,
                 "max_length": spec.max_length, "homologs_in_context": spec.homologs_in_context,
+                "cut_after": cut_after,
             },
             **({} if spec.streaming else {"desc": "cutting examples"}),
         )
 
-    train = examples_of(spec.train)
+    train = examples_of(spec.train, spec.held_out_records)
     if spec.eval:
         evaluation = examples_of(spec.eval)
     else:

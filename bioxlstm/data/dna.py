@@ -8,6 +8,7 @@ from transformers import DataCollatorForLanguageModeling
 from ..models.blocks import reversal_index, reverse_positions
 from ..models.rc import reverse_complement
 from ..tokenization import complement_map
+from .collators import batch_seed
 
 BASES = "ACGT"
 
@@ -30,9 +31,13 @@ class DNADataCollatorForLanguageModeling(DataCollatorForLanguageModeling):
     rc_probability: each sequence is replaced by its reverse complement with this probability; the
     bases are reversed and complemented between the delimiters, which stay where they are
     (`<cls> ACG <eos>` becomes `<cls> CGT <eos>`), and the labels follow.
+
+    With a `seed`, the draws of a batch come from the seed, `epoch` and the batch's content (see
+    `bioxlstm.data.collators.batch_seed`); without one, from torch's global generator.
     """
 
     rc_probability: float = 0.0
+    epoch: int = 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -46,6 +51,8 @@ class DNADataCollatorForLanguageModeling(DataCollatorForLanguageModeling):
         self.base_ids = torch.tensor(self.tokenizer.convert_tokens_to_ids(list(BASES)))
 
     def torch_call(self, examples) -> dict:
+        if self.seed is not None:
+            self.generator = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, examples))
         batch = super().torch_call(examples)
         if self.rc_probability > 0:
             self._reverse_complement_some(batch)

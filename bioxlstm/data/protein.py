@@ -21,6 +21,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..tokenization import FILL_IN_THE_MIDDLE_SENTINELS
+from .collators import batch_seed
 
 LOSS_TARGETS = ("all", "infill")
 IGNORE_INDEX = -100  # labels the loss skips (transformers' convention)
@@ -138,15 +139,21 @@ def context_row(cls_id: int, homolog_residue_ids: Sequence[Sequence[int]]) -> To
 class HomologContextCollator:
     """Collate protein families into homolog-context rows for causal language modelling.
 
-    Each feature is a family: `{"sequences": [query, *homologs]}` (strings, the query first, as
-    `bioxlstm.io.read_records` yields an A3M). Per row: the homologs are shuffled and taken while
-    the whole row stays within `max_tokens`; the query comes last, in FIM form with probability
-    `fim_probability`, and ends with `<eos>`. A query too long for `max_tokens` alone is cut to fit.
+    Each feature is a family, in one of two forms:
+    - `{"sequences": [query, *homologs]}`: strings, the query first (as `bioxlstm.io.read_records`
+      yields an A3M);
+    - `{"input_ids": [<cls>, *h1, <eos>, *h2, <eos>, ...]}`: a homolog group as
+      `bioxlstm.data.build_datasets` cuts it with `homologs_in_context` (the `fim-icl` training
+      objective); a member drawn at random is the query.
+    Per row: the homologs are shuffled and taken while the whole row stays within `max_tokens`; the
+    query comes last, in FIM form with probability `fim_probability`, and ends with `<eos>`. A query
+    too long for `max_tokens` alone is cut to fit.
 
     loss_on: "all" trains on every token; "infill" only on the FIM suffix (sentinels, span residues
     and `<eos>`), the usual choice for fine-tuning an inpainting model.
     Returns input_ids, labels, position_ids and attention_mask, right-padded with `<pad>`.
-    The same seed gives the same batches.
+    The draws of a batch come from `seed`, `epoch` and the batch's content (see
+    `bioxlstm.data.collators.batch_seed`): the same seed gives the same batches.
     """
 
     def __init__(
@@ -158,7 +165,7 @@ class HomologContextCollator:
         max_spans: int = 5,
         min_span_length: int = 1,
         max_span_length: int = 16,
-        seed: int | None = None,
+        seed: int = 0,
     ):
         if loss_on not in LOSS_TARGETS:
             raise ValueError(f"loss_on must be one of {', '.join(LOSS_TARGETS)}, got {loss_on!r}")
@@ -170,12 +177,33 @@ class HomologContextCollator:
         self.loss_on = loss_on
         self.span_options = dict(max_spans=max_spans, min_span_length=min_span_length, max_span_length=max_span_length)
         self.sentinels = sentinel_ids(tokenizer)
+        self.seed, self.epoch = seed, 0
         self.rng = random.Random(seed)
 
-    def _residues(self, sequence: str) -> list[int]:
-        return self.tokenizer(sequence, add_special_tokens=False)["input_ids"]
+    def _residues(self, sequence: str | Sequence[int]) -> list[int]:
+        if isinstance(sequence, str):
+            return self.tokenizer(sequence, add_special_tokens=False)["input_ids"]
+        return list(sequence)
 
-    def row(self, sequences: Sequence[str]) -> TokenRow:
+    def family(self, feature: dict) -> list:
+        """[query, *homologs] of a feature (strings or token-id lists)."""
+        if "sequences" in feature:
+            return list(feature["sequences"])
+        members, current = [], []
+        for token in feature["input_ids"][1:]:
+            if token == self.tokenizer.eos_token_id:
+                members.append(current)
+                current = []
+            else:
+                current.append(token)
+        if current:  # the group was cut inside its last member
+            members.append(current)
+        if not members:
+            raise ValueError("a homolog group without any sequence")
+        query = members.pop(self.rng.randrange(len(members)))
+        return [query, *members]
+
+    def row(self, sequences: Sequence[str | Sequence[int]]) -> TokenRow:
         cls_id, eos_id = self.tokenizer.cls_token_id, self.tokenizer.eos_token_id
         query = self._residues(sequences[0])[: self.max_tokens - 2]
         spans = []
@@ -195,7 +223,8 @@ class HomologContextCollator:
         return context_row(cls_id, chosen) + query_row
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        rows = [self.row(feature["sequences"]) for feature in features]
+        self.rng = random.Random(batch_seed(self.seed, self.epoch, features))
+        rows = [self.row(self.family(feature)) for feature in features]
         width = max(len(row) for row in rows)
         input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id)
         labels = torch.full((len(rows), width), IGNORE_INDEX)

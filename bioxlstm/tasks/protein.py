@@ -175,24 +175,31 @@ def held_out_perplexity(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     family: str | Path | Iterable[str | Record],
-    held_out: int = 8,
+    held_out: int | Sequence[int] = 8,
     max_context_tokens: int = 4096,
     seed: int = 0,
 ) -> list[dict]:
-    """Perplexity of held-out family members without and with homologs in context: `held_out`
-    members drawn at random (seeded) are scored alone and after as many of the remaining members
+    """Perplexity of held-out family members without and with homologs in context: the held-out
+    members (`held_out` drawn at random, seeded; or a list of record numbers, from 1, such as a
+    recipe's `data.held_out_records`) are scored alone and after as many of the remaining members
     as fit in `max_context_tokens`. One row per held-out member: id, length, perplexity_alone,
     perplexity_in_context. A model that uses its context has the second lower than the first."""
     if isinstance(family, (str, Path)):
         family = read_records(family, domain="protein")
     records = [r if isinstance(r, Record) else Record(f"sequence_{i + 1}", r) for i, r in enumerate(family)]
-    if len(records) < 2 or not 1 <= held_out < len(records):
-        raise ValueError(f"held_out must be between 1 and {len(records) - 1} for a family of {len(records)}")
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    query_indices, context_indices = order[:held_out], order[held_out:]
+    if isinstance(held_out, int):
+        if len(records) < 2 or not 1 <= held_out < len(records):
+            raise ValueError(f"held_out must be between 1 and {len(records) - 1} for a family of {len(records)}")
+        order = list(range(len(records)))
+        random.Random(seed).shuffle(order)
+        query_indices = order[:held_out]
+    else:
+        query_indices = [number - 1 for number in held_out if 1 <= number <= len(records)]
+        if not query_indices or len(query_indices) == len(records):
+            raise ValueError(f"held-out records {list(held_out)} leave no member to score or none for context")
+    chosen = set(query_indices)
     queries = [records[i].sequence for i in query_indices]
-    context = load_context([records[i].sequence for i in context_indices], max_tokens=max_context_tokens)
+    context = load_context([r.sequence for i, r in enumerate(records) if i not in chosen], max_tokens=max_context_tokens)
     alone = sequence_log_likelihoods(model, tokenizer, queries)
     in_context = sequence_log_likelihoods(model, tokenizer, queries, context)
     return [
