@@ -39,6 +39,36 @@ def test_mlstm_kernel_matches_stepwise_reference(seq_len):
         assert (torch.cat([h1, h2], dim=2).double() - expected).abs().max() < 1e-4
 
 
+def test_native_step_kernel_decodes_like_the_reference_and_the_library_step():
+    """Our fused CPU step, run token by token from a fresh state, follows the recurrence, and on any
+    state it returns what `mlstm_kernels`' native step returns (also for bf16 inputs)."""
+    from mlstm_kernels.torch import get_mlstm_step_kernel
+
+    q, k, v = (torch.randn(3, 2, 20, 16) for _ in range(3))
+    igate, fgate = torch.randn(3, 2, 20), torch.randn(3, 2, 20) + 2
+    expected = mlstm_reference(q, k, v, igate, fgate)
+    state, outputs = None, []
+    for t in range(20):
+        h, state = kernels.mlstm_recurrence(
+            q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], igate[..., t : t + 1], fgate[..., t : t + 1],
+            state, 16, "native",
+        )  # fmt: skip
+        outputs.append(h)
+    assert (torch.cat(outputs, dim=2).double() - expected).abs().max() < 1e-4
+
+    library_step = get_mlstm_step_kernel("native")
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        inputs = dict(q=q[:, :, 0].to(dtype), k=k[:, :, 0].to(dtype), v=v[:, :, 0].to(dtype),
+                      i=igate[..., :1], f=fgate[..., :1], c=state[0], n=state[1], m=state[2])
+        ours, ours_state = kernels.mlstm_step_native(**inputs, eps=kernels.MLSTM_EPS)
+        theirs, their_state = library_step(**inputs, eps=kernels.MLSTM_EPS)
+        assert ours.dtype == theirs.dtype == dtype
+        assert (ours.float() - theirs.float()).abs().max() < tolerance
+        for a, b in zip(ours_state, their_state):
+            # The library multiplies bf16 k and v in bf16, ours in fp32: they agree to bf16 precision.
+            assert a.dtype == b.dtype == torch.float32 and (a - b).abs().max() < tolerance
+
+
 def test_kernel_choice():
     cpu = torch.device("cpu")
     assert kernels.resolve_backend("auto", cpu) == "native"
