@@ -5,13 +5,16 @@ noise hits them alike (the ratios are the robust result, the absolute numbers ar
 
 - training tokens/s: forward + backward (`labels=input_ids`, gradients zeroed every step), batch 1,
   at 1k and 8k tokens of context; one warm-up step, then enough timed steps for ~15 s (at least 2);
-- decoding tokens/s after a 1k and an 8k prompt: greedy `generate()` of N new tokens minus
-  `generate()` of 1 new token, so the prompt prefill cancels out: (N - 1) / (t_N - t_1), batch 1,
-  the fastest of a few repetitions of each after one warm-up;
+- decoding tokens/s after a 1k and an 8k prompt: greedy `generate()` of N new tokens, batch 1, timed
+  by a logits processor that notes the clock each time a token is chosen: the first note comes right
+  after the prompt's prefill, so (N - 1) / (last - first) counts decoding steps only; the fastest of
+  a few repetitions after one warm-up. (Subtracting a 1-token `generate()` instead leaves the
+  prefill's run-to-run noise in the result, which at 8k tokens was larger than the decoding time.)
 - the peak growth of the resident set (psutil) during the warm-up call, a rough memory reading.
 
 The models, built from configs with random weights (no download), fp32, vocabulary 64, each
-about 25M parameters (counts printed and written out):
+about 10M parameters (counts printed and written out; ~25M made one 8k training step of
+Bio-xLSTM take over a minute on 2 cores):
 
 - `bioxlstm`: `BioXLSTMForCausalLM`, mLSTM blocks only, native PyTorch kernels (chunkwise for
   training and prefill, recurrent step for decoding);
@@ -32,6 +35,7 @@ transformers xLSTM, the parameter count and the peak RSS growth. Results: benchm
 """
 
 import argparse
+import ctypes
 import gc
 import os
 import platform
@@ -50,6 +54,7 @@ import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from transformers import LogitsProcessor, LogitsProcessorList  # noqa: E402
 
 import bioxlstm  # noqa: E402
 
@@ -72,7 +77,7 @@ class Settings:
 
 
 FULL = Settings(
-    hidden=512, ours_blocks=16, peer_layers=8, llama_intermediate=1376,
+    hidden=512, ours_blocks=6, peer_layers=3, llama_intermediate=1376,
     contexts=(1024, 8192), new_tokens=64, train_seconds=15.0, repeats=3,
 )
 QUICK = Settings(
@@ -138,7 +143,11 @@ def build_peers(s: Settings, with_slstm: bool) -> list[Peer]:
 
 
 class PeakRss:
-    """Context manager: the peak growth of this process's resident set, sampled every 5 ms."""
+    """Context manager: the peak growth of this process's resident set, sampled every 5 ms.
+
+    Memory freed by earlier measurements is handed back to the OS first (glibc `malloc_trim`),
+    so that a model measured after another one does not reuse its freed heap unseen.
+    """
 
     def __init__(self, interval_s: float = 0.005):
         self.interval_s = interval_s
@@ -146,6 +155,7 @@ class PeakRss:
 
     def __enter__(self) -> "PeakRss":
         gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         self.baseline = self.peak = self.process.memory_info().rss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -189,28 +199,35 @@ def measure_training(model: torch.nn.Module, context: int, budget_s: float) -> t
     return steps * context / elapsed, rss.growth_mb
 
 
+class Clock(LogitsProcessor):
+    """Notes the time whenever `generate()` chooses a token; leaves the scores as they are."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.times.append(time.perf_counter())
+        return scores
+
+
 @torch.no_grad()
 def measure_decoding(model: torch.nn.Module, prompt_len: int, new_tokens: int, repeats: int) -> tuple[float, float]:
     """Decode tokens/s after a prompt (prefill excluded) and the peak RSS growth of one generate()."""
     model.eval()
     prompt = torch.randint(1, VOCAB_SIZE, (1, prompt_len))
 
-    def generate(n: int) -> float:
-        start = time.perf_counter()
+    def decode_rate() -> float:
+        clock = Clock()
         out = model.generate(
-            prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+            prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+            pad_token_id=0, logits_processor=LogitsProcessorList([clock]),
         )
-        elapsed = time.perf_counter() - start
-        assert out.shape[1] == prompt_len + n, out.shape
-        return elapsed
+        assert out.shape[1] == prompt_len + new_tokens, out.shape
+        return (len(clock.times) - 1) / (clock.times[-1] - clock.times[0])
 
     with PeakRss() as rss:
-        generate(new_tokens)
-    one, many = [], []
-    for _ in range(repeats):
-        one.append(generate(1))
-        many.append(generate(new_tokens))
-    return (new_tokens - 1) / (min(many) - min(one)), rss.growth_mb
+        decode_rate()
+    return max(decode_rate() for _ in range(repeats)), rss.growth_mb
 
 
 def run(s: Settings, peers: list[Peer]) -> pd.DataFrame:
@@ -270,7 +287,7 @@ def markdown(table: pd.DataFrame) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Training and decoding tokens/s of Bio-xLSTM against transformers' xLSTM and Llama "
-        "(~25M parameters each, random weights, fp32, CPU), measured in one process.",
+        "(~10M parameters each, random weights, fp32, CPU), measured in one process.",
     )
     parser.add_argument("--quick", action="store_true",
                         help="tiny models and contexts: a smoke run of under a minute (files get a _quick suffix)")

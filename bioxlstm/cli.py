@@ -227,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
             "`torchrun --nproc_per_node N -m bioxlstm.cli train ...` or `accelerate launch`. Writes checkpoints, "
             "log.csv, TensorBoard logs, loss_curve.png and the final model (OUTPUT_DIR/model) with its card."
         ),
+        epilog=(
+            "A recipe's objective: clm (next-token prediction, any domain), mlm (masked LM for bidirectional and "
+            "RC-PS DNA models), fim-icl (protein homolog groups with fill-in-the-middle queries), molecule-icl "
+            "(molecule sets, shuffled in every batch). A recipe's init_from (a model directory or bundled name) "
+            "fine-tunes that model instead of starting from random weights."
+        ),
     )
     train.add_argument("recipe", type=Path, help="recipe file, e.g. recipes/chem-clm-tiny.yaml")
     train.add_argument("--output-dir", type=Path, help="where the run writes (default: runs/RECIPE_NAME)")
