@@ -53,8 +53,12 @@ def load_pretrained(name_or_path: str | Path, **kwargs):
     if model_class is None:
         raise ModelNotFoundError(f"{directory}: unknown Bio-xLSTM architecture {architecture!r}")
     model = model_class.from_pretrained(directory, **kwargs).eval()
-    if (directory / "tokenizer.json").is_file():
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
-    else:
-        tokenizer = load_tokenizer(config.domain) if config.domain else None
+    tokenizer = saved_tokenizer(directory)
+    if tokenizer is None and config.domain:
+        tokenizer = load_tokenizer(config.domain)
     return model, tokenizer
+
+
+def saved_tokenizer(directory: Path) -> PreTrainedTokenizerFast | None:
+    """The tokenizer saved beside a model's weights, or None."""
+    return PreTrainedTokenizerFast.from_pretrained(directory) if (directory / "tokenizer.json").is_file() else None

@@ -7,7 +7,10 @@ A recipe is a YAML file with these sections (see `recipes/`):
     objective           a name in OBJECTIVES (clm, mlm, fim-icl, molecule-icl): the model head,
                         the collator and the data settings it needs
     data                the fields of `bioxlstm.data.DataSpec`; paths relative to the recipe file
-    model               fields of `BioXLSTMConfig` (vocabulary and special tokens come from the tokenizer)
+    init_from           optional: a saved model directory (relative to the recipe) or bundled model name
+                        to fine-tune instead of starting from random weights
+    model               fields of `BioXLSTMConfig` (vocabulary and special tokens come from the tokenizer);
+                        with init_from, only what may change on a trained model (e.g. dropout)
     training            fields of `transformers.TrainingArguments` (output_dir comes from the command)
 
 `load_recipe(path, ["training.max_steps=20", ...])` applies key=value overrides (values parsed as
@@ -51,6 +54,7 @@ from .data.dna import DNADataCollatorForLanguageModeling
 from .data.protein import HomologContextCollator
 from .export import CardInfo, export
 from .models import BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMForMaskedLM
+from .pretrained import resolve_model, saved_tokenizer
 from .tokenization import DOMAINS, MOLECULE_SEPARATOR, complement_map, load_tokenizer
 
 
@@ -140,7 +144,7 @@ def _parse_yaml(text: str):
     return yaml.load(text, Loader=_RecipeLoader)
 
 
-SECTIONS = ("name", "description", "domain", "objective", "data", "model", "training")
+SECTIONS = ("name", "description", "domain", "objective", "init_from", "data", "model", "training")
 # Set from the tokenizer and the recipe's domain, never by hand.
 DERIVED_MODEL_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "domain", "complement_map")
 
@@ -168,6 +172,7 @@ class Recipe:
     training: dict
     description: str = ""
     path: Path | None = None
+    init_from: str | None = None  # a model directory or bundled model name to fine-tune
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
@@ -192,6 +197,9 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
         data[key] = [str(path.parent / p) for p in _as_list(data.get(key, []))]
     spec = DataSpec(**data)
     _check_objective(OBJECTIVES[objective], objective, content["domain"], spec, path)
+    init_from = content.get("init_from")
+    if init_from is not None and (path.parent / str(init_from) / "config.json").is_file():
+        init_from = str(path.parent / str(init_from))
     return Recipe(
         name=content.get("name", path.stem),
         domain=content["domain"],
@@ -201,6 +209,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
         training=dict(content.get("training") or {}),
         description=content.get("description", ""),
         path=path,
+        init_from=None if init_from is None else str(init_from),
     )
 
 
@@ -369,6 +378,24 @@ def model_config(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> BioXLSTM
     )
 
 
+def starting_model(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, objective: Objective) -> PreTrainedModel:
+    """A fresh model of the recipe's config or, with `init_from`, the saved model to fine-tune (its
+    config updated by the recipe's model section, e.g. dropout), with the objective's head."""
+    if recipe.init_from is None:
+        return objective.model_class(model_config(recipe, tokenizer))
+    directory = resolve_model(recipe.init_from)
+    model = objective.model_class.from_pretrained(directory, **recipe.model)
+    saved_vocabulary = saved_tokenizer(directory)
+    if model.config.domain != recipe.domain or (
+        saved_vocabulary is not None and saved_vocabulary.get_vocab() != tokenizer.get_vocab()
+    ):
+        raise ValueError(
+            f"init_from {recipe.init_from}: a {model.config.domain} model whose vocabulary is not that of the "
+            f"bundled {recipe.domain} tokenizer the recipe trains with"
+        )
+    return model
+
+
 def build_trainer(recipe: Recipe, output_dir: str | Path) -> RecipeTrainer:
     """The Trainer of `recipe`, with its model, data and callbacks, ready for `.train()`."""
     objective = OBJECTIVES[recipe.objective]
@@ -389,13 +416,13 @@ def build_trainer(recipe: Recipe, output_dir: str | Path) -> RecipeTrainer:
     with args.main_process_first(desc="building the datasets"):  # one rank fills the Arrow cache
         train_dataset, eval_dataset = build_datasets(recipe.data, tokenizer, recipe.domain)
     set_seed(args.seed)
-    config = model_config(recipe, tokenizer)
+    model = starting_model(recipe, tokenizer, objective)
     collator = objective.collator(tokenizer, recipe.data)
     callbacks = [LogFilesCallback(output_dir)]
     if hasattr(collator, "epoch"):
         callbacks.append(CollatorEpochCallback(collator))
     return RecipeTrainer(
-        model=objective.model_class(config),
+        model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
@@ -432,10 +459,11 @@ def export_trained_model(trainer: Trainer, recipe: Recipe, directory: Path, metr
     card_metrics = {key: value for key, value in metrics.items() if key in ("eval_loss", "eval_perplexity")}
     args = trainer.args
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    starting_point = "" if recipe.init_from is None else f", starting from `{recipe.init_from}`,"
     description = (
         f"{recipe.description.strip()}\n\n"
         f"Trained with the `{recipe.name}` recipe (objective `{recipe.objective}`) for "
-        f"{trainer.state.global_step} steps of {batch} examples of at most {recipe.data.max_length} tokens "
+        f"{trainer.state.global_step} steps{starting_point} of {batch} examples of at most {recipe.data.max_length} tokens "
         f"({'packed' if recipe.data.packing else 'padded'}), in {seconds / 60:.1f} minutes on "
         f"{args.world_size} process(es). The held-out numbers below are the mean token cross-entropy "
         "(nats) and its exponential on the recipe's eval split.\n\n![loss curve](loss_curve.png)"

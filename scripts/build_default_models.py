@@ -4,6 +4,8 @@
 
 Each name trains its recipe (see DEFAULT_RECIPES) into runs/default-<name>/ and copies the exported
 model into bioxlstm/default_models/<name>/, where `load_pretrained(name)` and `--model name` find it.
+`--resume-to-steps N` continues the last run to N steps instead (the learning-rate schedule is then
+stretched to N steps from where it stood; the bundled chem model was made this way, see its recipe).
 The protein card also reports the perplexity of never-trained family members alone and with homologs in
 context; the chem card, the RDKit validity and uniqueness of 1,000 unconditional samples; the chem-icl
 card, the in-context evaluation on the ICST domains its recipe held out.
@@ -28,6 +30,11 @@ DEFAULT_RECIPES = {
     "chem-icl": "chem-icl-tiny",
 }
 VALIDITY_SAMPLES = 1000
+RESUMED_NOTE = (
+    "\n\nThe run was resumed from its last checkpoint and continued to {steps} steps in all (the time "
+    "above is that of the continuation), its cosine learning-rate schedule stretched to the new length from where it stood "
+    "(`scripts/build_default_models.py {name} --resume-to-steps {steps}`)."
+)
 
 
 def add_unconditional_metrics(card: CardInfo, model, tokenizer, recipe: Recipe) -> None:
@@ -96,20 +103,24 @@ EXTRA_METRICS = {
 }
 
 
-def build(name: str) -> Path:
-    recipe = load_recipe(ROOT / "recipes" / f"{DEFAULT_RECIPES[name]}.yaml")
+def build(name: str, resume_to_steps: int | None = None) -> Path:
+    overrides = [] if resume_to_steps is None else [f"training.max_steps={resume_to_steps}"]
+    recipe = load_recipe(ROOT / "recipes" / f"{DEFAULT_RECIPES[name]}.yaml", overrides)
     run_dir = ROOT / "runs" / f"default-{name}"
-    if run_dir.exists():
+    if resume_to_steps is None and run_dir.exists():
         shutil.rmtree(run_dir)
-    train(recipe, run_dir)
+    train(recipe, run_dir, resume=resume_to_steps is not None)
     target = DEFAULT_MODELS_DIRECTORY / name
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(run_dir / "model", target)
-    if name in EXTRA_METRICS:
+    if name in EXTRA_METRICS or resume_to_steps is not None:
         model, tokenizer = load_pretrained(target)
         card = CardInfo.from_file(target / CARD_INFO_FILE)
-        EXTRA_METRICS[name](card, model, tokenizer, recipe)
+        if resume_to_steps is not None:
+            card.description += RESUMED_NOTE.format(steps=resume_to_steps, name=name)
+        if name in EXTRA_METRICS:
+            EXTRA_METRICS[name](card, model, tokenizer, recipe)
         export(model, target, tokenizer, card)
     # The installed package is the code of its bundled models; a copy beside the weights would fall
     # out of step with it. `bioxlstm export --model NAME` writes a self-contained directory.
@@ -123,8 +134,13 @@ def build(name: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="+", choices=sorted(DEFAULT_RECIPES))
-    for name in parser.parse_args().names:
-        print(f"built {build(name)}")
+    parser.add_argument(
+        "--resume-to-steps", type=int, metavar="N",
+        help="continue the previous run of each name (runs/default-NAME) to N steps in all, instead of starting afresh",
+    )
+    args = parser.parse_args()
+    for name in args.names:
+        print(f"built {build(name, args.resume_to_steps)}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import bioxlstm
 from bioxlstm.cli import main
 from bioxlstm.data import DataSpec, build_datasets, causal_lm_collator
 from bioxlstm.data.protein import sentinel_ids, undo_fill_in_the_middle
-from bioxlstm.training import OBJECTIVES, build_trainer, load_recipe, model_config, train
+from bioxlstm.training import OBJECTIVES, build_trainer, load_recipe, starting_model, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -95,7 +95,7 @@ class StopAt(TrainerCallback):
 @pytest.mark.parametrize("recipe_name", ["chem-clm-tiny", "dna-mlm-rcps-tiny", "protein-fim-icl-tiny", "chem-icl-tiny"])
 def test_a_resumed_run_continues_exactly_where_the_interrupted_one_stopped(tmp_path, recipe_name):
     recipe = load_recipe(RECIPES / f"{recipe_name}.yaml", small(
-        tmp_path, "training.max_steps=8", "training.save_steps=4", "training.logging_steps=1",
+        tmp_path, "init_from=null", "training.max_steps=8", "training.save_steps=4", "training.logging_steps=1",
         "training.eval_strategy=no", "data.max_length=256", "training.per_device_train_batch_size=2",
     ))
     uninterrupted = train(recipe, tmp_path / "uninterrupted")
@@ -236,7 +236,8 @@ def _split(ids, separator):
 
 def test_molecule_sets_are_whole_molecules_of_training_domains_shuffled_in_every_batch(tmp_path):
     trainer = build_trainer(
-        load_recipe(RECIPES / "chem-icl-tiny.yaml", small(tmp_path, "data.max_length=300")), tmp_path / "run"
+        load_recipe(RECIPES / "chem-icl-tiny.yaml", small(tmp_path, "init_from=null", "data.max_length=300")),
+        tmp_path / "run",
     )
     tokenizer = trainer.processing_class
     domains = [r.sequence for r in bioxlstm.io.read_records(ROOT / "data" / "icst_valid_50_domains.txt.gz")]
@@ -263,6 +264,17 @@ def test_molecule_sets_are_whole_molecules_of_training_domains_shuffled_in_every
         orders_changed += row != example
     assert orders_changed >= 15
     assert torch.isfinite(trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch)))
+
+
+def test_a_recipe_fine_tunes_a_saved_model_when_told_to_start_from_it(tmp_path):
+    start, _ = bioxlstm.pretrained.load_pretrained("chem")
+    trainer = build_trainer(
+        load_recipe(RECIPES / "chem-icl-tiny.yaml", small(tmp_path, "init_from=chem", "model={}")), tmp_path / "run"
+    )
+    for (name, a), b in zip(start.named_parameters(), trainer.model.parameters()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="init_from protein: a protein model whose vocabulary is not that of the bundled smiles"):
+        build_trainer(load_recipe(RECIPES / "chem-icl-tiny.yaml", small(tmp_path, "init_from=protein", "model={}")), tmp_path / "x")
 
 
 def test_examples_start_with_cls_and_end_with_eos_only_where_a_sequence_ends(tmp_path):
@@ -361,16 +373,14 @@ def test_every_recipe_is_complete_and_tiny_ones_fit_a_laptop(path):
     assert recipe.data.cards and all(Path(p).is_file() for p in recipe.data.cards), "cards of its data"
     if path.stem.endswith("-tiny"):  # the full corpora are fetched by users (see their cards)
         assert all(Path(p).is_file() for p in [*recipe.data.train, *recipe.data.eval])
-    config = model_config(recipe, bioxlstm.load_tokenizer(recipe.domain))
     if path.stem.endswith("-tiny"):
-        with torch.device("meta"):
-            parameters = sum(p.numel() for p in OBJECTIVES[recipe.objective].model_class(config).parameters())
-        assert parameters <= 2_500_000
+        model = starting_model(recipe, bioxlstm.load_tokenizer(recipe.domain), OBJECTIVES[recipe.objective])
+        assert sum(p.numel() for p in model.parameters()) <= 2_500_000
     else:
         assert (RECIPES / f"{path.stem}-tiny.yaml").is_file()
 
 
-@pytest.mark.parametrize("name, domain", [("dna", "dna"), ("protein", "protein"), ("chem", "smiles")])
+@pytest.mark.parametrize("name, domain", [("dna", "dna"), ("protein", "protein"), ("chem", "smiles"), ("chem-icl", "smiles")])
 def test_bundled_default_models_load_by_name_and_report_held_out_numbers(name, domain):
     model, tokenizer = bioxlstm.pretrained.load_pretrained(name)
     assert model.config.domain == domain and len(tokenizer) == model.config.vocab_size
@@ -380,12 +390,16 @@ def test_bundled_default_models_load_by_name_and_report_held_out_numbers(name, d
     metrics = {m["type"]: m["value"] for m in metadata["model-index"][0]["results"][0]["metrics"]}
     assert 1 < metrics["eval_perplexity"] < model.config.vocab_size
     if name == "chem":
-        assert 0 < metrics["validity_of_200_samples"] <= 1
+        assert 0 < metrics["validity_of_1000_samples"] <= 1
+    if name == "chem-icl":  # the in-context evaluation on the 5 held-out domains
+        assert len([key for key in metrics if key.startswith("fcd_in_context_domain_")]) == 5
+    if name == "protein":  # perplexity of never-trained members, alone and with homologs, for 5 families
+        assert len([key for key in metrics if key.startswith("held_out_perplexity_in_context_")]) == 5
     prompt = tokenizer("", return_tensors="pt").input_ids
     sampled = model.generate(prompt, max_new_tokens=5, do_sample=False)
     assert sampled.shape == (1, 6)
 
 
 def test_an_unknown_model_name_lists_the_bundled_ones():
-    with pytest.raises(bioxlstm.pretrained.ModelNotFoundError, match="bundled default: chem, dna, protein"):
+    with pytest.raises(bioxlstm.pretrained.ModelNotFoundError, match="bundled default: chem, chem-icl, dna, protein"):
         bioxlstm.pretrained.load_pretrained("rna")
