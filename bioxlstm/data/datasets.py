@@ -11,9 +11,10 @@ The pipeline, the same for every domain:
 - An example starts with `<cls>` (as every tokenised prompt does) and holds at most `max_length`
   tokens. `<eos>` follows a sequence only where it really ends, so a window cut from the middle of
   a genome carries none. With `cut_at` (e.g. `.` between the molecules of a set) a long record is
-  cut just after that token, so no item is split unless it alone exceeds an example. With `homologs_in_context`, consecutive records of one file (one protein
-  family) are joined, each closed by `<eos>`, into examples of up to `max_length` tokens, so the
-  model predicts each homolog with the previous ones in context.
+  cut just after that token, so no item is split unless it alone exceeds an example. With
+  `homologs_in_context`, consecutive records of one file (one protein family) are joined, each
+  closed by `<eos>`, into examples of up to `max_length` tokens, so the model predicts each homolog
+  with the previous ones in context.
 - `held_out_records` leaves records out of training altogether (e.g. whole ICST domains kept for
   an in-context evaluation on domains the model never saw).
 - Without separate eval files, an example goes to the eval split when a hash of its tokens falls in
