@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model_options = argparse.ArgumentParser(add_help=False)
     model_options.add_argument(
-        "--model", required=True, help="a saved model directory (or a bundled default: dna, protein, chem)"
+        "--model", required=True, help="a saved model directory (or a bundled default: dna, protein, chem, chem-icl)"
     )
     model_options.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     input_options = _input_options(input_required=True)
