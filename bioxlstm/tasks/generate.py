@@ -1,5 +1,6 @@
 """Sampling new sequences from a causal language model."""
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,60 @@ class GeneratedSequence:
     sequence: str  # the prompt followed by the generated continuation, special tokens removed
     log_likelihood: float  # of the generated tokens (and the final <eos>, if one was generated)
     finished: bool  # True when the model ended the sequence with <eos>
+
+
+@dataclass
+class Continuation:
+    index: int  # 0-based, counted over all batches
+    tokens: list[int]  # the new tokens, up to and including the one that ended it
+    log_likelihood: float  # of those tokens, under the unmodified distribution
+    finished: bool  # ended by one of the end tokens (else it reached max_new_tokens)
+
+
+def sample_continuations(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: torch.Tensor,
+    n: int,
+    ends: list[int],
+    suppressed: list[int] | None,
+    batch_size: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    **generate_options,
+) -> Iterator[Continuation]:
+    """`n` continuations of `prompt_ids` (1, P), sampled `batch_size` at a time with `generate`,
+    each cut after its first token in `ends` and scored by the model's own log-likelihood of what
+    it generated (not the tempered or truncated distribution it was sampled from).
+    `generate_options` go to `generate` as they are (e.g. `position_ids`)."""
+    for start in range(0, n, batch_size):
+        rows = min(batch_size, n - start)
+        out = model.generate(
+            prompt_ids,
+            attention_mask=torch.ones_like(prompt_ids),
+            do_sample=True,
+            temperature=temperature,
+            top_k=top_k or 0,
+            top_p=top_p or 1.0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=rows,
+            eos_token_id=ends,
+            pad_token_id=tokenizer.pad_token_id,
+            suppress_tokens=suppressed,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **generate_options,
+        )
+        new_tokens = out.sequences[:, prompt_ids.shape[1] :]
+        log_probs = F.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
+        token_log_probs = log_probs.gather(-1, new_tokens[..., None])[..., 0]
+        for row in range(rows):
+            tokens = new_tokens[row].tolist()
+            end = next((i for i, token in enumerate(tokens) if token in ends), None)
+            length = len(tokens) if end is None else end + 1
+            yield Continuation(start + row, tokens[:length], token_log_probs[row, :length].sum().item(), end is not None)
 
 
 @torch.no_grad()
@@ -50,36 +105,16 @@ def generate_sequences(
         allowed = set(sequence_token_ids(tokenizer, model.config.domain)) | {tokenizer.eos_token_id}
         suppressed = [i for i in range(model.config.vocab_size) if i not in allowed]
     results = []
-    for start in range(0, n, batch_size):
-        rows = min(batch_size, n - start)
-        out = model.generate(
-            prompt_ids,
-            attention_mask=torch.ones_like(prompt_ids),
-            do_sample=True,
-            temperature=temperature,
-            top_k=top_k or 0,
-            top_p=top_p or 1.0,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=rows,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            suppress_tokens=suppressed,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        new_tokens = out.sequences[:, prompt_ids.shape[1] :]
-        log_probs = F.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
-        token_log_probs = log_probs.gather(-1, new_tokens[..., None])[..., 0]
-        for row in range(rows):
-            tokens = new_tokens[row].tolist()
-            finished = tokenizer.eos_token_id in tokens
-            length = tokens.index(tokenizer.eos_token_id) + 1 if finished else len(tokens)
-            results.append(
-                GeneratedSequence(
-                    id=f"{id_prefix}_{start + row + 1}",
-                    sequence=tokenizer.decode(out.sequences[row, : prompt_ids.shape[1] + length], skip_special_tokens=True),
-                    log_likelihood=token_log_probs[row, :length].sum().item(),
-                    finished=finished,
-                )
+    for sample in sample_continuations(
+        model, tokenizer, prompt_ids, n, [tokenizer.eos_token_id], suppressed, batch_size,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+    ):  # fmt: skip
+        results.append(
+            GeneratedSequence(
+                id=f"{id_prefix}_{sample.index + 1}",
+                sequence=tokenizer.decode(prompt_ids[0].tolist() + sample.tokens, skip_special_tokens=True),
+                log_likelihood=sample.log_likelihood,
+                finished=sample.finished,
             )
+        )
     return results

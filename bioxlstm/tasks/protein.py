@@ -30,6 +30,7 @@ from transformers import (
 from ..data.protein import TokenRow, context_row, fill_in_the_middle, sentinel_ids, undo_fill_in_the_middle
 from ..io import Record, read_records
 from ..tokenization import ALPHABETS, sequence_token_ids
+from .generate import sample_continuations
 from .score import require_causal_lm
 
 ContextSource = str | Path | Iterable[str | Record] | None
@@ -418,45 +419,24 @@ def generate_family(
     if seed is not None:
         torch.manual_seed(seed)
     members = []
-    for start in range(0, n, batch_size):
-        rows = min(batch_size, n - start)
-        out = model.generate(
-            prompt_ids,
-            position_ids=prompt_positions,
-            attention_mask=torch.ones_like(prompt_ids),
-            do_sample=True,
-            temperature=temperature,
-            top_k=top_k or 0,
-            top_p=top_p or 1.0,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=rows,
-            eos_token_id=ends,
-            pad_token_id=tokenizer.pad_token_id,
-            suppress_tokens=[i for i in range(model.config.vocab_size) if i not in allowed],
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        new_tokens = out.sequences[:, prompt_ids.shape[1] :]
-        log_probs = F.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
-        token_log_probs = log_probs.gather(-1, new_tokens[..., None])[..., 0]
-        for row in range(rows):
-            tokens = new_tokens[row].tolist()
-            end = next((i for i, token in enumerate(tokens) if token in ends), None)
-            length = len(tokens) if end is None else end + 1
-            residues = tokenizer.decode(tokens[:length], skip_special_tokens=True)
-            log_likelihood = token_log_probs[row, :length].sum().item()
-            identity, hamming = identity_to_context(residues, homologs)
-            members.append(
-                FamilyMember(
-                    id=f"{id_prefix}_{start + row + 1}",
-                    sequence=residues,
-                    log_likelihood=log_likelihood,
-                    perplexity=perplexity(log_likelihood, length),
-                    finished=end is not None,
-                    max_identity=identity,
-                    min_hamming=hamming,
-                )
+    for sample in sample_continuations(
+        model, tokenizer, prompt_ids, n, ends, [i for i in range(model.config.vocab_size) if i not in allowed],
+        batch_size, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        position_ids=prompt_positions,
+    ):  # fmt: skip
+        residues = tokenizer.decode(sample.tokens, skip_special_tokens=True)
+        identity, hamming = identity_to_context(residues, homologs)
+        members.append(
+            FamilyMember(
+                id=f"{id_prefix}_{sample.index + 1}",
+                sequence=residues,
+                log_likelihood=sample.log_likelihood,
+                perplexity=perplexity(sample.log_likelihood, len(sample.tokens)),
+                finished=sample.finished,
+                max_identity=identity,
+                min_hamming=hamming,
             )
+        )
     return members
 
 
