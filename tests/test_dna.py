@@ -21,14 +21,7 @@ COMPLEMENT = torch.tensor(bioxlstm.complement_map(TOKENIZER))
 STACKS = {"mlstm-only": (), "slstm-only": (0, 1, 2), "mixed": (1,)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The models are tiny: with more than one thread, synchronisation on a shared CPU costs far
-    # more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def genome_ids(length: int, start: int = 100_000, special_tokens: bool = False) -> torch.Tensor:

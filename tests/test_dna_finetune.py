@@ -14,14 +14,7 @@ STOP_CODONS = ("TAA", "TAG", "TGA")
 BASE_CODES = {base: code for code, base in enumerate("ACGT")}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The model is tiny: with more than one thread, synchronisation on the shared CPU costs far
-    # more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _codons(strand: np.ndarray, frame: int) -> np.ndarray:
