@@ -197,6 +197,13 @@ def load_tokenizer(domain: str, **kwargs) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast.from_pretrained(bundled_tokenizer_directory(domain), **kwargs)
 
 
+def vocabulary_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int | None:
+    """The id of `token` when it is in the vocabulary; None when it is not (the tokenizer itself
+    would map it to `<unk>`)."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    return None if token_id is None or token_id == tokenizer.unk_token_id else token_id
+
+
 def complement_map(tokenizer: PreTrainedTokenizerFast) -> list[int]:
     """For every token id, the id of its Watson-Crick complement; N and special tokens map to themselves."""
     vocab = tokenizer.get_vocab()

@@ -5,7 +5,7 @@ import zlib
 
 from transformers import DataCollatorForLanguageModeling, DataCollatorWithFlattening, PreTrainedTokenizerBase
 
-from ..tokenization import MOLECULE_SEPARATOR
+from ..tokenization import MOLECULE_SEPARATOR, vocabulary_id
 
 
 def causal_lm_collator(tokenizer: PreTrainedTokenizerBase, packing: bool):
@@ -48,8 +48,8 @@ class MoleculeSetCollator:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, packing: bool, seed: int = 0):
         self.seed, self.epoch = seed, 0
-        self.separator_id = tokenizer.convert_tokens_to_ids(MOLECULE_SEPARATOR)
-        if self.separator_id is None or self.separator_id == tokenizer.unk_token_id:
+        self.separator_id = vocabulary_id(tokenizer, MOLECULE_SEPARATOR)
+        if self.separator_id is None:
             raise ValueError(f"the tokenizer has no token for the molecule separator {MOLECULE_SEPARATOR!r}")
         self.delimiters = {tokenizer.cls_token_id, tokenizer.eos_token_id}
         self.batches = causal_lm_collator(tokenizer, packing)

@@ -33,7 +33,7 @@ import datasets
 from transformers import PreTrainedTokenizerBase
 
 from ..io import read_records
-from ..tokenization import complement_map
+from ..tokenization import complement_map, vocabulary_id
 
 # Buckets of the hash split: eval_fraction is honoured to 1 / HASH_BUCKETS.
 HASH_BUCKETS = 10_000
@@ -179,8 +179,8 @@ def build_datasets(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, domain: s
     spec.validate()
     cut_after = None
     if spec.cut_at is not None:
-        cut_after = tokenizer.convert_tokens_to_ids(spec.cut_at)
-        if cut_after is None or cut_after == tokenizer.unk_token_id:
+        cut_after = vocabulary_id(tokenizer, spec.cut_at)
+        if cut_after is None:
             raise ValueError(f"data.cut_at {spec.cut_at!r} is not a token of the {domain} tokenizer")
     map_options = {} if spec.streaming else {"num_proc": spec.num_proc}
 

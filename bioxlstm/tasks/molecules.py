@@ -23,7 +23,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..chem import canonicalize, frechet_chemnet_distance, is_valid
-from ..tokenization import ALPHABETS, MOLECULE_SEPARATOR, sequence_token_ids
+from ..tokenization import ALPHABETS, MOLECULE_SEPARATOR, sequence_token_ids, vocabulary_id
 from .score import require_causal_lm
 
 
@@ -86,15 +86,14 @@ class _ContinuationSampler:
 
     def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int, **sampling):
         require_causal_lm(model, "molecule generation")
-        separator_id = tokenizer.convert_tokens_to_ids(MOLECULE_SEPARATOR)
-        has_separator = separator_id is not None and separator_id != tokenizer.unk_token_id
-        if prompt and not has_separator:
+        separator_id = vocabulary_id(tokenizer, MOLECULE_SEPARATOR)
+        if prompt and separator_id is None:
             raise ValueError(
                 f"the tokenizer has no token for the molecule separator {MOLECULE_SEPARATOR!r}: "
                 "its model cannot read molecules in context"
             )
         self.model, self.tokenizer = model, tokenizer
-        self.stop_ids = [tokenizer.eos_token_id] + ([separator_id] if has_separator else [])
+        self.stop_ids = [tokenizer.eos_token_id] + ([] if separator_id is None else [separator_id])
         prompt_ids = [tokenizer.cls_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
         # The last prompt token is the first input of `generate`, which predicts the first new token from it.
         self.last_prompt_id = prompt_ids[-1]
