@@ -186,6 +186,27 @@ def test_generate_logits_equal_full_forward(stack):
     assert (torch.stack(out.logits, dim=1) - full[:, 22:-1]).abs().max() <= 1e-4
 
 
+def test_generate_advances_only_its_own_caches_in_place():
+    """Decoding writes each step's mLSTM memory into the tensor of the step before instead of a new
+    one, but only in caches that generate made itself: a cache passed in is left as it was, so two
+    generations from it agree."""
+    model = tiny_model(slstm_layers=())
+    prompt = torch.randint(1, 12, (2, 30))
+    with torch.no_grad():
+        context = model(prompt[:, :-1], use_cache=True).cache_params
+    before = [t.clone() for t in context.tensors()]
+    memories = []
+    model.backbone.blocks[0].register_forward_hook(lambda module, args, output: memories.append(output[1][0].data_ptr()))
+    options = dict(attention_mask=torch.ones_like(prompt[:, -1:]), max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    first = model.generate(prompt[:, -1:], cache_params=context, **options)
+    assert len(memories) == 6 and len(set(memories)) == 1
+    assert memories[0] != context.states[0][0].data_ptr()
+    assert all(torch.equal(a, b) for a, b in zip(before, context.tensors(), strict=True))
+    assert torch.equal(model.generate(prompt[:, -1:], cache_params=context, **options), first)
+    with torch.no_grad():
+        assert torch.equal(first[:, 1:], model.generate(prompt, **options)[:, prompt.shape[1] :])
+
+
 def test_generate_prefills_the_prompt_in_one_chunkwise_pass(monkeypatch):
     """A prompt longer than the chunk size reaches the mLSTM kernel whole, once per block; only
     the new tokens go through the step kernel one by one."""
@@ -226,6 +247,36 @@ def test_padded_batch_equals_each_prompt_alone(stack):
             assert (batch_logits[row, -len(prompt) :] - alone).abs().max() <= 1e-4
             generated = model.generate(prompt[None], max_new_tokens=8, do_sample=False)
             assert torch.equal(batch_generated[row, ids.shape[1] :], generated[0, len(prompt) :])
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_inference_in_segments_equals_one_pass(monkeypatch, stack):
+    """Without autograd the native backend reads a long input in segments, every state carried
+    (kernels.NATIVE_INFERENCE_SEGMENT): logits, hidden states and the returned cache equal those of
+    one pass over the whole input, for a left-padded batch with rotary positions and for packed rows."""
+    monkeypatch.setattr(kernels, "NATIVE_INFERENCE_SEGMENT", 24)
+    model = tiny_model(slstm_layers=STACKS[stack], position_embedding="rotary", rope_sequence_index=True)
+    ids, mask = _left_padded([torch.randint(1, 12, (n,)) for n in (101, 60)])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    seq_idx = torch.repeat_interleave(torch.arange(4), torch.tensor([30, 1, 49, 21]))[None].expand(2, -1)
+    calls = []
+    model.backbone.blocks[0].register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[1]))
+    for inputs in (
+        dict(input_ids=ids, attention_mask=mask, position_ids=positions),
+        dict(input_ids=ids, seq_idx=seq_idx),
+    ):
+        with torch.enable_grad():  # autograd on: one pass
+            whole = model(**inputs, use_cache=True, output_hidden_states=True)
+        calls.clear()
+        with torch.no_grad():
+            segmented = model(**inputs, use_cache=True, output_hidden_states=True)
+        assert calls == [24, 24, 24, 24, 5]
+        assert (whole.logits - segmented.logits).abs().max() <= 1e-4
+        for a, b in zip(whole.hidden_states, segmented.hidden_states, strict=True):
+            assert (a - b).abs().max() <= 1e-4
+        for a, b in zip(whole.cache_params.tensors(), segmented.cache_params.tensors(), strict=True):
+            assert (a - b).abs().max() <= 1e-4
+        assert segmented.cache_params.seen_tokens == ids.shape[1]
 
 
 def test_right_padding_does_not_change_real_positions():
@@ -304,8 +355,12 @@ def test_cache_has_constant_size_during_long_generation():
     assert all(s == shapes[0] for s in shapes)
 
 
-def test_long_sequence_forward_is_finite():
-    model = tiny_model(chunk_size=64)
+@pytest.mark.parametrize("segment", [kernels.NATIVE_INFERENCE_SEGMENT, 32768], ids=["in segments", "one pass"])
+def test_long_sequence_forward_is_finite(monkeypatch, segment):
+    """Also with the whole sequence in one chunkwise call (as on a GPU); that variant is mLSTM-only,
+    since the sLSTM scan is the same loop either way."""
+    monkeypatch.setattr(kernels, "NATIVE_INFERENCE_SEGMENT", segment)
+    model = tiny_model(chunk_size=64, slstm_layers=(1,) if segment < 32768 else ())
     tokens = torch.randint(1, 12, (1, 32768))
     with torch.no_grad():
         logits = model(tokens).logits

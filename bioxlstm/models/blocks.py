@@ -179,8 +179,10 @@ class MLSTMLayer(nn.Module):
         keep: torch.Tensor | None,
         reset: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        overwrite_state: bool = False,
     ) -> tuple[torch.Tensor, tuple]:
-        """rotary: the (cos, sin) rotation of q and k by their positions (see `positions.py`), or None."""
+        """rotary: the (cos, sin) rotation of q and k by their positions (see `positions.py`), or None.
+        overwrite_state: the caller discards `state`, whose tensors may then hold the new one."""
         batch, seq_len, _ = x.shape
         x_mlstm, z = self.proj_up(x).split(self.inner, dim=-1)
         x_mlstm = _mask_padding(x_mlstm, keep)
@@ -211,6 +213,7 @@ class MLSTMLayer(nn.Module):
             cell_state,
             self.chunk_size,
             resolve_backend(self.kernel, x.device),
+            overwrite_state,
         )
         h = self.outnorm(h.transpose(1, 2))
         h = (h + self.learnable_skip * x_conv) * F.silu(z)
@@ -246,8 +249,10 @@ class SLSTMLayer(nn.Module):
         keep: torch.Tensor | None,
         reset: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        overwrite_state: bool = False,
     ) -> tuple[torch.Tensor, tuple]:
-        """rotary is accepted for a uniform block interface and unused: the sLSTM has no q and k."""
+        """rotary and overwrite_state are accepted for a uniform block interface and unused: the
+        sLSTM has no q and k, and its state is small."""
         batch, seq_len, dim = x.shape
         cell_state, conv_state = state if state is not None else (None, None)
         x = _mask_padding(x, keep)
@@ -295,10 +300,11 @@ class XLSTMBlock(GradientCheckpointingLayer):
         keep: torch.Tensor | None = None,
         reset: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        overwrite_state: bool = False,
     ):
         normed = self.xlstm_norm(x)
         if self.combine_directions is None:
-            y, state = self.xlstm(normed, state, keep, reset, rotary)
+            y, state = self.xlstm(normed, state, keep, reset, rotary, overwrite_state)
         else:
             if state is not None:
                 raise ValueError("a bidirectional block has no recurrent state to continue from")

@@ -24,6 +24,7 @@ from .blocks import (
     wang_init_std,
 )
 from .configuration_bioxlstm import BioXLSTMConfig
+from .kernels import inference_segment_length, resolve_backend
 from .positions import rotary_angles, rotation
 from .rc import (
     ReverseComplementEmbedding,
@@ -45,10 +46,16 @@ class BioXLSTMCache:
     with; None for other models.
     """
 
+    # transformers' generate asks this of a cache passed in; a recurrent state is not one of its static caches.
+    is_compileable = False
+
     def __init__(self, states: list[tuple], seen_tokens: int = 0, sequences_started: torch.Tensor | None = None):
         self.states = states
         self.seen_tokens = seen_tokens
         self.sequences_started = sequences_started
+        # True only for a cache that `generate` made and holds alone: its next step may then write the
+        # new state into these tensors. Every other cache is left unchanged by a forward pass.
+        self.owned_by_generation = False
 
     def _with_rows(self, rows) -> tuple[list[tuple], torch.Tensor | None]:
         """The states and sequence counts with `rows` (a function of a batch-first tensor) applied."""
@@ -300,7 +307,8 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             hidden_states = None if hidden_states is None else tuple(map(conjoined, hidden_states))
         else:
             x, new_states, hidden_states = self._run(
-                input_ids, inputs_embeds, keep, reset, rotary, states, output_hidden_states
+                input_ids, inputs_embeds, keep, reset, rotary, states, output_hidden_states,
+                overwrite_state=cache_params is not None and cache_params.owned_by_generation,
             )
 
         cache = None
@@ -318,26 +326,49 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
                 "sequence at once and has no recurrent cache; call it without use_cache/cache_params"
             )
 
-    def _run(self, input_ids, inputs_embeds, keep, reset, rotary, states, output_hidden_states):
+    def _segment_length(self, x: torch.Tensor) -> int:
+        """How many tokens the blocks read at a time: all of them, except in causal inference on a
+        backend that is faster in segments (`kernels.inference_segment_length`)."""
+        seq_len = x.shape[1]
+        if torch.is_grad_enabled() or self.config.non_causal_settings:
+            return seq_len
+        return min(seq_len, inference_segment_length(resolve_backend(self.config.kernel, x.device)) or seq_len)
+
+    def _run(self, input_ids, inputs_embeds, keep, reset, rotary, states, output_hidden_states, overwrite_state=False):
         x = self.embedding_dropout(self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds)
         if keep is not None:
             keep = keep.to(x.device)
         if reset is not None:
             reset = reset.to(x.device)
-        new_states = []
-        hidden_states = (x,) if output_hidden_states else None
-        for block, state in zip(self.blocks, states):
-            x, state = block(x, state, keep, reset, rotary)
-            new_states.append(state)
-            if output_hidden_states:
-                hidden_states += (x,)
+        states = list(states)
+        segment = self._segment_length(x)
+        pieces = []  # per segment, the output of every layer (embeddings first) if asked for, else the last
+        for start in range(0, x.shape[1], segment):
+            part = slice(start, start + segment)
+            h = x[:, part]
+            layer_outputs = [h]
+            for index, block in enumerate(self.blocks):
+                h, states[index] = block(
+                    h,
+                    states[index],
+                    None if keep is None else keep[:, part],
+                    None if reset is None else reset[:, part],
+                    None if rotary is None else tuple(t[:, :, part] for t in rotary),
+                    overwrite_state=overwrite_state,
+                )
+                if output_hidden_states:
+                    layer_outputs.append(h)
+            pieces.append(layer_outputs if output_hidden_states else [h])
+        layers = [torch.cat(layer, dim=1) if len(layer) > 1 else layer[0] for layer in zip(*pieces)]
+        x = layers[-1]
+        hidden_states = tuple(layers) if output_hidden_states else None
         if self.config.rcps:
             x = strand_shared(self.post_blocks_norm, x, reversal_index(valid_positions(keep, x)))
         else:
             x = self.post_blocks_norm(x)
         if output_hidden_states:
             hidden_states = hidden_states[:-1] + (x,)
-        return x, new_states, hidden_states
+        return x, states, hidden_states
 
     def _rotary_angles(
         self,
@@ -403,6 +434,14 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
             # dropping it avoids a host sync per decoding step.
             model_inputs["attention_mask"] = None
         return model_inputs
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs: dict, *args, **kwargs) -> dict:
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        # The cache that generate's own forward pass just made is held by generate alone (a cache the
+        # caller passed in never gets here), so decoding may advance it in place.
+        if (cache := model_kwargs.get("cache_params")) is not None:
+            cache.owned_by_generation = True
+        return model_kwargs
 
     def forward(
         self,

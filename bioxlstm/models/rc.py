@@ -69,8 +69,10 @@ class ReverseComplementShared(nn.Module):
         keep: torch.Tensor | None = None,
         reset: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        overwrite_state: bool = False,
     ):
-        """Same interface as `XLSTMBlock.forward`; rotary positions are refused by the config."""
+        """Same interface as `XLSTMBlock.forward`; rotary positions are refused by the config, and
+        without a state there is nothing to overwrite."""
         if state is not None:
             raise ValueError("an RC-PS block has no recurrent state to continue from")
         if reset is not None:
