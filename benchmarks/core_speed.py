@@ -29,6 +29,8 @@ Run from the repository root (the full run takes about 15-25 minutes on 2 CPU co
     python benchmarks/core_speed.py                # writes benchmarks/results/core_speed_cpu.{csv,png}
     python benchmarks/core_speed.py --quick        # tiny models and contexts, < 1 min smoke run
     python benchmarks/core_speed.py --out /tmp/r   # elsewhere
+    python benchmarks/core_speed.py --train-contexts 32768 --decode-contexts --gradient-checkpointing \
+        --out benchmarks/results/training_32k       # training at 32k tokens only
 
 The CSV has one row per model, task and context: tokens_per_s, the ratios to Llama and to the
 transformers xLSTM, the parameter count and the peak RSS growth. Results: benchmarks/README.md.
@@ -118,7 +120,7 @@ def transformers_xlstm(s: Settings, mode: str) -> transformers.xLSTMForCausalLM:
     return transformers.xLSTMForCausalLM(config)
 
 
-def build_peers(s: Settings, with_slstm: bool) -> list[Peer]:
+def build_peers(s: Settings, with_slstm: bool, max_context: int) -> list[Peer]:
     torch.manual_seed(0)
     ours = bioxlstm.BioXLSTMForCausalLM(ours_config(s, []))
     torch.manual_seed(0)
@@ -126,7 +128,7 @@ def build_peers(s: Settings, with_slstm: bool) -> list[Peer]:
         transformers.LlamaConfig(
             vocab_size=VOCAB_SIZE, hidden_size=s.hidden, intermediate_size=s.llama_intermediate,
             num_hidden_layers=s.peer_layers, num_attention_heads=8, num_key_value_heads=8,
-            max_position_embeddings=2 * max(s.contexts), attention_dropout=0.0,
+            max_position_embeddings=2 * max_context, attention_dropout=0.0,
             attn_implementation="sdpa",
         )
     )
@@ -230,10 +232,11 @@ def measure_decoding(model: torch.nn.Module, prompt_len: int, new_tokens: int, r
     return max(decode_rate() for _ in range(repeats)), rss.growth_mb
 
 
-def run(s: Settings, peers: list[Peer]) -> pd.DataFrame:
+def run(s: Settings, peers: list[Peer], contexts: dict[str, list[int]]) -> pd.DataFrame:
+    """contexts: the context lengths of each task ("training", "decoding")."""
     rows = []
     for task in ("training", "decoding"):
-        for context in s.contexts:
+        for context in contexts[task]:
             for peer in peers:
                 if task == "training":
                     tokens_per_s, rss_mb = measure_training(peer.train_model, context, s.train_seconds)
@@ -255,8 +258,9 @@ def run(s: Settings, peers: list[Peer]) -> pd.DataFrame:
 
 def plot(table: pd.DataFrame, path: Path) -> None:
     models = list(dict.fromkeys(table["model"]))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, task in zip(axes, ("training", "decoding")):
+    tasks = list(dict.fromkeys(table["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
         part = table[table["task"] == task]
         contexts = sorted(part["context"].unique())
         width = 0.8 / len(models)
@@ -269,7 +273,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
         ax.set_xticklabels([f"{c} {what}" for c in contexts])
         ax.set_ylabel("tokens/s")
         ax.set_title(f"{task} (batch 1, fp32, CPU)")
-    axes[0].legend(fontsize=8)
+    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -296,17 +300,31 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: 2)")
     parser.add_argument("--slstm", action="store_true",
                         help="add a row for bioxlstm with block 1 an sLSTM block (slow on CPU: a Python loop per step)")
+    parser.add_argument("--train-contexts", type=int, nargs="*", metavar="N",
+                        help="training context lengths (default: 1024 8192; none: skip training)")
+    parser.add_argument("--decode-contexts", type=int, nargs="*", metavar="N",
+                        help="prompt lengths before decoding (default: 1024 8192; none: skip decoding)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="train every model with gradient checkpointing (for long contexts: at 32k tokens "
+                        "Bio-xLSTM's activations alone would take about 17 GB)")
     args = parser.parse_args()
 
     settings = QUICK if args.quick else FULL
+    contexts = {
+        "training": list(settings.contexts) if args.train_contexts is None else args.train_contexts,
+        "decoding": list(settings.contexts) if args.decode_contexts is None else args.decode_contexts,
+    }
     torch.set_num_threads(args.threads)
-    peers = build_peers(settings, args.slstm)
+    peers = build_peers(settings, args.slstm, max(contexts["training"] + contexts["decoding"]))
+    if args.gradient_checkpointing:
+        for peer in peers:
+            peer.train_model.gradient_checkpointing_enable()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
           f"{psutil.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
     for peer in peers:
         print(f"{peer.name:18s} {peer.params:,} parameters")
 
-    table = run(settings, peers)
+    table = run(settings, peers, contexts)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "core_speed_cpu_quick" if args.quick else "core_speed_cpu"
     table.to_csv(args.out / f"{stem}.csv", index=False, float_format="%.4g")
