@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPES = {
     "dna": "dna-clm-tiny",
     "protein": "protein-fim-icl-tiny",
-    "chem": "chem-clm-tiny",
+    "chem": "chem-clm-continued-tiny",
     "chem-icl": "chem-icl-tiny",
 }
 VALIDITY_SAMPLES = 1000
