@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ours, llama = build_models(FULL, max(args.contexts))
+    models = build_models(FULL, max(args.contexts))
+    ours, llama = models["bioxlstm"], models["llama"]
     rows = []
     for context in args.contexts:
         for name, model, prefill in (("bioxlstm", ours, prefill_ours), ("llama", llama, prefill_llama)):
