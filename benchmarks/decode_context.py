@@ -101,7 +101,6 @@ def measure_recurrent(model, context: int, batch: int) -> dict:
     return dict(tokens_per_s=max(rates), cache_mb=state_bytes / 2**20, decode_rss_growth_mb=rss.growth_mb)
 
 
-@torch.no_grad()
 def llama_cache_bytes(config, context: int, batch: int) -> int:
     head_dim = config.hidden_size // config.num_attention_heads
     return 2 * config.num_hidden_layers * batch * config.num_key_value_heads * (context - 1) * head_dim * 4

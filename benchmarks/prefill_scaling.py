@@ -1,13 +1,14 @@
-"""Prefill time against the context length, up to 131k tokens: Bio-xLSTM against Llama (CPU).
+"""Prefill time against the context length, up to 131k tokens: Bio-xLSTM against transformers' xLSTM
+and Llama (CPU).
 
 Reading a long context (a genome region, a homolog family) before scoring or generating is the
 prefill. A recurrent model should do it in time linear in the length, in bounded memory; attention
 costs O(n^2) time. For each length (1k ... 131k tokens), batch 1, fp32, the ~10M-parameter models of
 `core_speed.py` with random weights:
 
-- `bioxlstm` reads the context 8,192 tokens at a time with its state carried (what
-  `bioxlstm.tasks` do with long inputs; the chunkwise kernel inside each window), keeping the last
-  logits, and ends with the recurrent state;
+- `bioxlstm` and `transformers-xlstm` (`transformers.xLSTMForCausalLM`, native kernels) read the
+  context 8,192 tokens at a time with the state carried (what `bioxlstm.tasks` do with long inputs)
+  and end with the recurrent state;
 - `llama` (`transformers.LlamaForCausalLM`, SDPA) runs one forward over the context and ends with
   its KV cache, up to `--llama-max-context` tokens (default 16k: beyond it a CPU run takes too long).
 
@@ -40,11 +41,11 @@ FIT_FROM = 4096  # shorter contexts are dominated by fixed per-call costs
 
 
 @torch.no_grad()
-def prefill_ours(model, prompt: torch.Tensor) -> None:
+def prefill_recurrent(model, prompt: torch.Tensor) -> None:
     cache = None
     for start in range(0, prompt.shape[1], PREFILL_WINDOW):
         window = prompt[:, start : start + PREFILL_WINDOW]
-        cache = model(window, cache_params=cache, use_cache=True, logits_to_keep=1).cache_params
+        cache = model(window, cache_params=cache, use_cache=True).cache_params
 
 
 @torch.no_grad()
@@ -80,12 +81,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = build_models(FULL, max(args.contexts))
-    ours, llama = models["bioxlstm"], models["llama"]
     rows = []
     for context in args.contexts:
-        for name, model, prefill in (("bioxlstm", ours, prefill_ours), ("llama", llama, prefill_llama)):
+        for name, model in models.items():
             if name == "llama" and context > args.llama_max_context:
                 continue
+            prefill = prefill_llama if name == "llama" else prefill_recurrent
             result = measure(prefill, model, context, args.repeats)
             rows.append(dict(model=name, params=sum(p.numel() for p in model.parameters()), context=context, **result))
             print(f"{context:7d} {name:9s} {result['seconds']:8.2f} s  {result['tokens_per_s']:8.1f} tokens/s  "

@@ -197,14 +197,14 @@ def test_generate_advances_only_its_own_caches_in_place():
     before = [t.clone() for t in context.tensors()]
     memories = []
     model.backbone.blocks[0].register_forward_hook(lambda module, args, output: memories.append(output[1][0].data_ptr()))
-    options = dict(attention_mask=torch.ones_like(prompt[:, -1:]), max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    first = model.generate(prompt[:, -1:], cache_params=context, **options)
+    options = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    last = dict(input_ids=prompt[:, -1:], attention_mask=torch.ones_like(prompt[:, -1:]), cache_params=context)
+    first = model.generate(**last, **options)
     assert len(memories) == 6 and len(set(memories)) == 1
     assert memories[0] != context.states[0][0].data_ptr()
     assert all(torch.equal(a, b) for a, b in zip(before, context.tensors(), strict=True))
-    assert torch.equal(model.generate(prompt[:, -1:], cache_params=context, **options), first)
-    with torch.no_grad():
-        assert torch.equal(first[:, 1:], model.generate(prompt, **options)[:, prompt.shape[1] :])
+    assert torch.equal(model.generate(**last, **options), first)
+    assert torch.equal(first[:, 1:], model.generate(prompt, **options)[:, prompt.shape[1] :])
 
 
 def test_generate_prefills_the_prompt_in_one_chunkwise_pass(monkeypatch):
