@@ -286,6 +286,8 @@ def test_right_padding_does_not_change_real_positions():
     mask = torch.cat([torch.ones(1, 30), torch.zeros(1, 9)], dim=1).long()
     with torch.no_grad():
         assert (model(padded, attention_mask=mask).logits[:, :30] - model(tokens).logits).abs().max() <= 1e-5
+        with pytest.raises(ValueError, match="attention_mask covers 30 positions but the input has 39"):
+            model(padded, attention_mask=mask[:, :30])
 
 
 # --- generation features ----------------------------------------------------------------------

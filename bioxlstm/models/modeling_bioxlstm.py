@@ -274,6 +274,10 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         seq_len = tokens.shape[1]
         keep = None
         if attention_mask is not None:
+            if attention_mask.shape[-1] < seq_len:
+                raise ValueError(
+                    f"attention_mask covers {attention_mask.shape[-1]} positions but the input has {seq_len}"
+                )
             keep = attention_mask[:, -seq_len:].to(dtype=torch.bool)
             if bool(keep.all()):
                 keep = None
