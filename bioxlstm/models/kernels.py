@@ -32,7 +32,9 @@ MLSTM_EPS = 1e-6
 NATIVE_INFERENCE_SEGMENT = 1024
 
 
+@lru_cache(maxsize=None)
 def triton_available() -> bool:
+    # Asked on every forward pass of every block (resolve_backend); a failed import searches the path anew each time.
     try:
         import triton  # noqa: F401
     except ImportError:
