@@ -437,6 +437,7 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, resume: bool = F
 
     resume: continue from the newest checkpoint in `output_dir`, with the same data order, optimiser
     and RNG states. Without it, an output directory that already holds checkpoints is refused.
+    A distributed run's process group is closed before it returns.
     """
     output_dir = Path(output_dir or Path("runs") / recipe.name)
     last_checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
@@ -450,6 +451,12 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, resume: bool = F
     metrics = trainer.evaluate()
     if trainer.is_world_process_zero():
         export_trained_model(trainer, recipe, output_dir / "model", metrics, time.monotonic() - started)
+    if torch.distributed.is_initialized():
+        # Once every rank has finished, the process group is closed: left to interpreter shutdown,
+        # gloo's threads can abort a finished process (exit -6, "terminate called without an
+        # active exception") and torchrun then reports the whole run as failed.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return trainer
 
 
