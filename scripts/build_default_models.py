@@ -5,7 +5,7 @@
 Each name trains its recipe (see DEFAULT_RECIPES) into runs/default-<name>/ and copies the exported
 model into bioxlstm/default_models/<name>/, where `load_pretrained(name)` and `--model name` find it.
 `--resume-to-steps N` continues the last run to N steps instead (the learning-rate schedule is then
-stretched to N steps from where it stood; the bundled chem model was made this way, see its recipe).
+stretched to N steps from where it stood); `--from-run DIR` installs a run trained by other means.
 The protein card also reports the perplexity of never-trained family members alone and with homologs in
 context; the chem card, the RDKit validity and uniqueness of 1,000 unconditional samples; the chem-icl
 card, the in-context evaluation on the ICST domains its recipe held out.
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPES = {
     "dna": "dna-clm-tiny",
     "protein": "protein-fim-icl-tiny",
-    "chem": "chem-clm-continued-tiny",
+    "chem": "chem-clm-tiny",
     "chem-icl": "chem-icl-tiny",
 }
 VALIDITY_SAMPLES = 1000
@@ -110,6 +110,11 @@ def build(name: str, resume_to_steps: int | None = None) -> Path:
     if resume_to_steps is None and run_dir.exists():
         shutil.rmtree(run_dir)
     train(recipe, run_dir, resume=resume_to_steps is not None)
+    return install(name, recipe, run_dir, resume_to_steps)
+
+
+def install(name: str, recipe: Recipe, run_dir: Path, resume_to_steps: int | None = None) -> Path:
+    """Copy a finished run's model into the package, with the name's extra metrics on its card."""
     target = DEFAULT_MODELS_DIRECTORY / name
     if target.exists():
         shutil.rmtree(target)
@@ -138,7 +143,21 @@ def main() -> None:
         "--resume-to-steps", type=int, metavar="N",
         help="continue the previous run of each name (runs/default-NAME) to N steps in all, instead of starting afresh",
     )
+    parser.add_argument(
+        "--from-run", type=Path, metavar="DIR",
+        help="install the model of a finished run of the name's recipe (e.g. one trained elsewhere with "
+        "`bioxlstm train`) instead of training; one name only",
+    )
     args = parser.parse_args()
+    if args.from_run is not None:
+        if len(args.names) != 1 or args.resume_to_steps is not None:
+            parser.error("--from-run takes one name and no --resume-to-steps")
+        (name,) = args.names
+        if not (args.from_run / "model").is_dir():
+            parser.error(f"{args.from_run}: no finished run (no model/ directory)")
+        recipe = load_recipe(ROOT / "recipes" / f"{DEFAULT_RECIPES[name]}.yaml")
+        print(f"installed {install(name, recipe, args.from_run)}")
+        return
     for name in args.names:
         print(f"built {build(name, args.resume_to_steps)}")
 
