@@ -103,9 +103,13 @@ EXTRA_METRICS = {
 }
 
 
+def default_recipe(name: str, overrides: tuple[str, ...] | list[str] = ()) -> Recipe:
+    return load_recipe(ROOT / "recipes" / f"{DEFAULT_RECIPES[name]}.yaml", overrides)
+
+
 def build(name: str, resume_to_steps: int | None = None) -> Path:
     overrides = [] if resume_to_steps is None else [f"training.max_steps={resume_to_steps}"]
-    recipe = load_recipe(ROOT / "recipes" / f"{DEFAULT_RECIPES[name]}.yaml", overrides)
+    recipe = default_recipe(name, overrides)
     run_dir = ROOT / "runs" / f"default-{name}"
     if resume_to_steps is None and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -155,8 +159,7 @@ def main() -> None:
         (name,) = args.names
         if not (args.from_run / "model").is_dir():
             parser.error(f"{args.from_run}: no finished run (no model/ directory)")
-        recipe = load_recipe(ROOT / "recipes" / f"{DEFAULT_RECIPES[name]}.yaml")
-        print(f"installed {install(name, recipe, args.from_run)}")
+        print(f"installed {install(name, default_recipe(name), args.from_run)}")
         return
     for name in args.names:
         print(f"built {build(name, args.resume_to_steps)}")
