@@ -318,7 +318,7 @@ def main() -> None:
     peers = build_peers(settings, args.slstm, max(contexts["training"] + contexts["decoding"]))
     if args.gradient_checkpointing:
         for peer in peers:
-            peer.train_model.gradient_checkpointing_enable()
+            peer.train_model.activation_checkpointing_enable()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
           f"{psutil.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
     for peer in peers:

@@ -90,14 +90,14 @@ def measure_recurrent(model, context: int, batch: int) -> dict:
     cache = None
     for start in range(0, context - 1, PREFILL_WINDOW):
         window = prompt[:, start : min(start + PREFILL_WINDOW, context - 1)]
-        cache = model(window, cache_params=cache, use_cache=True).cache_params
+        cache = model(window, cache=cache, use_cache=True).cache
     last = prompt[:, -1:].expand(batch, 1)
     state_bytes = batch * sum(t.numel() * t.element_size() for t in state_tensors(cache))
     rates = []
     with PeakRss() as rss:
         for _ in range(2):
             rates.append(batch * decode_rate(model, input_ids=last, attention_mask=torch.ones_like(last),
-                                             cache_params=rows_of(cache, batch)))
+                                             cache=rows_of(cache, batch)))
     return dict(tokens_per_s=max(rates), cache_mb=state_bytes / 2**20, decode_rss_growth_mb=rss.growth_mb)
 
 

@@ -45,7 +45,7 @@ def prefill_recurrent(model, prompt: torch.Tensor) -> None:
     cache = None
     for start in range(0, prompt.shape[1], PREFILL_WINDOW):
         window = prompt[:, start : start + PREFILL_WINDOW]
-        cache = model(window, cache_params=cache, use_cache=True).cache_params
+        cache = model(window, cache=cache, use_cache=True).cache
 
 
 @torch.no_grad()

@@ -165,13 +165,24 @@ def test_prefill_then_stepwise_decoding_equals_full_forward(stack):
     with torch.no_grad():
         full = model(tokens).logits
         out = model(tokens[:, :40], use_cache=True)  # longer than the chunk: chunkwise prefill
-        pieces, cache = [out.logits], out.cache_params
+        pieces, cache = [out.logits], out.cache
         for t in range(40, 57):
-            out = model(tokens[:, t : t + 1], cache_params=cache, use_cache=True)
+            out = model(tokens[:, t : t + 1], cache=cache, use_cache=True)
             pieces.append(out.logits)
-            cache = out.cache_params
+            cache = out.cache
     assert (torch.cat(pieces, dim=1) - full).abs().max() <= 1e-4
     assert cache.seen_tokens == 57
+
+
+def test_cache_passed_under_its_pre_5_24_name_still_continues_the_sequence():
+    model = tiny_model(slstm_layers=())
+    tokens = torch.randint(1, 12, (2, 20))
+    with torch.no_grad():
+        full = model(tokens).logits
+        cache = model(tokens[:, :15], use_cache=True).cache
+        with pytest.warns(FutureWarning, match="cache_params"):
+            rest = model(tokens[:, 15:], cache_params=cache).logits
+    assert (rest - full[:, 15:]).abs().max() <= 1e-4
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -193,12 +204,12 @@ def test_generate_advances_only_its_own_caches_in_place():
     model = tiny_model(slstm_layers=())
     prompt = torch.randint(1, 12, (2, 30))
     with torch.no_grad():
-        context = model(prompt[:, :-1], use_cache=True).cache_params
+        context = model(prompt[:, :-1], use_cache=True).cache
     before = [t.clone() for t in context.tensors()]
     memories = []
     model.backbone.blocks[0].register_forward_hook(lambda module, args, output: memories.append(output[1][0].data_ptr()))
     options = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    last = dict(input_ids=prompt[:, -1:], attention_mask=torch.ones_like(prompt[:, -1:]), cache_params=context)
+    last = dict(input_ids=prompt[:, -1:], attention_mask=torch.ones_like(prompt[:, -1:]), cache=context)
     first = model.generate(**last, **options)
     assert len(memories) == 6 and len(set(memories)) == 1
     assert memories[0] != context.states[0][0].data_ptr()
@@ -274,9 +285,9 @@ def test_inference_in_segments_equals_one_pass(monkeypatch, stack):
         assert (whole.logits - segmented.logits).abs().max() <= 1e-4
         for a, b in zip(whole.hidden_states, segmented.hidden_states, strict=True):
             assert (a - b).abs().max() <= 1e-4
-        for a, b in zip(whole.cache_params.tensors(), segmented.cache_params.tensors(), strict=True):
+        for a, b in zip(whole.cache.tensors(), segmented.cache.tensors(), strict=True):
             assert (a - b).abs().max() <= 1e-4
-        assert segmented.cache_params.seen_tokens == ids.shape[1]
+        assert segmented.cache.seen_tokens == ids.shape[1]
 
 
 def test_right_padding_does_not_change_real_positions():
@@ -344,7 +355,7 @@ def test_cache_has_constant_size_during_long_generation():
     shapes = []
 
     def record(module, args, kwargs, output):
-        shapes.append([tuple(t.shape) for t in output.cache_params.tensors()])
+        shapes.append([tuple(t.shape) for t in output.cache.tensors()])
 
     handle = model.register_forward_hook(record, with_kwargs=True)
     try:
@@ -392,7 +403,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         return [p.grad.clone() for p in model.parameters()]
 
     plain = gradients()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     assert all(block.gradient_checkpointing for block in model.backbone.blocks)
     checkpointed = gradients()
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))

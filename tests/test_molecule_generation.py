@@ -79,7 +79,7 @@ def memorised(tokenizer):
 def test_repeat_interleave_copies_each_row_and_keeps_the_original(untrained):
     tokens = torch.randint(5, 60, (2, 21))
     with torch.no_grad():
-        cache = untrained(tokens, use_cache=True).cache_params
+        cache = untrained(tokens, use_cache=True).cache
     before = [tensor.clone() for tensor in cache.tensors()]
     repeated = cache.repeat_interleave(3)
     assert repeated is not cache and repeated.seen_tokens == cache.seen_tokens == 21
@@ -90,8 +90,8 @@ def test_repeat_interleave_copies_each_row_and_keeps_the_original(untrained):
     # Each copy continues exactly like the state it was copied from.
     step = torch.randint(5, 60, (2, 1))
     with torch.no_grad():
-        alone = untrained(step, cache_params=cache, use_cache=True).logits
-        copies = untrained(step.repeat_interleave(3, dim=0), cache_params=repeated, use_cache=True).logits
+        alone = untrained(step, cache=cache, use_cache=True).logits
+        copies = untrained(step.repeat_interleave(3, dim=0), cache=repeated, use_cache=True).logits
     assert torch.allclose(copies, alone.repeat_interleave(3, dim=0), atol=1e-5)
 
 

@@ -73,11 +73,11 @@ def test_prefill_then_stepwise_decoding_with_position_ids_equals_the_full_forwar
         full = model(TOKENS, position_ids=POSITIONS).logits
         split = 7
         out = model(TOKENS[:, :split], position_ids=POSITIONS[:, :split], use_cache=True)
-        logits, cache = [out.logits], out.cache_params
+        logits, cache = [out.logits], out.cache
         for t in range(split, TOKENS.shape[1]):
-            out = model(TOKENS[:, t : t + 1], position_ids=POSITIONS[:, t : t + 1], cache_params=cache, use_cache=True)
+            out = model(TOKENS[:, t : t + 1], position_ids=POSITIONS[:, t : t + 1], cache=cache, use_cache=True)
             logits.append(out.logits)
-            cache = out.cache_params
+            cache = out.cache
     torch.testing.assert_close(torch.cat(logits, dim=1), full, atol=1e-4, rtol=1e-4)
     # Positions matter: the same tokens numbered 0, 1, 2, ... give other predictions.
     assert not torch.allclose(model(TOKENS).logits, full, atol=1e-3)
@@ -88,7 +88,7 @@ def test_without_position_ids_positions_count_on_from_the_cache():
     with torch.no_grad():
         full = model(TOKENS, position_ids=torch.arange(TOKENS.shape[1])[None]).logits
         prefill = model(TOKENS[:, :9], use_cache=True)
-        rest = model(TOKENS[:, 9:], cache_params=prefill.cache_params)
+        rest = model(TOKENS[:, 9:], cache=prefill.cache)
     torch.testing.assert_close(torch.cat([prefill.logits, rest.logits], dim=1), full, atol=1e-4, rtol=1e-4)
 
 
@@ -118,12 +118,12 @@ def test_repeated_cache_rows_continue_like_the_original():
     model = rotary_model(rope_sequence_index=True)
     with torch.no_grad():
         prefill = model(TOKENS[:, :9], position_ids=POSITIONS[:, :9], use_cache=True)
-        repeated = prefill.cache_params.repeat_interleave(3)
-        assert repeated.seen_tokens == prefill.cache_params.seen_tokens
+        repeated = prefill.cache.repeat_interleave(3)
+        assert repeated.seen_tokens == prefill.cache.seen_tokens
         assert all(t.shape[0] == 3 for t in repeated.tensors())
         rest = TOKENS[:, 9:].expand(3, -1)
-        out = model(rest, position_ids=POSITIONS[:, 9:].expand(3, -1), cache_params=repeated)
-        single = model(TOKENS[:, 9:], position_ids=POSITIONS[:, 9:], cache_params=prefill.cache_params)
+        out = model(rest, position_ids=POSITIONS[:, 9:].expand(3, -1), cache=repeated)
+        single = model(TOKENS[:, 9:], position_ids=POSITIONS[:, 9:], cache=prefill.cache)
     torch.testing.assert_close(out.logits, single.logits.expand(3, -1, -1), atol=1e-5, rtol=1e-5)
 
 

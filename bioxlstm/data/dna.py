@@ -58,6 +58,11 @@ class DNADataCollatorForLanguageModeling(DataCollatorForLanguageModeling):
             self._reverse_complement_some(batch)
         return batch
 
+    def create_rng(self, *args, **kwargs) -> None:
+        """Keeps the generator torch_call made for the batch. The parent would replace it with one
+        stream drawn from `seed` (transformers >= 5.24 does so before every batch), whose position a
+        resumed run cannot recover."""
+
     def _reverse_complement_some(self, batch: dict) -> None:
         labels = batch["labels"]
         original = torch.where(labels == -100, batch["input_ids"], labels) if self.mlm else batch["input_ids"]

@@ -10,6 +10,8 @@ from transformers import initialization as init
 from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput, TokenClassifierOutput
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import ModelOutput
+# transformers 5.24 renamed every model's cache argument from cache_params to cache; the old name still works.
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .blocks import (
     GatedFeedForward,
@@ -46,8 +48,13 @@ class BioXLSTMCache:
     with; None for other models.
     """
 
-    # transformers' generate asks this of a cache passed in; a recurrent state is not one of its static caches.
+    # transformers' generate asks these of a cache passed in: a recurrent state is not one of its static
+    # caches, and has no per-token entries, so generate must not cut the input to the tokens the cache lacks.
     is_compileable = False
+
+    @property
+    def is_linear(self) -> list[bool]:
+        return [True] * len(self.states)
 
     def __init__(self, states: list[tuple], seen_tokens: int = 0, sequences_started: torch.Tensor | None = None):
         self.states = states
@@ -96,7 +103,7 @@ class BioXLSTMOutput(ModelOutput):
     the output of every block, the last one normed (so `hidden_states[-1] == last_hidden_state`)."""
 
     last_hidden_state: torch.FloatTensor | None = None
-    cache_params: BioXLSTMCache | None = None
+    cache: BioXLSTMCache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
@@ -104,7 +111,7 @@ class BioXLSTMOutput(ModelOutput):
 class BioXLSTMCausalLMOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    cache_params: BioXLSTMCache | None = None
+    cache: BioXLSTMCache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
@@ -234,12 +241,13 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @deprecate_kwarg("cache_params", "6.0.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        cache_params: BioXLSTMCache | None = None,
+        cache: BioXLSTMCache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -258,7 +266,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
 
         position_ids: (B, S) position of every token within its own sequence, read only when
         `config.position_embedding == "rotary"`; by default the positions count on from
-        `cache_params.seen_tokens` (the same for every row, so a left-padded batch must pass them,
+        `cache.seen_tokens` (the same for every row, so a left-padded batch must pass them,
         as `generate` does from the attention mask)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -266,8 +274,8 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        use_cache = use_cache if use_cache is not None else (cache_params is not None)
-        if use_cache or cache_params is not None:
+        use_cache = use_cache if use_cache is not None else (cache is not None)
+        if use_cache or cache is not None:
             self._check_recurrent_decoding()
 
         tokens = input_ids if inputs_embeds is None else inputs_embeds
@@ -287,8 +295,8 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             reset[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
         rotary, sequences_started = None, None
         if self.config.position_embedding == "rotary":
-            rotary, sequences_started = self._rotary_angles(position_ids, keep, cache_params, len(tokens), seq_len)
-        states = cache_params.states if cache_params is not None else [None] * len(self.blocks)
+            rotary, sequences_started = self._rotary_angles(position_ids, keep, cache, len(tokens), seq_len)
+        states = cache.states if cache is not None else [None] * len(self.blocks)
 
         if self.config.conjoin:
             if reset is not None:
@@ -312,22 +320,22 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         else:
             x, new_states, hidden_states = self._run(
                 input_ids, inputs_embeds, keep, reset, rotary, states, output_hidden_states,
-                overwrite_state=cache_params is not None and cache_params.owned_by_generation,
+                overwrite_state=cache is not None and cache.owned_by_generation,
             )
 
-        cache = None
+        new_cache = None
         if use_cache:
-            seen = cache_params.seen_tokens if cache_params is not None else 0
-            cache = BioXLSTMCache(new_states, seen + seq_len, sequences_started)
+            seen = cache.seen_tokens if cache is not None else 0
+            new_cache = BioXLSTMCache(new_states, seen + seq_len, sequences_started)
         if not return_dict:
-            return tuple(v for v in (x, cache, hidden_states) if v is not None)
-        return BioXLSTMOutput(last_hidden_state=x, cache_params=cache, hidden_states=hidden_states)
+            return tuple(v for v in (x, new_cache, hidden_states) if v is not None)
+        return BioXLSTMOutput(last_hidden_state=x, cache=new_cache, hidden_states=hidden_states)
 
     def _check_recurrent_decoding(self) -> None:
         if self.config.non_causal_settings:
             raise ValueError(
                 f"a model with {' and '.join(self.config.non_causal_settings)} sees every position of the "
-                "sequence at once and has no recurrent cache; call it without use_cache/cache_params"
+                "sequence at once and has no recurrent cache; call it without use_cache or cache"
             )
 
     def _segment_length(self, x: torch.Tensor) -> int:
@@ -378,7 +386,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         self,
         position_ids: torch.Tensor | None,
         keep: torch.Tensor | None,
-        cache_params: BioXLSTMCache | None,
+        cache: BioXLSTMCache | None,
         batch: int,
         seq_len: int,
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
@@ -386,7 +394,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         sequences started once it is done (to carry in the cache)."""
         device = self.embeddings.weight.device
         if position_ids is None:
-            seen = cache_params.seen_tokens if cache_params is not None else 0
+            seen = cache.seen_tokens if cache is not None else 0
             position_ids = torch.arange(seen, seen + seq_len, device=device).expand(batch, seq_len)
         position_ids = position_ids[:, -seq_len:].to(device)
         sequence_index, sequences_started = None, None
@@ -394,7 +402,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             starts = position_ids == 0
             if keep is not None:  # padding (position 0 under generate's numbering) starts nothing
                 starts = starts & keep.to(device)
-            before = None if cache_params is None else cache_params.sequences_started
+            before = None if cache is None else cache.sequences_started
             before = before if before is not None else torch.zeros(batch, dtype=torch.long, device=device)
             started = before[:, None] + starts.long().cumsum(dim=1)
             sequence_index = (started - 1).clamp(min=0)
@@ -425,15 +433,15 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
-        cache_params: BioXLSTMCache | None = None,
+        cache: BioXLSTMCache | None = None,
         attention_mask: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> dict:
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, cache_params=cache_params, attention_mask=attention_mask, use_cache=use_cache, **kwargs
+            input_ids, cache=cache, attention_mask=attention_mask, use_cache=use_cache, **kwargs
         )
-        if cache_params is not None:
+        if cache is not None:
             # After the prefill every new token is real: the mask carries no information, and
             # dropping it avoids a host sync per decoding step.
             model_inputs["attention_mask"] = None
@@ -443,16 +451,17 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
         # The cache that generate's own forward pass just made is held by generate alone (a cache the
         # caller passed in never gets here), so decoding may advance it in place.
-        if (cache := model_kwargs.get("cache_params")) is not None:
+        if (cache := model_kwargs.get("cache")) is not None:
             cache.owned_by_generation = True
         return model_kwargs
 
+    @deprecate_kwarg("cache_params", "6.0.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        cache_params: BioXLSTMCache | None = None,
+        cache: BioXLSTMCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -469,7 +478,7 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
-            cache_params=cache_params,
+            cache=cache,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -482,10 +491,10 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         if not return_dict:
-            output = tuple(v for v in (logits, outputs.cache_params, outputs.hidden_states) if v is not None)
+            output = tuple(v for v in (logits, outputs.cache, outputs.hidden_states) if v is not None)
             return (loss, *output) if loss is not None else output
         return BioXLSTMCausalLMOutput(
-            loss=loss, logits=logits, cache_params=outputs.cache_params, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
 
 

@@ -101,7 +101,7 @@ class _ContinuationSampler:
         if len(prompt_ids) > 1:
             with torch.no_grad():
                 prefix = torch.tensor([prompt_ids[:-1]], device=model.device)
-                self.state = model(prefix, use_cache=True, logits_to_keep=1).cache_params
+                self.state = model(prefix, use_cache=True, logits_to_keep=1).cache
         allowed = set(sequence_token_ids(tokenizer, "smiles")) | set(self.stop_ids)
         self.options = dict(
             do_sample=True,
@@ -119,7 +119,7 @@ class _ContinuationSampler:
         inputs = torch.full((rows, 1), self.last_prompt_id, device=self.model.device)
         state = None if self.state is None else self.state.repeat_interleave(rows)
         out = self.model.generate(
-            inputs, attention_mask=torch.ones_like(inputs), cache_params=state, **self.options
+            inputs, attention_mask=torch.ones_like(inputs), cache=state, **self.options
         )
         molecules = []
         for tokens in out[:, 1:].tolist():

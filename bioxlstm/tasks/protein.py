@@ -93,11 +93,11 @@ def _read(model: PreTrainedModel, row: TokenRow, cache=None, window: int = 8192)
         out = model(
             _tensor(row.input_ids[start : start + window], model),
             position_ids=_tensor(row.position_ids[start : start + window], model),
-            cache_params=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        logits, cache = out.logits[:, -1], out.cache_params
+        logits, cache = out.logits[:, -1], out.cache
     return logits, cache
 
 
@@ -144,7 +144,7 @@ def sequence_log_likelihoods(
             cache = context_cache.repeat_interleave(len(rows))
         input_ids, position_ids, mask = _right_padded(rows, tokenizer.pad_token_id, model.device)
         logits = model(
-            input_ids, position_ids=position_ids, attention_mask=mask, cache_params=cache, use_cache=cache is not None
+            input_ids, position_ids=position_ids, attention_mask=mask, cache=cache, use_cache=cache is not None
         ).logits
         # Token t + 1 is predicted at t: the residues and <eos> after the sequence's <cls>. Summed
         # in float64: a float32 sum over hundreds of tokens is only good to ~1e-4.

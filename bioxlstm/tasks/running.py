@@ -93,15 +93,15 @@ def _outputs(model, ids, attention_mask, cache, layer, logits):
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask.to(device)
     if not is_bidirectional(model):
-        kwargs.update(cache_params=cache, use_cache=True)
+        kwargs.update(cache=cache, use_cache=True)
     want_hidden = layer != -1 or logits
     if logits:
         out = model(**kwargs, output_hidden_states=want_hidden)
         hidden = out.hidden_states[layer]
-        return hidden, out.logits, getattr(out, "cache_params", None)
+        return hidden, out.logits, getattr(out, "cache", None)
     out = model.base_model(**kwargs, output_hidden_states=layer != -1)
     hidden = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-    return hidden, None, getattr(out, "cache_params", None)
+    return hidden, None, getattr(out, "cache", None)
 
 
 def _run_batch(model, batch, layer, logits) -> Iterator[Piece]:
