@@ -55,6 +55,19 @@ def canonicalize(smiles: str, isomeric: bool = True) -> str | None:
     return None if molecule is None else Chem.MolToSmiles(molecule, isomericSmiles=isomeric)
 
 
+def random_spellings(smiles: str, count: int, seed: int) -> list[str]:
+    """Up to `count` other SMILES of the molecule `smiles`: RDKit's spellings from random atom orders
+    (stereochemistry and isotopes kept), drawn with `seed`, without repeats or `smiles` itself; none
+    when `smiles` is not a valid molecule."""
+    molecule = _molecule(smiles)
+    if molecule is None or count < 1:
+        return []
+    # RDKit reads randomSeed as a signed 32-bit int and draws unseeded from any seed beyond it.
+    spellings = dict.fromkeys(Chem.MolToRandomSmilesVect(molecule, count, randomSeed=seed % 2**31))
+    spellings.pop(smiles, None)
+    return list(spellings)
+
+
 def valid_canonical(smiles: Iterable[str]) -> list[str]:
     """The canonical SMILES of the valid entries, in order, repeats kept."""
     return [canonical for canonical in map(canonicalize, smiles) if canonical is not None]

@@ -58,6 +58,15 @@ def test_uniqueness_counts_molecules_not_spellings():
     assert chem.uniqueness(smiles) == pytest.approx(10 / 15)  # invalid entries are not in the denominator
 
 
+def test_random_spellings_are_other_smiles_of_the_same_molecule_and_reproducible():
+    smiles = "C[C@H](N)C(=O)O.[13CH4]"
+    spellings = chem.random_spellings(smiles, 5, seed=3_000_000_000)  # beyond RDKit's 32-bit seed
+    assert spellings == chem.random_spellings(smiles, 5, seed=3_000_000_000)
+    assert 1 < len(spellings) == len(set(spellings)) <= 5 and smiles not in spellings
+    assert {chem.canonicalize(s) for s in spellings} == {chem.canonicalize(smiles)}  # stereo and isotope kept
+    assert chem.random_spellings("C1CC", 5, seed=0) == []
+
+
 def test_novelty_against_a_training_set_holding_half_the_list_is_one_half():
     training = [respelled(s) for s in TEN[:5]] + REFERENCE
     assert chem.novelty(TEN + INVALID, training) == 0.5

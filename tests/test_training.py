@@ -1,5 +1,6 @@
 """Training from recipes: what a user relies on when training or fine-tuning on a CPU or a cluster."""
 
+import gzip
 import json
 import os
 import socket
@@ -304,6 +305,34 @@ def test_dna_training_examples_come_with_their_reverse_complement(tmp_path):
         assert reverse == forward.translate(complement)[::-1]
     assert len(texts) % 2 == 0 and len(eval_set) > 0
     assert all(len(text) == 100 for text in texts[:-2])  # windows of <cls> + 100 bases
+
+
+def test_smiles_training_molecules_come_with_random_spellings_and_eval_stays_as_written(tmp_path):
+    with gzip.open(ROOT / "data" / "chembl31_train_50k.smi.gz", "rt") as handle:
+        molecules = [line.strip() for line, _ in zip(handle, range(300))]
+    sample = tmp_path / "chembl_300.smi"
+    sample.write_text("\n".join(molecules) + "\n")
+    tokenizer = bioxlstm.load_tokenizer("smiles")
+    plain = DataSpec(train=[str(sample)], max_length=128, eval_fraction=0.1, cache_dir=str(tmp_path / "plain"))
+    spelled = DataSpec(**{**plain.__dict__, "smiles_spellings": 3, "cache_dir": str(tmp_path / "spelled")})
+    plain_train, plain_eval = build_datasets(plain, tokenizer, "smiles")
+    train_set, eval_set = build_datasets(spelled, tokenizer, "smiles")
+    assert eval_set["input_ids"] == plain_eval["input_ids"]
+
+    spellings = {}
+    for ids in train_set["input_ids"]:
+        assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.eos_token_id
+        text = tokenizer.decode(ids[1:-1])
+        spellings.setdefault(bioxlstm.chem.canonicalize(text), []).append(text)
+    written = [tokenizer.decode(ids[1:-1]) for ids in plain_train["input_ids"]]
+    assert set(spellings) == {bioxlstm.chem.canonicalize(text) for text in written}  # same molecules, no others
+    assert all(len(set(texts)) == len(texts) <= 4 for texts in spellings.values())
+    assert len(train_set) > 3.5 * len(plain_train)  # a molecule with fewer than 3 other spellings is rare
+
+    again, _ = build_datasets(DataSpec(**{**spelled.__dict__, "cache_dir": str(tmp_path / "again")}), tokenizer, "smiles")
+    assert again["input_ids"] == train_set["input_ids"]
+    with pytest.raises(ValueError, match="data.smiles_spellings needs SMILES data; this recipe's domain is protein"):
+        build_datasets(DataSpec(**{**spelled.__dict__, "train": [str(ROOT / "data" / "globins45.fa")]}), bioxlstm.load_tokenizer("protein"), "protein")
 
 
 def test_two_ddp_processes_end_with_identical_parameters(tmp_path):

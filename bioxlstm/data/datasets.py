@@ -3,7 +3,7 @@
 The pipeline, the same for every domain:
 
     files --read_records--> records --tokenise--> token ids --examples--> <cls> ... windows
-          --split--> train / eval --(DNA) reverse-complement augmentation--> collator
+          --split--> train / eval --augmentation (DNA: reverse complements; SMILES: random spellings)--> collator
 
 - Records stream from `bioxlstm.io.read_records` into an Arrow table that `datasets` caches on disk
   and memory-maps (`streaming: true` builds an `IterableDataset` instead, for corpora larger than
@@ -20,6 +20,11 @@ The pipeline, the same for every domain:
 - Without separate eval files, an example goes to the eval split when a hash of its tokens falls in
   the `eval_fraction`: the split is the same on every run, in streaming and map-style mode alike,
   and identical examples never straddle it.
+- Augmentation applies to the training split only, after the split, so the eval examples stay as
+  written and no variant of one reaches training. `smiles_spellings` (SMILES enumeration) adds to
+  every training molecule up to that many other SMILES of it, from random atom orders: a model that has
+  seen each molecule in many spellings cannot learn a small data set by heart as quickly, which
+  matters once that set is read for many epochs.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class DataSpec:
     max_length: int = 1024  # tokens per example, <cls> and <eos> included
     homologs_in_context: bool = False
     reverse_complement: bool = False  # DNA: add the reverse-complement strand of every training example
+    smiles_spellings: int = 0  # SMILES: add up to this many random spellings of every training molecule
     cut_at: str | None = None  # a token after which long records are cut (e.g. "." between molecules)
     packing: bool = True  # pack examples into one row with state resets (else pad to the longest)
     mlm_probability: float = 0.15  # objective mlm: the fraction of sequence tokens selected for the loss
@@ -77,6 +83,8 @@ class DataSpec:
             raise ValueError("no eval data: give data.eval files or a positive data.eval_fraction")
         if self.max_length < 3:
             raise ValueError(f"data.max_length must be at least 3 (<cls>, a token, <eos>), got {self.max_length}")
+        if self.smiles_spellings < 0:
+            raise ValueError(f"data.smiles_spellings must be 0 or more, got {self.smiles_spellings}")
         for name in ("mlm_probability", "rc_probability", "fim_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -174,9 +182,31 @@ def _with_reverse_complements(batch: dict, complement: list[int], eos_id: int) -
     return {"input_ids": examples}
 
 
+def _with_random_spellings(batch: dict, tokenizer: PreTrainedTokenizerBase, count: int, seed: int, max_length: int) -> dict:
+    """Every example, then up to `count` random spellings of its molecule, each as its own example.
+    A piece of a longer record (no closing <eos>) is kept as it is, without spellings; a spelling that
+    holds a token outside the vocabulary or is too long for an example is left out."""
+    from ..chem import random_spellings
+
+    examples = []
+    for ids in batch["input_ids"]:
+        examples.append(ids)
+        if ids[-1] != tokenizer.eos_token_id:
+            continue
+        smiles = tokenizer.decode(ids[1:-1])
+        # Seeded by the molecule, not its place in the batch: the same spellings with any num_proc.
+        for spelling in random_spellings(smiles, count, zlib.crc32(smiles.encode(), seed)):
+            tokens = tokenizer(spelling, add_special_tokens=False)["input_ids"]
+            if tokenizer.unk_token_id not in tokens and len(tokens) + 2 <= max_length:
+                examples.append([ids[0], *tokens, ids[-1]])
+    return {"input_ids": examples}
+
+
 def build_datasets(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, domain: str):
     """(train, eval) datasets of `input_ids` examples, as described in the module docstring."""
     spec.validate()
+    if spec.smiles_spellings and domain != "smiles":
+        raise ValueError(f"data.smiles_spellings needs SMILES data; this recipe's domain is {domain}")
     cut_after = None
     if spec.cut_at is not None:
         cut_after = vocabulary_id(tokenizer, spec.cut_at)
@@ -218,5 +248,14 @@ def build_datasets(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, domain: s
         train = train.map(
             _with_reverse_complements, batched=True,
             fn_kwargs={"complement": complement_map(tokenizer), "eos_id": tokenizer.eos_token_id}, **map_options,
+        )
+    if spec.smiles_spellings:
+        train = train.map(
+            _with_random_spellings, batched=True, **map_options,
+            fn_kwargs={
+                "tokenizer": tokenizer, "count": spec.smiles_spellings, "seed": spec.seed,
+                "max_length": spec.max_length,
+            },
+            **({} if spec.streaming else {"desc": "spelling molecules"}),
         )
     return train, evaluation
