@@ -39,6 +39,30 @@ def test_mlstm_kernel_matches_stepwise_reference(seq_len):
         assert (torch.cat([h1, h2], dim=2).double() - expected).abs().max() < 1e-4
 
 
+def test_triton_lengths_are_padded_to_a_few_compiled_shapes():
+    """The Triton kernels compile once per sequence length: every length from 2 to 32,768 runs at
+    one of a few dozen lengths, each a multiple of the chunk size and at most 25% longer."""
+    for chunk in (64, 48):
+        lengths = {seq_len: kernels.compiled_length(seq_len, chunk) for seq_len in range(2, 32769)}
+        for seq_len, padded in lengths.items():
+            assert padded % chunk == 0 and seq_len <= padded <= max(1.25 * seq_len, chunk) + chunk
+        assert len(set(lengths.values())) <= 40
+
+
+def test_no_op_positions_leave_outputs_and_state_unchanged():
+    """Positions appended with closed input and open forget gates (how Triton inputs reach their
+    compiled length) change neither the real positions' outputs nor the final state."""
+    q, k, v = (torch.randn(2, 3, 37, 8) for _ in range(3))
+    igate, fgate = torch.randn(2, 3, 37), torch.randn(2, 3, 37) + 2
+    h, state = kernels.mlstm_recurrence(q, k, v, igate, fgate, None, 16, "native")
+    padded = kernels.padded_with_no_ops(kernels.compiled_length(37, 16), q, k, v, igate, fgate)
+    assert padded[0].shape[2] == 48
+    h_padded, state_padded = kernels.mlstm_recurrence(*padded, None, 16, "native")
+    assert (h_padded[:, :, :37] - h).abs().max() < 1e-5
+    for got, expected in zip(state_padded, state):
+        assert (got - expected).abs().max() < 1e-5
+
+
 def test_native_step_kernel_decodes_like_the_reference_and_the_library_step():
     """Our fused CPU step, run token by token from a fresh state, follows the recurrence, and on any
     state it returns what `mlstm_kernels`' native step returns (also for bf16 inputs)."""

@@ -131,7 +131,8 @@ def mlstm_recurrence(
 
     q, k, v: (B, NH, S, DH); igate, fgate: gate pre-activations (B, NH, S); state: (C, n, m) with
     shapes (B, NH, DH, DH), (B, NH, DH), (B, NH, 1), or None for a fresh sequence. One token uses
-    the step kernel; longer inputs the chunkwise kernel, padded to a multiple of the chunk size.
+    the step kernel; longer inputs the chunkwise kernel, padded to a multiple of the chunk size (on
+    Triton, to one of a few lengths: `compiled_length`).
     overwrite_state: the caller discards `state`, so a native step may write the new one into it.
     """
     from mlstm_kernels.torch.kernel_wrappers import wrap_chunkwise__arbitrary_sequence_length_with_padding
@@ -144,6 +145,8 @@ def mlstm_recurrence(
         return h[:, :, None].to(q.dtype), state
     # The chunkwise kernels need a multiple of the chunk size; a short prompt is one chunk.
     chunk = chunk_size if seq_len >= chunk_size or backend == "triton" else max(seq_len, 1)
+    if backend == "triton" and seq_len > 1:
+        q, k, v, igate, fgate = padded_with_no_ops(compiled_length(seq_len, chunk), q, k, v, igate, fgate)
     h, (c, n, m) = wrap_chunkwise__arbitrary_sequence_length_with_padding(
         mlstm_chunkwise_kernel=chunkwise,
         mlstm_sequence_kernel=None,
@@ -162,7 +165,30 @@ def mlstm_recurrence(
         chunk_size=chunk,
         dtype_state=torch.float32,
     )
-    return h.to(q.dtype), (c, n, m)
+    return h[:, :, :seq_len].to(q.dtype), (c, n, m)
+
+
+def compiled_length(seq_len: int, chunk_size: int) -> int:
+    """The length the Triton chunkwise kernels run `seq_len` tokens at.
+
+    Those kernels take the sequence length as a compile-time constant, so every new length compiles
+    a new set (about 15 s for a training step's on an H200): packed training rows, whose length
+    changes with every batch, spent most of a short GPU run compiling. So lengths go up to a multiple
+    of the chunk size and to one of four steps per doubling (beyond four chunks at most 25% more
+    tokens): a handful of shapes covers a whole run.
+    """
+    step = max(chunk_size, 1 << max(seq_len.bit_length() - 3, 0))
+    step = -(-step // chunk_size) * chunk_size
+    return -(-seq_len // step) * step
+
+
+def padded_with_no_ops(length: int, q, k, v, igate, fgate) -> tuple[torch.Tensor, ...]:
+    """The mLSTM inputs with no-op positions appended up to `length`: the state passes them unchanged."""
+    pad = length - q.shape[2]
+    if pad == 0:
+        return q, k, v, igate, fgate
+    q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+    return q, k, v, F.pad(igate, (0, pad), value=INPUT_GATE_CLOSED), F.pad(fgate, (0, pad), value=FORGET_GATE_OPEN)
 
 
 def slstm_scan(
