@@ -2,10 +2,12 @@
 
     OMP_NUM_THREADS=1 python scripts/build_default_models.py dna protein chem chem-icl
 
-Each name trains its recipe (see DEFAULT_RECIPES) into runs/default-<name>/ and copies the exported
-model into bioxlstm/default_models/<name>/, where `load_pretrained(name)` and `--model name` find it.
-`--resume-to-steps N` continues the last run to N steps instead (the learning-rate schedule is then
-stretched to N steps from where it stood); `--from-run DIR` installs a run trained by other means.
+Each name trains its recipe (see DEFAULT_RECIPES) into runs/default-<name>/, then any further stages
+(CONTINUATIONS) into runs/default-<name>-stage<k>/, and copies the last run's exported model into
+bioxlstm/default_models/<name>/, where `load_pretrained(name)` and `--model name` find it.
+`--resume-to-steps N` continues the first run to N steps instead (the learning-rate schedule is then
+stretched to N steps from where it stood; later stages run afresh); `--from-run DIR` installs a run
+trained by other means.
 The protein card also reports the perplexity of never-trained family members alone and with homologs in
 context; the chem card, the RDKit validity and uniqueness of 1,000 unconditional samples; the chem-icl
 card, the in-context evaluation on the ICST domains its recipe held out.
@@ -29,6 +31,17 @@ DEFAULT_RECIPES = {
     "chem": "chem-clm-tiny",
     "chem-icl": "chem-icl-tiny",
 }
+# Bundled models trained in more than one run: after the recipe as written, each stage continues the
+# previous run's model with a fresh optimizer and schedule, with these overrides of the same recipe.
+CONTINUATIONS = {
+    # chem: held-out loss 0.633 -> 0.630 and 86.6% -> 88.1% valid samples (the recipe's comment has more)
+    "chem": [["training.max_steps=5000", "training.learning_rate=5.0e-4", "training.warmup_steps=100", "training.seed=1"]],
+}
+STAGES_NOTE = (
+    "\n\nBuilt in {runs} runs by `scripts/build_default_models.py {name}`: the recipe as written{resumed}, then "
+    "{stages}, each continuing the previous run's model with a fresh optimizer; the numbers above are "
+    "those of the last run."
+)
 VALIDITY_SAMPLES = 1000
 RESUMED_NOTE = (
     "\n\nThe run was resumed from its last checkpoint and continued to {steps} steps in all (the time "
@@ -114,20 +127,34 @@ def build(name: str, resume_to_steps: int | None = None) -> Path:
     if resume_to_steps is None and run_dir.exists():
         shutil.rmtree(run_dir)
     train(recipe, run_dir, resume=resume_to_steps is not None)
-    return install(name, recipe, run_dir, resume_to_steps)
+    continuations = CONTINUATIONS.get(name, [])
+    for stage, stage_overrides in enumerate(continuations, start=2):
+        previous, run_dir = run_dir, ROOT / "runs" / f"default-{name}-stage{stage}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        recipe = default_recipe(name, [f"init_from={previous / 'model'}", "model={}", *stage_overrides])
+        train(recipe, run_dir)
+    if continuations:
+        resumed = "" if resume_to_steps is None else f" (resumed to {resume_to_steps} steps)"
+        stages = "; ".join(f"`{' '.join(stage_overrides)}`" for stage_overrides in continuations)
+        note = STAGES_NOTE.format(runs=len(continuations) + 1, name=name, resumed=resumed, stages=stages)
+    elif resume_to_steps is not None:
+        note = RESUMED_NOTE.format(steps=resume_to_steps, name=name)
+    else:
+        note = ""
+    return install(name, recipe, run_dir, note)
 
 
-def install(name: str, recipe: Recipe, run_dir: Path, resume_to_steps: int | None = None) -> Path:
-    """Copy a finished run's model into the package, with the name's extra metrics on its card."""
+def install(name: str, recipe: Recipe, run_dir: Path, note: str = "") -> Path:
+    """Copy a finished run's model into the package, with the name's extra metrics and `note` on its card."""
     target = DEFAULT_MODELS_DIRECTORY / name
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(run_dir / "model", target)
-    if name in EXTRA_METRICS or resume_to_steps is not None:
+    if name in EXTRA_METRICS or note:
         model, tokenizer = load_pretrained(target)
         card = CardInfo.from_file(target / CARD_INFO_FILE)
-        if resume_to_steps is not None:
-            card.description += RESUMED_NOTE.format(steps=resume_to_steps, name=name)
+        card.description += note
         if name in EXTRA_METRICS:
             EXTRA_METRICS[name](card, model, tokenizer, recipe)
         export(model, target, tokenizer, card)

@@ -24,7 +24,8 @@ The pipeline, the same for every domain:
   written and no variant of one reaches training. `smiles_spellings` (SMILES enumeration) adds to
   every training molecule up to that many other SMILES of it, from random atom orders: a model that has
   seen each molecule in many spellings cannot learn a small data set by heart as quickly, which
-  matters once that set is read for many epochs.
+  matters once that set is read for many epochs; it also learns to write random spellings, which it
+  keeps valid far less often, so it suits models that score or embed molecules, not generators.
 """
 
 from __future__ import annotations
