@@ -96,6 +96,10 @@ def main() -> None:
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # one mode, in a child process
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.exit("triton_compiled_lengths.py measures the Triton kernels: it needs a CUDA GPU")
     if args.mode:
         print(json.dumps(run_mode(args.mode, args.steps, args.batch, args.max_seconds)))
         return
