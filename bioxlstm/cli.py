@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
             "A recipe's objective: clm (next-token prediction, any domain), mlm (masked LM for bidirectional and "
             "RC-PS DNA models), fim-icl (protein homolog groups with fill-in-the-middle queries), molecule-icl "
             "(molecule sets, shuffled in every batch). A recipe's init_from (a model directory or bundled name) "
-            "fine-tunes that model instead of starting from random weights."
+            "fine-tunes that model instead of starting from random weights; with init_blocks (e.g. "
+            "[0, 1, slstm, 2, 3]) it first grows that model deeper, new blocks starting with a zero output."
         ),
     )
     train.add_argument("recipe", type=Path, help="recipe file, e.g. recipes/chem-clm-tiny.yaml")

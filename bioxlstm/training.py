@@ -9,6 +9,9 @@ A recipe is a YAML file with these sections (see `recipes/`):
     data                the fields of `bioxlstm.data.DataSpec`; paths relative to the recipe file
     init_from           optional: a saved model directory (relative to the recipe) or bundled model name
                         to fine-tune instead of starting from random weights
+    init_blocks         optional, with init_from: the blocks of the model to train, each the index of one of
+                        init_from's blocks or `mlstm` / `slstm` for a new block, e.g. [0, 1, slstm, 2, 3];
+                        the model grows deeper and starts out computing what init_from does (`grown_model`)
     model               fields of `BioXLSTMConfig` (vocabulary and special tokens come from the tokenizer);
                         with init_from, only what may change on a trained model (e.g. dropout)
     training            fields of `transformers.TrainingArguments` (output_dir comes from the command)
@@ -54,6 +57,7 @@ from .data.dna import DNADataCollatorForLanguageModeling
 from .data.protein import HomologContextCollator
 from .export import CardInfo, export
 from .models import BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMForMaskedLM
+from .models.blocks import XLSTMBlock
 from .pretrained import resolve_model, saved_tokenizer
 from .tokenization import DOMAINS, MOLECULE_SEPARATOR, complement_map, load_tokenizer
 
@@ -144,7 +148,9 @@ def _parse_yaml(text: str):
     return yaml.load(text, Loader=_RecipeLoader)
 
 
-SECTIONS = ("name", "description", "domain", "objective", "init_from", "data", "model", "training")
+SECTIONS = ("name", "description", "domain", "objective", "init_from", "init_blocks", "data", "model", "training")
+# The kinds of block `init_blocks` can add to a trained model.
+NEW_BLOCKS = ("mlstm", "slstm")
 # Set from the tokenizer and the recipe's domain, never by hand.
 DERIVED_MODEL_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "domain", "complement_map")
 
@@ -173,6 +179,7 @@ class Recipe:
     description: str = ""
     path: Path | None = None
     init_from: str | None = None  # a model directory or bundled model name to fine-tune
+    init_blocks: list[int | str] | None = None  # with init_from: the blocks of the grown model (`grown_model`)
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
@@ -200,6 +207,18 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     init_from = content.get("init_from")
     if init_from is not None and (path.parent / str(init_from) / "config.json").is_file():
         init_from = str(path.parent / str(init_from))
+    init_blocks = content.get("init_blocks")
+    if init_blocks is not None:
+        if init_from is None:
+            raise ValueError(f"{path}: init_blocks rearranges the blocks of a trained model; give init_from too")
+        if not isinstance(init_blocks, list) or not init_blocks or not all(
+            (isinstance(entry, int) and not isinstance(entry, bool) and entry >= 0) or entry in NEW_BLOCKS
+            for entry in init_blocks
+        ):
+            raise ValueError(
+                f"{path}: init_blocks must be a list whose entries are block indices of init_from (0, 1, ...) or "
+                f"{' / '.join(NEW_BLOCKS)} for a new block, got {init_blocks!r}"
+            )
     return Recipe(
         name=content.get("name", path.stem),
         domain=content["domain"],
@@ -210,6 +229,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
         description=content.get("description", ""),
         path=path,
         init_from=None if init_from is None else str(init_from),
+        init_blocks=init_blocks,
     )
 
 
@@ -393,7 +413,60 @@ def starting_model(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, objective
             f"init_from {recipe.init_from}: a {model.config.domain} model whose vocabulary is not that of the "
             f"bundled {recipe.domain} tokenizer the recipe trains with"
         )
+    if recipe.init_blocks is not None:
+        depth = model.config.num_hidden_layers
+        missing = [entry for entry in recipe.init_blocks if isinstance(entry, int) and entry >= depth]
+        if missing:
+            raise ValueError(
+                f"init_blocks names block(s) {', '.join(map(str, missing))}, but init_from {recipe.init_from} "
+                f"has {depth} blocks (0-{depth - 1})"
+            )
+        model = grown_model(model, recipe.init_blocks)
     return model
+
+
+def grown_model(model: PreTrainedModel, layout: list[int | str]) -> PreTrainedModel:
+    """A copy of `model` whose blocks are laid out as `layout` says: each entry is the index of one of
+    `model`'s blocks to copy, or `mlstm` / `slstm` for a new block with fresh weights (the xLSTM
+    initialisation at its depth).
+
+    Function-preserving growth: a new block, and every copy of an old block after its first, starts
+    with a zero contribution to the residual stream (zero output projection; an sLSTM layer's norm
+    scaled to zero). A layout that keeps every old block in order, e.g. [0, 1, 1, 2, 3, slstm], thus
+    computes exactly what `model` does, and training starts from its quality rather than from scratch.
+    """
+    config = model.config
+    slstm = [i for i, entry in enumerate(layout) if entry == "slstm" or (isinstance(entry, int) and config.is_slstm(entry))]
+    grown_config = config.__class__.from_dict(
+        {**config.to_dict(), "num_hidden_layers": len(layout), "slstm_layers": slstm}
+    )
+    grown = model.__class__(grown_config).to(device=model.device, dtype=model.dtype)
+    outside_blocks = {key: value for key, value in model.state_dict().items() if not key.startswith("backbone.blocks.")}
+    grown.load_state_dict(outside_blocks, strict=False)
+    copied = set()
+    for block, entry in zip(grown.backbone.blocks, layout):
+        if isinstance(entry, int):
+            block.load_state_dict(model.backbone.blocks[entry].state_dict())
+        if entry in copied or entry in NEW_BLOCKS:
+            _silence(block)
+        copied.add(entry)
+    return grown
+
+
+@torch.no_grad()
+def _silence(block: torch.nn.Module) -> None:
+    """Make a residual block (or the RC-equivariant wrapper of one) add nothing to its input."""
+    for module in block.modules():
+        if isinstance(module, XLSTMBlock):
+            if module.is_slstm:
+                module.xlstm.group_norm.weight.fill_(-1.0)  # the norm's scale is 1 + weight
+                outputs = [module.ffn.proj_down]
+            else:
+                outputs = [module.xlstm.proj_down]
+            for layer in outputs:
+                layer.weight.zero_()
+                if layer.bias is not None:
+                    layer.bias.zero_()
 
 
 def build_trainer(recipe: Recipe, output_dir: str | Path) -> RecipeTrainer:
@@ -467,6 +540,9 @@ def export_trained_model(trainer: Trainer, recipe: Recipe, directory: Path, metr
     args = trainer.args
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     starting_point = "" if recipe.init_from is None else f", starting from `{recipe.init_from}`,"
+    if recipe.init_blocks is not None:
+        blocks = ", ".join(map(str, recipe.init_blocks))
+        starting_point = f", starting from `{recipe.init_from}` grown to the blocks [{blocks}] (`init_blocks`),"
     description = (
         f"{recipe.description.strip()}\n\n"
         f"Trained with the `{recipe.name}` recipe (objective `{recipe.objective}`) for "

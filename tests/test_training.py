@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import bioxlstm
+from bioxlstm import BioXLSTMForMaskedLM
 from bioxlstm.cli import main
 from bioxlstm.data import DataSpec, build_datasets, causal_lm_collator
 from bioxlstm.data.protein import sentinel_ids, undo_fill_in_the_middle
-from bioxlstm.training import OBJECTIVES, build_trainer, load_recipe, starting_model, train
+from bioxlstm.training import OBJECTIVES, build_trainer, grown_model, load_recipe, starting_model, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
@@ -270,6 +271,46 @@ def test_a_recipe_fine_tunes_a_saved_model_when_told_to_start_from_it(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="init_from protein: a protein model whose vocabulary is not that of the bundled smiles"):
         build_trainer(load_recipe(RECIPES / "chem-icl-tiny.yaml", small(tmp_path, "init_from=protein", "model={}")), tmp_path / "x")
+
+
+@pytest.mark.parametrize("rcps", [False, True])
+def test_a_grown_model_computes_what_it_grew_from_and_its_new_blocks_learn(rcps):
+    start = tiny_model()  # blocks: mLSTM, sLSTM, mLSTM
+    if rcps:
+        config = start.config.__class__.from_dict({**start.config.to_dict(), "rcps": True, "complement_map": list(range(11, -1, -1))})
+        start = BioXLSTMForMaskedLM(config).eval()
+        with torch.no_grad():
+            for p in start.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+    layout = [0, 1, 1, "mlstm", 2, 2, "slstm"]
+    grown = grown_model(start, layout)
+    assert grown.config.num_hidden_layers == 7 and grown.config.slstm_layers == [1, 2, 6]
+    ids = torch.randint(3, 12, (2, 21))
+    with torch.no_grad():
+        assert torch.equal(grown(input_ids=ids).logits, start(input_ids=ids).logits)
+    grown.train()
+    grown(input_ids=ids, labels=ids).loss.backward()
+    for index in (2, 3, 5, 6):  # the silenced blocks: their output layers are the first to move
+        gradients = [p.grad for name, p in grown.backbone.blocks[index].named_parameters() if "proj_down" in name or "group_norm" in name]
+        assert gradients and any(g is not None and g.abs().sum() > 0 for g in gradients), index
+
+
+def test_a_recipe_grows_the_model_it_starts_from(tmp_path):
+    start, tokenizer = bioxlstm.pretrained.load_pretrained("chem")
+    grow = ["init_from=chem", "model={}", "init_blocks=[0, 1, slstm, 2, 3, 3]"]
+    trainer = build_trainer(load_recipe(CHEM_TINY, small(tmp_path, *grow)), tmp_path / "run")
+    assert trainer.model.config.num_hidden_layers == 6 and trainer.model.config.slstm_layers == [2]
+    ids = tokenizer(["CC(=O)Oc1ccccc1C(=O)O", "c1ccc2[nH]ccc2c1"], return_tensors="pt", padding=True)
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.equal(trainer.model(**ids).logits, start(**ids).logits)
+
+    with pytest.raises(ValueError, match="init_blocks names block.s. 4, but init_from chem has 4 blocks .0-3."):
+        build_trainer(load_recipe(CHEM_TINY, small(tmp_path, "init_from=chem", "model={}", "init_blocks=[0, 4]")), tmp_path / "x")
+    with pytest.raises(ValueError, match="init_blocks rearranges the blocks of a trained model; give init_from too"):
+        load_recipe(CHEM_TINY, ["init_blocks=[0, 1]"])
+    with pytest.raises(ValueError, match="entries are block indices of init_from .0, 1, .... or mlstm / slstm"):
+        load_recipe(CHEM_TINY, ["init_from=chem", "init_blocks=[0, lstm]"])
 
 
 def test_examples_start_with_cls_and_end_with_eos_only_where_a_sequence_ends(tmp_path):
