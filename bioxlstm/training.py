@@ -539,10 +539,8 @@ def export_trained_model(trainer: Trainer, recipe: Recipe, directory: Path, metr
     card_metrics = {key: value for key, value in metrics.items() if key in ("eval_loss", "eval_perplexity")}
     args = trainer.args
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    starting_point = "" if recipe.init_from is None else f", starting from `{recipe.init_from}`,"
-    if recipe.init_blocks is not None:
-        blocks = ", ".join(map(str, recipe.init_blocks))
-        starting_point = f", starting from `{recipe.init_from}` grown to the blocks [{blocks}] (`init_blocks`),"
+    grown = "" if recipe.init_blocks is None else f" grown to the blocks [{', '.join(map(str, recipe.init_blocks))}] (`init_blocks`)"
+    starting_point = "" if recipe.init_from is None else f", starting from `{recipe.init_from}`{grown},"
     description = (
         f"{recipe.description.strip()}\n\n"
         f"Trained with the `{recipe.name}` recipe (objective `{recipe.objective}`) for "

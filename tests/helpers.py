@@ -12,9 +12,12 @@ import bioxlstm
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 
-def tiny_model(slstm_layers=(1,), chunk_size=16, vocab_size=12, perturb=0.1, **overrides) -> bioxlstm.BioXLSTMForCausalLM:
-    """A small causal model whose weights are moved away from the initialisation, so that
-    zero-initialised parts (recurrent matrices, norm offsets) take part in every comparison."""
+def tiny_model(
+    slstm_layers=(1,), chunk_size=16, vocab_size=12, perturb=0.1, model_class=bioxlstm.BioXLSTMForCausalLM, **overrides
+) -> bioxlstm.models.BioXLSTMPreTrainedModel:
+    """A small model (causal unless `model_class` says otherwise) whose weights are moved away from the
+    initialisation, so that zero-initialised parts (recurrent matrices, norm offsets) take part in every
+    comparison."""
     config = bioxlstm.BioXLSTMConfig(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -24,7 +27,7 @@ def tiny_model(slstm_layers=(1,), chunk_size=16, vocab_size=12, perturb=0.1, **o
         chunk_size=chunk_size,
         **{"kernel": "native", "pad_token_id": 0, **overrides},
     )
-    model = bioxlstm.BioXLSTMForCausalLM(config)
+    model = model_class(config)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * perturb)

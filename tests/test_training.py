@@ -275,13 +275,8 @@ def test_a_recipe_fine_tunes_a_saved_model_when_told_to_start_from_it(tmp_path):
 
 @pytest.mark.parametrize("rcps", [False, True])
 def test_a_grown_model_computes_what_it_grew_from_and_its_new_blocks_learn(rcps):
-    start = tiny_model()  # blocks: mLSTM, sLSTM, mLSTM
-    if rcps:
-        config = start.config.__class__.from_dict({**start.config.to_dict(), "rcps": True, "complement_map": list(range(11, -1, -1))})
-        start = BioXLSTMForMaskedLM(config).eval()
-        with torch.no_grad():
-            for p in start.parameters():
-                p.add_(torch.randn_like(p) * 0.1)
+    strands = {"rcps": True, "complement_map": list(range(11, -1, -1)), "model_class": BioXLSTMForMaskedLM}
+    start = tiny_model(**(strands if rcps else {}))  # blocks: mLSTM, sLSTM, mLSTM
     layout = [0, 1, 1, "mlstm", 2, 2, "slstm"]
     grown = grown_model(start, layout)
     assert grown.config.num_hidden_layers == 7 and grown.config.slstm_layers == [1, 2, 6]
