@@ -1,0 +1,53 @@
+"""`bioxlstm export`: a saved model as a self-contained Hugging Face model directory."""
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(commands) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write a model as a self-contained Hugging Face directory",
+        description=(
+            "Write a saved model as a Hugging Face model directory: safetensors weights, config.json with "
+            "auto_map, the model code (so it loads with trust_remote_code=True where bioxlstm is not "
+            "installed), the tokenizer and a model card (README.md with YAML metadata)."
+        ),
+    )
+    export.add_argument("--model", required=True, help="directory of a saved Bio-xLSTM model")
+    export.add_argument("--output", required=True, type=Path, help="directory to create (must not exist or be empty)")
+    export.add_argument(
+        "--data-card", action="append", type=Path, default=[], metavar="FILE",
+        help="data card (markdown) of the training data; repeat for several; default: the model's own card",
+    )
+    export.add_argument(
+        "--metrics", type=Path, metavar="FILE.json",
+        help='held-out numbers for the card, a JSON object such as {"eval_perplexity": 3.7}',
+    )
+    export.add_argument("--description", default=None, help="a paragraph describing the model for its card")
+    export.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    import json
+
+    from ..export import CARD_INFO_FILE, CardInfo, export
+    from ..pretrained import load_pretrained
+
+    if args.output.exists() and any(args.output.iterdir()):
+        raise FileExistsError(f"{args.output}: exists and is not empty; choose a new directory")
+    own_card = Path(args.model) / CARD_INFO_FILE
+    card = CardInfo.from_file(own_card) if own_card.is_file() else CardInfo()
+    if args.data_card:
+        card.training_data = {path.stem: path.read_text() for path in args.data_card}
+    if args.metrics:
+        metrics = json.loads(args.metrics.read_text())
+        if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+            raise ValueError(f"{args.metrics}: expected a JSON object of metric names to numbers")
+        card.metrics = metrics
+    if args.description:
+        card.description = args.description
+    model, tokenizer = load_pretrained(args.model)
+    export(model, args.output, tokenizer, card)
+    print(f"exported {type(model).__name__} to {args.output}", file=sys.stderr)

@@ -1,0 +1,41 @@
+"""`bioxlstm info`: a model's architecture, size, domain and card."""
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(commands) -> None:
+    info = commands.add_parser("info", help="describe a model", description="Show a model's architecture, size, domain and card.")
+    info.add_argument("--model", required=True, help="a saved model directory (or a bundled default)")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    import json
+
+    from ..pretrained import load_pretrained
+
+    model, tokenizer = load_pretrained(args.model)
+    config = model.config
+    card = Path(args.model) / "README.md"
+    summary = {
+        "model": str(args.model),
+        "architecture": type(model).__name__,
+        "domain": config.domain,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "blocks": ["sLSTM" if config.is_slstm(i) else "mLSTM" for i in range(config.num_hidden_layers)],
+        "hidden_size": config.hidden_size,
+        "vocab_size": config.vocab_size,
+        "tokenizer": None if tokenizer is None else type(tokenizer).__name__,
+        "config": config.to_diff_dict(),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    for key, value in summary.items():
+        if key != "config":
+            print(f"{key}: {value}")
+    if card.is_file():
+        print()
+        print(card.read_text())

@@ -1,0 +1,116 @@
+"""`bioxlstm score`: log-likelihood and perplexity of sequences, alone or after homologs, and variant effects."""
+
+import argparse
+
+from .options import input_options, input_records, load_model, model_options
+
+
+def add_parser(commands) -> None:
+    score = commands.add_parser(
+        "score", parents=[model_options(), input_options(input_required=False)],
+        help="log-likelihood and perplexity of sequences, or variant effects",
+        description=(
+            "Score every sequence of --input by its log-likelihood (natural log, including its end) and perplexity, "
+            "optionally after homologs (--context). With --wildtype and --mutants, score variant effects instead: "
+            "log p(mutant | context) - log p(wild type | context) per mutant. A mutant that does not match the wild "
+            "type stops the run before anything is scored, with one line naming its row."
+        ),
+    )
+    variants = score.add_argument_group("variant effects and homolog context (protein models)")
+    variants.add_argument("--wildtype", help="sequence file holding the one wild-type sequence (FASTA, ...)")
+    variants.add_argument("--mutants", help="CSV or TSV with one mutant per row: codes like A24C:D30E (1-based) or full sequences")
+    variants.add_argument("--mutant-column", default="mutant", help="the column of --mutants holding them (default: mutant)")
+    variants.add_argument("--context", help="homologs read before every scored sequence: A3M, Stockholm or FASTA (.gz ok)")
+    variants.add_argument("--max-context-tokens", type=int, default=None, help="read homologs while the context stays within N tokens")
+    variants.add_argument(
+        "--no-reuse-context-state", action="store_true",
+        help="read the context again for every sequence instead of copying its state (same scores, slower; for checking)",
+    )
+    score.add_argument("--output", default="-", help="table: .csv, .tsv or .parquet; - for stdout (default)")
+    score.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    score.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    import json
+
+    import pandas as pd
+
+    from ..io import write_table
+    from ..tasks import score_records
+
+    if args.wildtype or args.mutants:
+        _variant_scoring(args)
+        return
+    if args.input is None:
+        raise ValueError("score needs --input (sequences to score) or --wildtype and --mutants (variant effects)")
+    if args.context:
+        _context_scoring(args)
+        return
+    model, tokenizer = load_model(args)
+    scores = score_records(
+        model, tokenizer, input_records(args, model), rc_invariant=args.rc_invariant,
+        window=args.window, batch_size=args.batch_size,
+    )
+    if args.json:
+        for score in scores:
+            print(json.dumps(vars(score)))
+        return
+    write_table(pd.DataFrame([vars(score) for score in scores], columns=["id", "length", "log_likelihood", "perplexity"]), args.output)
+
+
+def _context_scoring(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ..io import write_table
+    from ..tasks.protein import load_context, perplexity, sequence_log_likelihoods
+
+    model, tokenizer = load_model(args)
+    records = list(input_records(args, model))
+    context = load_context(args.context, max_tokens=args.max_context_tokens)
+    log_likelihoods = sequence_log_likelihoods(
+        model, tokenizer, [r.sequence for r in records], context,
+        reuse_context_state=not args.no_reuse_context_state, batch_size=args.batch_size,
+    )
+    rows = [
+        (r.id, len(r.sequence), value, perplexity(value, len(r.sequence) + 1)) for r, value in zip(records, log_likelihoods)
+    ]
+    write_table(pd.DataFrame(rows, columns=["id", "length", "log_likelihood", "perplexity"]), args.output)
+
+
+def _variant_scoring(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ..io import InputError, format_from_path, read_records, write_table
+    from ..tasks.protein import apply_mutant, score_variants
+
+    if not (args.wildtype and args.mutants):
+        raise ValueError("variant-effect scoring needs both --wildtype and --mutants")
+    wildtypes = list(read_records(args.wildtype, domain="protein"))
+    if len(wildtypes) != 1:
+        raise InputError(f"{args.wildtype}: expected one wild-type sequence, found {len(wildtypes)}")
+    wildtype = wildtypes[0].sequence
+    separator = {"csv": ",", "tsv": "\t"}.get(format_from_path(args.mutants))
+    if separator is None:
+        raise InputError(f"{args.mutants}: mutants are read from a CSV or TSV file")
+    table = pd.read_csv(args.mutants, sep=separator, dtype=str, keep_default_na=False)
+    if args.mutant_column not in table.columns:
+        raise InputError(
+            f"{args.mutants}: no column {args.mutant_column!r} (available: {', '.join(map(str, table.columns))})"
+        )
+    problems = []
+    for row, code in enumerate(table[args.mutant_column], start=2):  # line 1 is the header
+        try:
+            apply_mutant(wildtype, code)
+        except ValueError as problem:
+            problems.append(f"line {row}: {problem}")
+    if problems:
+        more = f" ({len(problems) - 1} more rows do not match the wild type)" if len(problems) > 1 else ""
+        raise InputError(f"{args.mutants}: {problems[0]}{more}; nothing was scored")
+    model, tokenizer = load_model(args)
+    table["score"] = score_variants(
+        model, tokenizer, wildtype, list(table[args.mutant_column]), context=args.context,
+        reuse_context_state=not args.no_reuse_context_state, max_context_tokens=args.max_context_tokens,
+        batch_size=args.batch_size,
+    )
+    write_table(table, args.output)

@@ -1,0 +1,44 @@
+"""`bioxlstm train`: train or fine-tune a model from a recipe."""
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(commands) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train or fine-tune a model from a recipe",
+        description=(
+            "Train a model from a YAML recipe (see recipes/). Runs on one CPU or GPU as is, and as DDP under "
+            "`torchrun --nproc_per_node N -m bioxlstm.cli train ...` or `accelerate launch`. Writes checkpoints, "
+            "log.csv, TensorBoard logs, loss_curve.png and the final model (OUTPUT_DIR/model) with its card."
+        ),
+        epilog=(
+            "A recipe's objective: clm (next-token prediction, any domain), mlm (masked LM for bidirectional and "
+            "RC-PS DNA models), fim-icl (protein homolog groups with fill-in-the-middle queries), molecule-icl "
+            "(molecule sets, shuffled in every batch). A recipe's init_from (a model directory or bundled name) "
+            "fine-tunes that model instead of starting from random weights; with init_blocks (e.g. "
+            "[0, 1, slstm, 2, 3]) it first grows that model deeper, new blocks starting with a zero output."
+        ),
+    )
+    train.add_argument("recipe", type=Path, help="recipe file, e.g. recipes/chem-clm-tiny.yaml")
+    train.add_argument("--output-dir", type=Path, help="where the run writes (default: runs/RECIPE_NAME)")
+    train.add_argument(
+        "--resume", action="store_true",
+        help="continue from the newest checkpoint in the output directory, with the same data order",
+    )
+    train.add_argument(
+        "overrides", nargs="*", metavar="SECTION.KEY=VALUE",
+        help="change the recipe, e.g. training.max_steps=20 model.hidden_size=64 data.packing=false",
+    )
+    train.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..training import load_recipe, train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    trainer = train(recipe, args.output_dir, resume=args.resume)
+    if trainer.is_world_process_zero():
+        print(f"trained {recipe.name}: model in {Path(trainer.args.output_dir) / 'model'}", file=sys.stderr)
