@@ -461,6 +461,20 @@ def test_save_and_load_round_trip(tmp_path, tie):
         assert loaded.lm_head.weight.data_ptr() == loaded.backbone.embeddings.weight.data_ptr()
 
 
+@pytest.mark.parametrize("head", ["BioXLSTMForSequenceClassification", "BioXLSTMForTokenClassification"])
+def test_a_new_head_on_a_saved_model_starts_from_small_random_weights(tmp_path, head):
+    """Fine-tuning starts with `from_pretrained(saved_lm, num_labels=...)`: the backbone is the saved
+    one, and the new classifier, which the checkpoint lacks, is initialised (not left as whatever
+    memory it was allocated in)."""
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    classifier = getattr(bioxlstm, head).from_pretrained(tmp_path, num_labels=3)
+    assert torch.equal(classifier.backbone.embeddings.weight, model.backbone.embeddings.weight)
+    weight, bias = classifier.classifier.weight, classifier.classifier.bias
+    assert torch.isfinite(weight).all() and 0 < weight.std() < 0.5
+    assert torch.equal(bias, torch.zeros_like(bias))
+
+
 # --- packed sequences -------------------------------------------------------------------------
 
 

@@ -191,6 +191,11 @@ class BioXLSTMPreTrainedModel(PreTrainedModel):
                     init.zeros_(linear.bias)
         elif isinstance(module, LanguageModelHead):
             init.normal_(module.weight, std=small)
+        elif module is getattr(self, "classifier", None):
+            # A new head on a pretrained backbone (`from_pretrained(..., num_labels=2)`) is created
+            # empty and filled only here: without this branch it would start as uninitialised memory.
+            init.normal_(module.weight, std=small)
+            init.zeros_(module.bias)
 
 
 class LanguageModelHead(nn.Linear):
