@@ -6,10 +6,10 @@ import os
 import sys
 
 from . import __version__
-from .commands import embed, evaluate, export, generate, info, inpaint, score, train
+from .commands import convert, embed, evaluate, export, generate, info, inpaint, score, train
 
 # In the order `--help` lists them.
-COMMANDS = (generate, embed, score, inpaint, info, export, evaluate, train)
+COMMANDS = (generate, embed, score, inpaint, info, export, convert, evaluate, train)
 # Mistakes a user can make; they are reported in one line, without a traceback (unless --debug).
 USER_ERRORS = (ValueError, OSError)
 

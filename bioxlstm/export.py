@@ -32,6 +32,7 @@ class CardInfo:
     training_data: dict[str, str] = field(default_factory=dict)  # data set name -> its data card (markdown)
     metrics: dict[str, float] = field(default_factory=dict)  # e.g. {"eval_perplexity": 3.7}
     description: str = ""
+    license: str = ""  # a Hub license identifier, e.g. "apache-2.0"; empty: the card states none
 
     @classmethod
     def from_file(cls, path: Path) -> "CardInfo":
@@ -61,6 +62,7 @@ def model_card(model: PreTrainedModel, card: CardInfo) -> str:
     parameters = sum(p.numel() for p in model.parameters())
     domain = DOMAIN_NAMES.get(config.domain, "any tokenised sequence")
     metadata = {
+        **({"license": card.license} if card.license else {}),
         "library_name": "transformers",
         "pipeline_tag": pipeline_tag,
         "tags": ["bioxlstm", "xlstm", *([config.domain] if config.domain else [])],

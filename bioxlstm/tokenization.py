@@ -223,5 +223,11 @@ def sequence_token_ids(tokenizer: PreTrainedTokenizerFast, domain: str) -> list[
     return sorted(
         token_id
         for token, token_id in tokenizer.get_vocab().items()
-        if token not in tokenizer.all_special_tokens and alphabet.invalid_position(token) is None
+        if token not in tokenizer.all_special_tokens
+        and (alphabet.invalid_position(token) is None or (domain == "smiles" and _SMILES_PIECE.fullmatch(token)))
     )
+
+
+# Converted Chem-xLSTM tokenizers split bracket atoms into `[`, `C`, `@`, `H`, `]`: pieces of SMILES
+# that the atom-level pattern does not accept on their own, but that generation must be able to sample.
+_SMILES_PIECE = re.compile(r"[A-Za-z0-9\[\]()=#$/\\\-+.:~@?>*%]+")

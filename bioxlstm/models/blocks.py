@@ -131,8 +131,8 @@ class GatedFeedForward(nn.Module):
     def __init__(self, config: BioXLSTMConfig):
         super().__init__()
         inner = config.ffn_inner_size
-        self.proj_up = nn.Linear(config.block_width, 2 * inner, bias=config.bias)
-        self.proj_down = nn.Linear(inner, config.block_width, bias=config.bias)
+        self.proj_up = nn.Linear(config.block_width, 2 * inner, bias=config.ffn_has_bias)
+        self.proj_down = nn.Linear(inner, config.block_width, bias=config.ffn_has_bias)
         self.act_fn = ACTIVATIONS[config.ffn_activation]
         self.dropout = nn.Dropout(config.dropout)
 
@@ -159,6 +159,8 @@ class MLSTMLayer(nn.Module):
         self.num_heads = config.num_heads
         self.chunk_size = config.chunk_size
         self.kernel = config.kernel
+        self.rope_pairing, self.rope_span = config.rope_pairing, config.rope_span
+        self.rope_gates_read_rotated = config.rope_gates_read_rotated
         blocks = inner // config.qkv_proj_blocksize
         self.proj_up = nn.Linear(config.block_width, 2 * inner, bias=config.bias)
         self.q_proj = HeadwiseLinear(inner, blocks, config.bias)
@@ -190,7 +192,10 @@ class MLSTMLayer(nn.Module):
         x_conv, conv_state = self.conv1d(x_mlstm, conv_state, reset)
         x_conv = F.silu(x_conv)
         q, k, v = self.q_proj(x_conv), self.k_proj(x_conv), self.v_proj(x_mlstm)
-        gate_input = torch.cat([q, k, v], dim=-1)
+        rotated = (self._rotate(q, rotary), self._rotate(k, rotary)) if rotary is not None else (q, k)
+        # Position-free gates read the unrotated q and k (our default); Prot-xLSTM's read the rotated ones.
+        gate_input = torch.cat([*(rotated if self.rope_gates_read_rotated else (q, k)), v], dim=-1)
+        q, k = rotated
         igate, fgate = self.igate(gate_input), self.fgate(gate_input)  # (B, S, NH)
         if keep is not None:
             igate = igate.masked_fill(~keep.unsqueeze(-1), INPUT_GATE_CLOSED)
@@ -202,8 +207,6 @@ class MLSTMLayer(nn.Module):
             return t.view(batch, seq_len, self.num_heads, -1).transpose(1, 2)
 
         q, k = heads(q), heads(k)
-        if rotary is not None:  # the gates above read the unrotated q and k: they do not depend on position
-            q, k = apply_rotary(q, rotary), apply_rotary(k, rotary)
         h, cell_state = mlstm_recurrence(
             q,
             k,
@@ -218,6 +221,14 @@ class MLSTMLayer(nn.Module):
         h = self.outnorm(h.transpose(1, 2))
         h = (h + self.learnable_skip * x_conv) * F.silu(z)
         return self.dropout(self.proj_down(h)), (*cell_state, conv_state)
+
+    def _rotate(self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Rotate q or k (B, S, inner) by position, per head or across the whole inner width."""
+        batch, seq_len, _ = x.shape
+        if self.rope_span == "inner":
+            return apply_rotary(x[:, None], rotary, self.rope_pairing)[:, 0]
+        per_head = x.view(batch, seq_len, self.num_heads, -1).transpose(1, 2)
+        return apply_rotary(per_head, rotary, self.rope_pairing).transpose(1, 2).reshape(batch, seq_len, -1)
 
 
 class SLSTMLayer(nn.Module):
@@ -250,9 +261,11 @@ class SLSTMLayer(nn.Module):
         reset: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         overwrite_state: bool = False,
+        head_flip_rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple]:
         """rotary and overwrite_state are accepted for a uniform block interface and unused: the
-        sLSTM has no q and k, and its state is small."""
+        sLSTM has no q and k, and its state is small. head_flip_rows: (B,) bool, rows whose heads
+        go into the group norm in reverse order and stay so (`config.rcps_slstm_head_flip`)."""
         batch, seq_len, dim = x.shape
         cell_state, conv_state = state if state is not None else (None, None)
         x = _mask_padding(x, keep)
@@ -270,23 +283,32 @@ class SLSTMLayer(nn.Module):
             keep,
             reset,
         )
-        return self.group_norm(self.dropout(h)), (cell_state, conv_state)
+        h = self.dropout(h)
+        if head_flip_rows is not None:
+            h = torch.where(head_flip_rows.view(-1, 1, 1, 1), h.flip(2), h)
+        return self.group_norm(h), (cell_state, conv_state)
 
 
 class XLSTMBlock(GradientCheckpointingLayer):
     """Pre-norm residual block around an mLSTM or sLSTM layer; sLSTM blocks add a gated
     feed-forward with its own pre-norm.
 
-    Bidirectional blocks run the same layer (same weights) on the normed input and on its
-    reversal within each row's valid span, flip the second output back and combine the two with
-    `config.bidirectional_combine` before the residual; the feed-forward runs once. They have no
-    recurrent state to carry, so `state` must be None.
+    Bidirectional blocks (`config.bidirectional_mode`): "mixer" runs the same layer (same
+    weights) on the normed input and on its reversal within each row's valid span, flips the second
+    output back and combines the two with `config.bidirectional_combine` before the residual (the
+    feed-forward runs once); "block" does the same with the whole block, residual and feed-forward
+    included; "alternating" runs the whole block once, on the reversal in even-numbered blocks.
+    Rotary positions are the same in both directions: position t of the reversal turns by t. They
+    have no recurrent state to carry, so `state` must be None.
     """
 
     def __init__(self, config: BioXLSTMConfig, layer_idx: int):
         super().__init__()
         self.is_slstm = config.is_slstm(layer_idx)
         self.combine_directions = DIRECTION_COMBINERS[config.bidirectional_combine] if config.bidirectional else None
+        self.bidirectional_mode = config.bidirectional_mode
+        self.reversed_input = config.bidirectional and config.bidirectional_mode == "alternating" and layer_idx % 2 == 0
+        self.rcps_slstm_head_flip = config.rcps_slstm_head_flip
         self.xlstm_norm = LayerNorm(config.block_width, config.norm_eps)
         self.xlstm = SLSTMLayer(config, layer_idx) if self.is_slstm else MLSTMLayer(config)
         if self.is_slstm:
@@ -301,24 +323,47 @@ class XLSTMBlock(GradientCheckpointingLayer):
         reset: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         overwrite_state: bool = False,
+        rc_rows: torch.Tensor | None = None,
     ):
-        normed = self.xlstm_norm(x)
+        """rc_rows: (B,) bool, the rows that hold the reverse-complement strand view (set by
+        `rc.ReverseComplementShared`); read only with `config.rcps_slstm_head_flip`."""
+        head_flip_rows = rc_rows if self.rcps_slstm_head_flip and self.is_slstm else None
         if self.combine_directions is None:
-            y, state = self.xlstm(normed, state, keep, reset, rotary, overwrite_state)
-        else:
-            if state is not None:
-                raise ValueError("a bidirectional block has no recurrent state to continue from")
-            if reset is not None:
-                raise ValueError("a bidirectional block cannot read packed rows (seq_idx); pad the sequences instead")
-            index = reversal_index(valid_positions(keep, x))
-            both_keep = None if keep is None else keep.repeat(2, 1)
-            both, _ = self.xlstm(torch.cat([normed, reverse_positions(normed, index)]), None, both_keep)
+            return self._body(x, state, keep, reset, rotary, overwrite_state, head_flip_rows)
+        if state is not None:
+            raise ValueError("a bidirectional block has no recurrent state to continue from")
+        if reset is not None:
+            raise ValueError("a bidirectional block cannot read packed rows (seq_idx); pad the sequences instead")
+        index = reversal_index(valid_positions(keep, x))
+        if self.bidirectional_mode == "alternating":
+            if not self.reversed_input:
+                return self._body(x, None, keep, None, rotary, False, head_flip_rows)
+            y, _ = self._body(reverse_positions(x, index), None, keep, None, rotary, False, head_flip_rows)
+            return reverse_positions(y, index), None
+        both_keep = None if keep is None else keep.repeat(2, 1)
+        both_rotary = None if rotary is None else tuple(t.repeat(2, *(1,) * (t.dim() - 1)) for t in rotary)
+        both_rows = None if head_flip_rows is None else head_flip_rows.repeat(2)
+        if self.bidirectional_mode == "block":
+            both, _ = self._body(torch.cat([x, reverse_positions(x, index)]), None, both_keep, None, both_rotary, False, both_rows)
             forward, backward = both.chunk(2)
-            y = self.combine_directions(forward, reverse_positions(backward, index))
-        x = x + y
-        if self.is_slstm:
-            x = x + self.ffn(self.ffn_norm(x))
-        return x, state
+            return self.combine_directions(forward, reverse_positions(backward, index)), None
+        normed = self.xlstm_norm(x)
+        both, _ = self._mix(torch.cat([normed, reverse_positions(normed, index)]), None, both_keep, None, both_rotary, False, both_rows)
+        forward, backward = both.chunk(2)
+        return self._feed_forward(x + self.combine_directions(forward, reverse_positions(backward, index))), None
+
+    def _mix(self, normed, state, keep, reset, rotary, overwrite_state, head_flip_rows):
+        if head_flip_rows is None:  # mLSTM layers take no head_flip_rows
+            return self.xlstm(normed, state, keep, reset, rotary, overwrite_state)
+        return self.xlstm(normed, state, keep, reset, rotary, overwrite_state, head_flip_rows=head_flip_rows)
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ffn(self.ffn_norm(x)) if self.is_slstm else x
+
+    def _body(self, x, state, keep, reset, rotary, overwrite_state, head_flip_rows):
+        """The block in one direction: residual mixer, then the residual feed-forward."""
+        y, state = self._mix(self.xlstm_norm(x), state, keep, reset, rotary, overwrite_state, head_flip_rows)
+        return self._feed_forward(x + y), state
 
 
 def small_init_std(dim: int) -> float:

@@ -7,8 +7,11 @@ from transformers import PretrainedConfig
 KERNEL_CHOICES = ("auto", "native", "triton")
 DOMAINS = (None, "dna", "protein", "smiles")
 BIDIRECTIONAL_COMBINE_CHOICES = ("add", "mean")
+BIDIRECTIONAL_MODES = ("mixer", "block", "alternating")
 POOLING_CHOICES = ("mean", "max", "first", "last")
 POSITION_EMBEDDINGS = ("none", "rotary")
+ROPE_PAIRINGS = ("half", "interleaved")
+ROPE_SPANS = ("head", "inner")
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -50,8 +53,9 @@ class BioXLSTMConfig(PretrainedConfig):
             used to pick its tokenizer and describe it; None for a domain-free model.
         bidirectional: every block also runs its layer, with the same weights, on the sequence
             reversed within its valid span, and combines the two outputs before the residual (the
-            weight tying of DNA-xLSTM and Caduceus). The model then sees the whole sequence at every
-            position: it has no recurrent decoding (no cache, no `generate`, no causal LM head).
+            weight tying of Caduceus; `bidirectional_mode` chooses DNA-xLSTM's schemes). The model
+            then sees the whole sequence at every position: it has no recurrent decoding (no cache,
+            no `generate`, no causal LM head).
         bidirectional_combine: how the two directions are combined: `"add"` (forward output plus the
             flipped-back output on the reversal) or `"mean"` (half of that sum, so that the update
             has the scale of a one-directional block).
@@ -68,6 +72,25 @@ class BioXLSTMConfig(PretrainedConfig):
         pooling: how `BioXLSTMForSequenceClassification` pools the token states of each sequence,
             over valid tokens only: `"mean"`, `"max"`, `"first"` or `"last"`.
         classifier_dropout: dropout before the classification layers.
+        bidirectional_mode: what runs in both directions when `bidirectional`: `"mixer"` (the
+            default: the mLSTM/sLSTM layer runs on the normed input and on its reversal, combined
+            before one residual; the feed-forward runs once), `"block"` (the whole block, residual
+            and feed-forward included, runs on x and on its reversal and the two results are
+            combined, so the residual counts twice: DNA-xLSTM's blockwise bidirectional models) or
+            `"alternating"` (no weight-shared second pass: blocks 0, 2, 4, ... read the sequence
+            reversed and the others forward, DNA-xLSTM's `bidirectional_alternating`).
+        mlstm_inner_width: the mLSTM inner width itself, overriding `proj_factor` and its rounding
+            (checkpoints whose width was rounded otherwise, e.g. DNA-xLSTM's rounding down).
+        ffn_inner_width: the same for the feed-forward of sLSTM blocks (overrides `ffn_proj_factor`).
+        ffn_bias: bias terms in the feed-forward projections (default: `bias`); DNA-xLSTM gives
+            the mLSTM projections biases but not the feed-forward.
+        rcps_slstm_head_flip: reproduce DNA-xLSTM's RC-PS sLSTM, which in the reverse-complement
+            view reverses the order of its heads before the group norm and does not restore it.
+            That view then differs from the forward one by a head permutation, so the model is not
+            exactly RC-equivariant; only for converted DNA-xLSTM "ps" checkpoints. Needs `rcps`.
+        rope_reciprocal_frequencies: compute the rotary frequencies as 1 / rope_theta^(2i/D)
+            (DNA-xLSTM, Llama) instead of rope_theta^(-2i/D) (Prot-xLSTM, the default). Equal up to
+            float rounding, whose effect grows with the position (about 1e-3 on logits at 8k).
 
     Classification heads also read the standard `num_labels` and `problem_type` (regression when
     `num_labels == 1`).
@@ -82,6 +105,18 @@ class BioXLSTMConfig(PretrainedConfig):
             with the position in the sequence, the second half with the index of the sequence in
             the context, which counts the tokens whose position id is 0 (a sequence starts there).
             Needs a head dimension divisible by 4.
+        rope_pairing: which channels of q and k turn together: `"half"` (channel i with i + D/2, as
+            Llama does) or `"interleaved"` (2i with 2i + 1, as Prot-xLSTM and DNA-xLSTM do).
+        rope_span: the width one frequency ladder covers: `"head"` (each head turns on its own) or
+            `"inner"` (the whole mLSTM inner width, before the head split, as Prot-xLSTM does).
+        rope_gates_read_rotated: the input and forget gates read the rotated q and k (Prot-xLSTM)
+            instead of the unrotated ones (default: gates that do not depend on position).
+        position_restart_token_id: when `position_ids` are not passed, the model numbers the
+            positions itself: 0 at every token with this id (e.g. `<cls>`, which begins each
+            sequence of a homolog context, as Prot-xLSTM numbers them), counting on after it; the
+            count carries through the recurrent cache. None: positions count on from the cache.
+        max_position_id: position ids above it are clamped to it (Prot-xLSTM clamps to its
+            `max_position_embeddings - 1`); None: no clamping.
     """
 
     model_type = "bioxlstm"
@@ -122,9 +157,20 @@ class BioXLSTMConfig(PretrainedConfig):
         conjoin: bool = False,
         pooling: str = "mean",
         classifier_dropout: float = 0.0,
+        bidirectional_mode: str = "mixer",
+        mlstm_inner_width: int | None = None,
+        ffn_inner_width: int | None = None,
+        ffn_bias: bool | None = None,
+        rcps_slstm_head_flip: bool = False,
+        rope_reciprocal_frequencies: bool = False,
         position_embedding: str = "none",
         rope_theta: float = 10000.0,
         rope_sequence_index: bool = False,
+        rope_pairing: str = "half",
+        rope_span: str = "head",
+        rope_gates_read_rotated: bool = False,
+        position_restart_token_id: int | None = None,
+        max_position_id: int | None = None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -151,6 +197,12 @@ class BioXLSTMConfig(PretrainedConfig):
         self.position_embedding = position_embedding
         self.rope_theta = rope_theta
         self.rope_sequence_index = rope_sequence_index
+        self.rope_pairing = rope_pairing
+        self.rope_span = rope_span
+        self.rope_gates_read_rotated = rope_gates_read_rotated
+        self.position_restart_token_id = position_restart_token_id
+        # Not named max_position_embeddings: generate() caps its default max_length to that field.
+        self.max_position_id = max_position_id
         # Every saved head also loads as the bare backbone (feature extraction) from remote code.
         kwargs.setdefault("auto_map", {"AutoModel": "modeling_bioxlstm.BioXLSTMModel"})
         self.bidirectional = bidirectional
@@ -160,6 +212,12 @@ class BioXLSTMConfig(PretrainedConfig):
         self.conjoin = conjoin
         self.pooling = pooling
         self.classifier_dropout = classifier_dropout
+        self.bidirectional_mode = bidirectional_mode
+        self.mlstm_inner_width = mlstm_inner_width
+        self.ffn_inner_width = ffn_inner_width
+        self.ffn_bias = ffn_bias
+        self.rcps_slstm_head_flip = rcps_slstm_head_flip
+        self.rope_reciprocal_frequencies = rope_reciprocal_frequencies
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -176,6 +234,16 @@ class BioXLSTMConfig(PretrainedConfig):
             raise ValueError(
                 f"bidirectional_combine must be one of {BIDIRECTIONAL_COMBINE_CHOICES}, got {self.bidirectional_combine!r}"
             )
+        if self.bidirectional_mode not in BIDIRECTIONAL_MODES:
+            raise ValueError(f"bidirectional_mode must be one of {BIDIRECTIONAL_MODES}, got {self.bidirectional_mode!r}")
+        if self.bidirectional_mode != "mixer" and not self.bidirectional:
+            raise ValueError(f"bidirectional_mode={self.bidirectional_mode!r} needs bidirectional=True")
+        if self.rcps_slstm_head_flip and not self.rcps:
+            raise ValueError("rcps_slstm_head_flip reproduces an RC-PS quirk and needs rcps=True")
+        for name in ("mlstm_inner_width", "ffn_inner_width"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         if self.pooling not in POOLING_CHOICES:
             raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {self.pooling!r}")
         if self.rcps and self.hidden_size % 2:
@@ -213,13 +281,27 @@ class BioXLSTMConfig(PretrainedConfig):
             raise ValueError(f"position_embedding must be one of {POSITION_EMBEDDINGS}, got {self.position_embedding!r}")
         if self.rope_sequence_index and self.position_embedding != "rotary":
             raise ValueError("rope_sequence_index needs position_embedding='rotary'")
-        if self.position_embedding == "rotary" and (self.bidirectional or self.rcps):
-            raise ValueError("rotary positions are for causal models; bidirectional and RC-PS models read order from the recurrence")
+        if self.position_embedding == "rotary" and self.rcps:
+            raise ValueError("rotary positions are not supported with rcps; RC-PS models read order from the recurrence")
+        if self.rope_pairing not in ROPE_PAIRINGS:
+            raise ValueError(f"rope_pairing must be one of {ROPE_PAIRINGS}, got {self.rope_pairing!r}")
+        for name in ("position_restart_token_id", "max_position_id"):
+            value = getattr(self, name)
+            if value is not None and self.position_embedding != "rotary":
+                raise ValueError(f"{name} needs position_embedding='rotary'")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+        if self.position_restart_token_id is not None and self.position_restart_token_id >= self.vocab_size:
+            raise ValueError(
+                f"position_restart_token_id={self.position_restart_token_id} is not a token id (vocab_size={self.vocab_size})"
+            )
+        if self.rope_span not in ROPE_SPANS:
+            raise ValueError(f"rope_span must be one of {ROPE_SPANS}, got {self.rope_span!r}")
         if self.position_embedding == "rotary":
             multiple = 4 if self.rope_sequence_index else 2
-            if self.mlstm_head_dim % multiple:
+            if self.rotary_width % multiple:
                 raise ValueError(
-                    f"rotary embeddings need an mLSTM head dimension divisible by {multiple}, got {self.mlstm_head_dim}"
+                    f"rotary embeddings need a rotated width ({self.rope_span}) divisible by {multiple}, got {self.rotary_width}"
                 )
 
     def _validate_complement_map(self) -> None:
@@ -241,6 +323,8 @@ class BioXLSTMConfig(PretrainedConfig):
 
     @property
     def mlstm_inner_size(self) -> int:
+        if self.mlstm_inner_width is not None:
+            return self.mlstm_inner_width
         return _round_up(self.proj_factor * self.block_width, self.proj_round_multiple)
 
     @property
@@ -248,8 +332,19 @@ class BioXLSTMConfig(PretrainedConfig):
         return self.mlstm_inner_size // self.num_heads
 
     @property
+    def rotary_width(self) -> int:
+        """The width one rotary frequency ladder covers (`rope_span`)."""
+        return self.mlstm_inner_size if self.rope_span == "inner" else self.mlstm_head_dim
+
+    @property
     def ffn_inner_size(self) -> int:
+        if self.ffn_inner_width is not None:
+            return self.ffn_inner_width
         return _round_up(self.ffn_proj_factor * self.block_width, self.proj_round_multiple)
+
+    @property
+    def ffn_has_bias(self) -> bool:
+        return self.bias if self.ffn_bias is None else self.ffn_bias
 
     @property
     def slstm_heads(self) -> int:

@@ -45,7 +45,9 @@ class BioXLSTMCache:
     block, and ((h, c, n, m) stacked on dim 1, conv window) for an sLSTM block. `seen_tokens` counts the positions
     consumed, padding included. `sequences_started` (B,) counts, per row, the sequences begun so far
     (tokens with position id 0), which 2-D rotary embeddings (`config.rope_sequence_index`) turn
-    with; None for other models.
+    with; None for other models. `next_positions` (B,) is, per row, the position id (before any
+    clamping) the next token gets unless it restarts the numbering, for models that number positions
+    themselves (`config.position_restart_token_id`); None for other models.
     """
 
     # transformers' generate asks these of a cache passed in: a recurrent state is not one of its static
@@ -56,28 +58,42 @@ class BioXLSTMCache:
     def is_linear(self) -> list[bool]:
         return [True] * len(self.states)
 
-    def __init__(self, states: list[tuple], seen_tokens: int = 0, sequences_started: torch.Tensor | None = None):
+    def __init__(
+        self,
+        states: list[tuple],
+        seen_tokens: int = 0,
+        sequences_started: torch.Tensor | None = None,
+        next_positions: torch.Tensor | None = None,
+    ):
         self.states = states
         self.seen_tokens = seen_tokens
         self.sequences_started = sequences_started
+        self.next_positions = next_positions
         # True only for a cache that `generate` made and holds alone: its next step may then write the
         # new state into these tensors. Every other cache is left unchanged by a forward pass.
         self.owned_by_generation = False
 
-    def _with_rows(self, rows) -> tuple[list[tuple], torch.Tensor | None]:
-        """The states and sequence counts with `rows` (a function of a batch-first tensor) applied."""
-        return [_map_tensors(state, rows) for state in self.states], _map_tensors(self.sequences_started, rows)
+    def _with_rows(self, rows) -> tuple[list[tuple], torch.Tensor | None, torch.Tensor | None]:
+        """The states, sequence counts and next positions with `rows` (a function of a batch-first
+        tensor) applied."""
+        return (
+            [_map_tensors(state, rows) for state in self.states],
+            _map_tensors(self.sequences_started, rows),
+            _map_tensors(self.next_positions, rows),
+        )
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Select batch rows (beam search)."""
-        self.states, self.sequences_started = self._with_rows(lambda t: t.index_select(0, beam_idx))
+        self.states, self.sequences_started, self.next_positions = self._with_rows(
+            lambda t: t.index_select(0, beam_idx)
+        )
 
     def repeat_interleave(self, repeats: int) -> "BioXLSTMCache":
         """A new cache in which every row is repeated `repeats` times (row i becomes rows
         i*repeats .. i*repeats+repeats-1, the layout of `num_return_sequences`): a context is read
         once and many continuations start from it. This cache is left unchanged."""
-        states, sequences_started = self._with_rows(lambda t: t.repeat_interleave(repeats, dim=0))
-        return BioXLSTMCache(states, self.seen_tokens, sequences_started)
+        states, sequences_started, next_positions = self._with_rows(lambda t: t.repeat_interleave(repeats, dim=0))
+        return BioXLSTMCache(states, self.seen_tokens, sequences_started, next_positions)
 
     def tensors(self) -> list[torch.Tensor]:
         def flatten(item):
@@ -298,9 +314,11 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         if seq_idx is not None:
             reset = torch.zeros_like(seq_idx, dtype=torch.bool)
             reset[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
-        rotary, sequences_started = None, None
+        rotary, sequences_started, next_positions = None, None, None
         if self.config.position_embedding == "rotary":
-            rotary, sequences_started = self._rotary_angles(position_ids, keep, cache, len(tokens), seq_len)
+            rotary, sequences_started, next_positions = self._rotary_angles(
+                position_ids, keep, cache, len(tokens), seq_len, input_ids
+            )
         states = cache.states if cache is not None else [None] * len(self.blocks)
 
         if self.config.conjoin:
@@ -331,7 +349,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         new_cache = None
         if use_cache:
             seen = cache.seen_tokens if cache is not None else 0
-            new_cache = BioXLSTMCache(new_states, seen + seq_len, sequences_started)
+            new_cache = BioXLSTMCache(new_states, seen + seq_len, sequences_started, next_positions)
         if not return_dict:
             return tuple(v for v in (x, new_cache, hidden_states) if v is not None)
         return BioXLSTMOutput(last_hidden_state=x, cache=new_cache, hidden_states=hidden_states)
@@ -394,14 +412,25 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         cache: BioXLSTMCache | None,
         batch: int,
         seq_len: int,
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-        """The rotation (cos, sin) of q and k for this call and, for 2-D rotary, the per-row count of
-        sequences started once it is done (to carry in the cache)."""
+        input_ids: torch.Tensor | None = None,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """The rotation (cos, sin) of q and k for this call and, to carry in the cache once it is
+        done: for 2-D rotary, the per-row count of sequences started; for models that number
+        positions themselves (`config.position_restart_token_id`), the per-row next position."""
         device = self.embeddings.weight.device
-        if position_ids is None:
+        restart_id = self.config.position_restart_token_id
+        next_positions = None
+        if position_ids is None and restart_id is not None:
+            position_ids, next_positions = self._restarting_positions(input_ids, keep, cache, batch, seq_len, device)
+        elif position_ids is None:
             seen = cache.seen_tokens if cache is not None else 0
             position_ids = torch.arange(seen, seen + seq_len, device=device).expand(batch, seq_len)
         position_ids = position_ids[:, -seq_len:].to(device)
+        if restart_id is not None and next_positions is None:
+            # Positions given by the caller: a later call without them counts on from the last one.
+            next_positions = position_ids[:, -1] + 1
+        if self.config.max_position_id is not None:
+            position_ids = position_ids.clamp(max=self.config.max_position_id)
         sequence_index, sequences_started = None, None
         if self.config.rope_sequence_index:
             starts = position_ids == 0
@@ -412,8 +441,38 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             started = before[:, None] + starts.long().cumsum(dim=1)
             sequence_index = (started - 1).clamp(min=0)
             sequences_started = started[:, -1]
-        head_dim = self.config.mlstm_head_dim
-        return rotation(rotary_angles(position_ids, head_dim, self.config.rope_theta, sequence_index)), sequences_started
+        width = self.config.rotary_width
+        angles = rotary_angles(
+            position_ids, width, self.config.rope_theta, sequence_index, self.config.rope_reciprocal_frequencies
+        )
+        return rotation(angles), sequences_started, next_positions
+
+    def _restarting_positions(
+        self,
+        input_ids: torch.Tensor | None,
+        keep: torch.Tensor | None,
+        cache: BioXLSTMCache | None,
+        batch: int,
+        seq_len: int,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Position ids numbered as `config.position_restart_token_id` says (0 at every restart
+        token, counting on after it; padding does not count), continuing the numbering carried in
+        the cache, and the next position to carry on with."""
+        carried = None if cache is None else cache.next_positions
+        if carried is None:
+            carried = torch.full((batch,), cache.seen_tokens if cache is not None else 0, dtype=torch.long)
+        carried = carried.to(device)
+        counted = torch.ones(batch, seq_len, dtype=torch.long, device=device) if keep is None else keep.to(device).long()
+        count = counted.cumsum(dim=1)  # real tokens of this call up to each position, inclusive
+        if input_ids is None:  # embeddings only: no token ids to restart at
+            positions = carried[:, None] + count - 1
+        else:
+            restarts = (input_ids.to(device) == self.config.position_restart_token_id) & counted.bool()
+            count_at_restart = torch.where(restarts, count, 0).cummax(dim=1).values  # 0: none yet in this call
+            positions = torch.where(count_at_restart > 0, count - count_at_restart, carried[:, None] + count - 1)
+        # Padding before the first real token of a row would be numbered -1; it is never read.
+        return positions.clamp(min=0), positions[:, -1] + 1
 
 
 class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
@@ -459,6 +518,13 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
         if (cache := model_kwargs.get("cache")) is not None:
             cache.owned_by_generation = True
         return model_kwargs
+
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        # generate numbers positions 0..L-1 from the attention mask when the caller passes none; a
+        # model that numbers them itself (restarting at every `<cls>`) must get none instead.
+        if self.config.position_restart_token_id is not None:
+            return None
+        return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
 
     @deprecate_kwarg("cache_params", "6.0.0", new_name="cache")
     def forward(

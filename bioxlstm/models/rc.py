@@ -79,7 +79,9 @@ class ReverseComplementShared(nn.Module):
             raise ValueError("an RC-PS block cannot read packed rows (seq_idx); pad the sequences instead")
         both_keep = None if keep is None else keep.repeat(2, 1)
         index = reversal_index(valid_positions(keep, x))
-        return strand_shared(lambda views: self.block(views, None, both_keep)[0], x, index), None
+        # strand_shared stacks the forward views, then the reverse-complement ones.
+        rc_rows = torch.arange(2 * x.shape[0], device=x.device) >= x.shape[0]
+        return strand_shared(lambda views: self.block(views, None, both_keep, rc_rows=rc_rows)[0], x, index), None
 
 
 class ReverseComplementEmbedding(nn.Embedding):

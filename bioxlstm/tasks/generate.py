@@ -99,7 +99,10 @@ def generate_sequences(
         raise ValueError("--temperature must be positive")
     if seed is not None:
         torch.manual_seed(seed)
-    prompt_ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=model.device)
+    prompt_ids = torch.tensor([tokenizer(prompt)["input_ids"]], dtype=torch.long, device=model.device)
+    if prompt_ids.shape[1] == 0:
+        # e.g. a converted causal DNA-xLSTM model: it was trained on windows of bases without a start token
+        raise ValueError("this model's tokenizer adds no start token: generation needs a prompt of at least one token")
     suppressed = None
     if model.config.domain is not None:
         allowed = set(sequence_token_ids(tokenizer, model.config.domain)) | {tokenizer.eos_token_id}

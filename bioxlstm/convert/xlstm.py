@@ -1,9 +1,10 @@
-"""Conversion of checkpoints of the official `xlstm` package (`xLSTMLMModel`, the format of the
-Chem-xLSTM and DNA-xLSTM checkpoints) into `BioXLSTMForCausalLM`."""
+"""Conversion of a live model of the official `xlstm` package (`xLSTMLMModel`) into
+`BioXLSTMForCausalLM`."""
 
 import torch
 
-from .models import BioXLSTMConfig, BioXLSTMForCausalLM
+from ..models import BioXLSTMConfig, BioXLSTMForCausalLM
+from .common import xlstm_block_state
 
 _ACTIVATIONS = {"gelu": "gelu", "swish": "swish", "relu": "relu"}
 
@@ -59,25 +60,6 @@ def config_from_xlstm(xlstm_config, **overrides) -> BioXLSTMConfig:
     return BioXLSTMConfig(**fields)
 
 
-def _block_state(block, is_slstm: bool) -> dict[str, torch.Tensor]:
-    """One block's weights under our names; the only changes are the sLSTM cell's parameters
-    (read in the backend-independent layout) and the reference's swapped i/f gate projections."""
-    state = {k: v for k, v in block.state_dict().items() if not k.startswith("xlstm.slstm_cell.")}
-    if is_slstm:
-        cell = block.xlstm.slstm_cell
-        state["xlstm.recurrent_kernel"] = cell._recurrent_kernel_int2ext(cell._recurrent_kernel_.data)
-        state["xlstm.bias"] = cell._bias_int2ext(cell._bias_.data)
-        # The reference computes the input gate with `fgate` and the forget gate with `igate`.
-        state["xlstm.igate.weight"], state["xlstm.fgate.weight"] = (
-            state["xlstm.fgate.weight"],
-            state["xlstm.igate.weight"],
-        )
-    else:
-        for name in ("igate.weight", "igate.bias", "fgate.weight", "fgate.bias", "outnorm.weight"):
-            state[f"xlstm.{name}"] = state.pop(f"xlstm.mlstm_cell.{name}")
-    return state
-
-
 def from_xlstm(lm_model, **config_overrides) -> BioXLSTMForCausalLM:
     """Convert an `xlstm.xLSTMLMModel` into a `BioXLSTMForCausalLM` with identical outputs."""
     config = config_from_xlstm(lm_model.config, **config_overrides)
@@ -89,8 +71,12 @@ def from_xlstm(lm_model, **config_overrides) -> BioXLSTMForCausalLM:
     stack = lm_model.xlstm_block_stack
     if config.add_post_blocks_norm:
         state["backbone.post_blocks_norm.weight"] = stack.post_blocks_norm.weight.data
+    reference_state = stack.state_dict()
     for i, block in enumerate(stack.blocks):
-        for name, tensor in _block_state(block, config.is_slstm(i)).items():
+        # A live cell keeps its parameters in the layout of its backend.
+        layout = block.xlstm.slstm_cell.config.backend if config.is_slstm(i) else None
+        for name, tensor in xlstm_block_state(reference_state, f"blocks.{i}.", config.is_slstm(i), layout).items():
             state[f"backbone.blocks.{i}.{name}"] = tensor
     model.load_state_dict({k: v.detach().clone().float() for k, v in state.items()}, strict=True)
     return model.eval()
+
