@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bioxlstm import load_tokenizer
 from bioxlstm.io import read_records
-from bioxlstm.tokenization import IUPAC_AMBIGUITY_CODES, SMILES_TOKEN_PATTERN
+from bioxlstm.domains import IUPAC_AMBIGUITY_CODES, SMILES_TOKEN_PATTERN
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "tokenizer_throughput.csv"

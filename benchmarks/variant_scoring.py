@@ -23,7 +23,7 @@ import torch
 
 import bioxlstm
 from bioxlstm.tasks.protein import load_context
-from bioxlstm.tokenization import PROTEIN_RESIDUES
+from bioxlstm.domains import PROTEIN_RESIDUES
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY = ROOT / "data" / "A0A1C5UJ41.a3m.gz"

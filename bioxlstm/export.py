@@ -13,14 +13,9 @@ from pathlib import Path
 import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-PIPELINE_TAGS = {
-    "BioXLSTMModel": "feature-extraction",
-    "BioXLSTMForCausalLM": "text-generation",
-    "BioXLSTMForMaskedLM": "fill-mask",
-    "BioXLSTMForSequenceClassification": "text-classification",
-    "BioXLSTMForTokenClassification": "token-classification",
-}
-DOMAIN_NAMES = {"dna": "DNA", "protein": "protein", "smiles": "small molecules (SMILES)"}
+from .domains import DOMAINS
+from .models.configuration_bioxlstm import BLOCK_NAMES
+
 # Written beside a trained model (by training or by hand): what the card reports about it.
 CARD_INFO_FILE = "bioxlstm_card.json"
 
@@ -58,9 +53,9 @@ def export(
 def model_card(model: PreTrainedModel, card: CardInfo) -> str:
     config = model.config
     architecture = type(model).__name__
-    pipeline_tag = PIPELINE_TAGS[architecture]
+    pipeline_tag = model.pipeline_tag
     parameters = sum(p.numel() for p in model.parameters())
-    domain = DOMAIN_NAMES.get(config.domain, "any tokenised sequence")
+    domain = DOMAINS[config.domain].display_name if config.domain in DOMAINS else "any tokenised sequence"
     metadata = {
         **({"license": card.license} if card.license else {}),
         "library_name": "transformers",
@@ -81,9 +76,7 @@ def model_card(model: PreTrainedModel, card: CardInfo) -> str:
                 ],
             }
         ]
-    blocks = [
-        "sLSTM" if config.is_slstm(i) else "mLSTM" for i in range(config.num_hidden_layers)
-    ]
+    blocks = [BLOCK_NAMES[kind] for kind in config.block_types]
     lines = [
         "---",
         yaml.safe_dump(metadata, sort_keys=False).rstrip(),

@@ -17,8 +17,8 @@ import contextlib
 import csv
 import gzip
 import sys
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -308,6 +308,41 @@ def write_records(
             SeqIO.write(map(_fasta_entry, records), handle, "fasta")
         else:
             handle.writelines(f"{record.sequence}\n" for record in records)
+
+
+def write_results(results: Sequence, path: str | Path, format: str | None = None, kind: type | None = None) -> None:
+    """Write a task's result dataclasses (each with `id` and `sequence` fields): FASTA with the other
+    fields as `name=value` in each description, SMILES (sequences only) or a table with one column
+    per field. A field's `format` metadata (a format spec, or a function for values format() cannot
+    take) sets its text in descriptions and tables alike; booleans read `yes`/`no`; fields with
+    `write=False` metadata are left out. Paths as for `write_records`; `-` without a format is CSV.
+    kind: the results' dataclass, which names a table's columns when there are no results."""
+    format = format or ("csv" if _is_standard_stream(path) else format_from_path(path))
+    kind = kind or (type(results[0]) if results else None)
+    shown = [f for f in fields(kind) if f.metadata.get("write", True)] if kind else []
+    if format in TABLE_FORMATS:
+        rows = [{f.name: _result_value(getattr(r, f.name), f, text=False) for f in shown} for r in results]
+        write_table(pd.DataFrame(rows, columns=[f.name for f in shown]), path, format)
+        return
+    extra = [f for f in shown if f.name not in ("id", "sequence")]
+    if kind is not None and len(extra) == len(shown):
+        raise ValueError(f"{path}: results without sequences are written as a table: {', '.join(TABLE_FORMATS)}")
+    records = (
+        Record(r.id, r.sequence, " ".join(f"{f.name}={_result_value(getattr(r, f.name), f)}" for f in extra))
+        for r in results
+    )
+    write_records(records, path, format)
+
+
+def _result_value(value, field_: Field, text: bool = True):
+    """A result field's value as written: formatted text where its field asks for it or it is a
+    boolean, else itself (a table keeps numbers as numbers) or, in a description, its str()."""
+    spec = field_.metadata.get("format")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if spec is not None:
+        return spec(value) if callable(spec) else format(value, spec)
+    return str(value) if text else value
 
 
 def write_table(table: pd.DataFrame, path: str | Path, format: str | None = None) -> None:

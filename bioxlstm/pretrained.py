@@ -40,7 +40,7 @@ def resolve_model(name_or_path: str | Path) -> Path:
 def load_pretrained(name_or_path: str | Path, **kwargs):
     """Load a saved Bio-xLSTM model with the head it was saved with, and its tokenizer.
 
-    `name_or_path`: a model directory, or the name of a bundled default model ("dna", "protein", "chem").
+    `name_or_path`: a model directory, or the name of a bundled default model (`default_model_names()`).
     The tokenizer is the one saved beside the weights, else the bundled one of the model's domain
     (None for a domain-free model without saved tokenizer). Keyword arguments go to `from_pretrained`.
     """

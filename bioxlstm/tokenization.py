@@ -15,27 +15,32 @@ Alphabet policies
 - Protein: the ESM-2 vocabulary in ESM order, then the fill-in-the-middle sentinels `<mask-1>` ..
   `<mask-5>`. Input is case-insensitive. Sequence files may hold the 20 standard residues and X B U
   Z O; a stop `*` is not a residue and is reported as invalid.
-- SMILES: atom-level tokens (see `SMILES_TOKEN_PATTERN`) with a vocabulary learned from a corpus by
+- SMILES: atom-level tokens (see `domains.SMILES_TOKEN_PATTERN`) with a vocabulary learned from a corpus by
   `build_smiles_tokenizer`; a token outside it encodes as `<unk>`. The molecule separator `.` always
   has a token: sets of molecules (the in-context format) are written as SMILES joined by `.`.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-DOMAINS = ("dna", "protein", "smiles")
+from .domains import (
+    DNA,
+    DOMAINS,
+    IUPAC_AMBIGUITY_CODES,
+    DNA_BASES,
+    MOLECULE_SEPARATOR,
+    SMILES,
+    SMILES_TOKEN_PATTERN,
+    get_domain,
+)
 
-DNA_BASES = "ACGTN"
-IUPAC_AMBIGUITY_CODES = "RYSWKMBDHV"
 DNA_SPECIAL_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", "<mask>", "<sep>"]
 
 PROTEIN_VOCAB = [
@@ -44,46 +49,14 @@ PROTEIN_VOCAB = [
     "<null_1>", "<mask>",
 ]  # fmt: skip
 FILL_IN_THE_MIDDLE_SENTINELS = [f"<mask-{i}>" for i in range(1, 6)]
-PROTEIN_RESIDUES = "ACDEFGHIKLMNPQRSTVWY" + "XBUZO"
 
-# Bracket atoms first so that their content is never split; two-letter halogens before one-letter atoms.
-SMILES_TOKEN_PATTERN = r"\[[^\[\]]+\]|Br|Cl|[BCNOPSFI]|[bcnops]|%\d{2}|\d|[=#$/\\\-+()\.:~@?>*]"
 SMILES_SPECIAL_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", "<mask>"]
-MOLECULE_SEPARATOR = "."
 
-_COMPLEMENTARY_BASES = {"A": "T", "T": "A", "C": "G", "G": "C"}
 _BUNDLED_DIRECTORY_NAME = "tokenizer_files"
 
 
-@dataclass(frozen=True)
-class Alphabet:
-    """What a sequence of one domain may contain, as a regular expression for a single token."""
-
-    domain: str
-    token_pattern: str
-    description: str
-    unknown_symbol: str | None
-
-    @functools.cached_property
-    def _longest_valid_prefix(self) -> re.Pattern[str]:
-        return re.compile(f"(?:{self.token_pattern})*")
-
-    def invalid_position(self, sequence: str, start: int = 0) -> int | None:
-        """0-based index of the first character at or after `start` that starts no token, or None."""
-        end = self._longest_valid_prefix.match(sequence, start).end()
-        return None if end == len(sequence) else end
-
-
-ALPHABETS = {
-    "dna": Alphabet(
-        "dna",
-        f"(?i:[{DNA_BASES}{IUPAC_AMBIGUITY_CODES}])",
-        f"{DNA_BASES} and IUPAC codes {IUPAC_AMBIGUITY_CODES}, any case",
-        "N",
-    ),
-    "protein": Alphabet("protein", f"(?i:[{PROTEIN_RESIDUES}])", f"{PROTEIN_RESIDUES}, any case", "X"),
-    "smiles": Alphabet("smiles", SMILES_TOKEN_PATTERN, "atom-level SMILES tokens", None),
-}
+# Kept importable from here: the alphabets and domain names live in `domains`.
+ALPHABETS = {name: domain.alphabet for name, domain in DOMAINS.items()}
 
 
 def _upper_casing(letters: str) -> list[normalizers.Normalizer]:
@@ -162,7 +135,7 @@ def build_smiles_tokenizer(corpus: Iterable[str], min_frequency: int = 1) -> Pre
 
 def _checked_smiles(corpus: Iterable[str]) -> Iterable[str]:
     for index, smiles in enumerate(corpus):
-        position = ALPHABETS["smiles"].invalid_position(smiles)
+        position = SMILES.alphabet.invalid_position(smiles)
         if position is not None:
             raise ValueError(
                 f"SMILES corpus entry {index}: invalid character {smiles[position]!r} at position {position + 1}"
@@ -172,8 +145,7 @@ def _checked_smiles(corpus: Iterable[str]) -> Iterable[str]:
 
 def bundled_tokenizer_directory(domain: str) -> Path:
     """Directory of the tokenizer files shipped with bioxlstm for `domain`."""
-    if domain not in DOMAINS:
-        raise ValueError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
+    get_domain(domain)
     # An installed wheel carries the files inside the package; a source checkout keeps them in the
     # top-level `tokenizers/` folder.
     candidates = [
@@ -207,27 +179,23 @@ def vocabulary_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int | None:
 def complement_map(tokenizer: PreTrainedTokenizerFast) -> list[int]:
     """For every token id, the id of its Watson-Crick complement; N and special tokens map to themselves."""
     vocab = tokenizer.get_vocab()
-    missing = sorted(set(_COMPLEMENTARY_BASES) - set(vocab))
+    missing = sorted(set(DNA.complementary_bases) - set(vocab))
     if missing:
         raise ValueError(f"tokenizer has no token for base(s) {', '.join(missing)}; is it a DNA tokenizer?")
     complement = list(range(len(vocab)))
     for token, token_id in vocab.items():
-        complement[token_id] = vocab[_COMPLEMENTARY_BASES.get(token, token)]
+        complement[token_id] = vocab[DNA.complementary_bases.get(token, token)]
     return complement
 
 
 def sequence_token_ids(tokenizer: PreTrainedTokenizerFast, domain: str) -> list[int]:
     """Ids of the tokens that may appear in a sequence of `domain` (residues, bases, SMILES atoms and
     bonds), i.e. not special tokens, gaps or sentinels."""
-    alphabet = ALPHABETS[domain]
+    record = get_domain(domain)
+    pieces = re.compile(record.sampleable_pieces) if record.sampleable_pieces else None
     return sorted(
         token_id
         for token, token_id in tokenizer.get_vocab().items()
         if token not in tokenizer.all_special_tokens
-        and (alphabet.invalid_position(token) is None or (domain == "smiles" and _SMILES_PIECE.fullmatch(token)))
+        and (record.alphabet.invalid_position(token) is None or (pieces is not None and pieces.fullmatch(token)))
     )
-
-
-# Converted Chem-xLSTM tokenizers split bracket atoms into `[`, `C`, `@`, `H`, `]`: pieces of SMILES
-# that the atom-level pattern does not accept on their own, but that generation must be able to sample.
-_SMILES_PIECE = re.compile(r"[A-Za-z0-9\[\]()=#$/\\\-+.:~@?>*%]+")

@@ -54,12 +54,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from .data import DataSpec, build_datasets, causal_lm_collator
 from .data.collators import MoleculeSetCollator
 from .data.dna import DNADataCollatorForLanguageModeling
-from .data.protein import HomologContextCollator
+from .data.protein import MAX_FIM_SPANS, HomologContextCollator
 from .export import CardInfo, export
 from .models import BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMForMaskedLM
-from .models.blocks import XLSTMBlock
 from .pretrained import resolve_model, saved_tokenizer
-from .tokenization import DOMAINS, MOLECULE_SEPARATOR, complement_map, load_tokenizer
+from .domains import DNA, DOMAINS, MOLECULE_SEPARATOR, PROTEIN, SMILES, get_domain
+from .tokenization import complement_map, load_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +81,11 @@ def _masked_lm_collator(tokenizer: PreTrainedTokenizerBase, spec: DataSpec):
 
 
 def _fim_collator(tokenizer: PreTrainedTokenizerBase, spec: DataSpec):
-    # The FIM form of a query is up to two tokens per span, plus one, longer than the query.
+    # A query may fill a whole example and, cut inside it, lack its <eos>: its row gains that <eos>
+    # and, in FIM form, two sentinels per span (one in place of the span, one before it in the suffix).
+    longest_query_row = spec.max_length + 1 + 2 * MAX_FIM_SPANS
     return HomologContextCollator(
-        tokenizer, max_tokens=spec.max_length + 11, fim_probability=spec.fim_probability, seed=spec.seed
+        tokenizer, max_tokens=longest_query_row, fim_probability=spec.fim_probability, seed=spec.seed
     )
 
 
@@ -96,7 +98,7 @@ OBJECTIVES: dict[str, Objective] = {
     "mlm": Objective(
         BioXLSTMForMaskedLM,
         _masked_lm_collator,
-        domains=("dna",),
+        domains=(DNA.name,),
         # A bidirectional model reverses each padded sequence within its own length; packed rows
         # would read across sequence boundaries backwards.
         data_requirements={"packing": False},
@@ -105,7 +107,7 @@ OBJECTIVES: dict[str, Objective] = {
     "fim-icl": Objective(
         BioXLSTMForCausalLM,
         _fim_collator,
-        domains=("protein",),
+        domains=(PROTEIN.name,),
         data_requirements={"homologs_in_context": True, "packing": False},
         description="protein homolog groups, a random member last as the query, in fill-in-the-middle form "
         "with probability data.fim_probability",
@@ -113,16 +115,11 @@ OBJECTIVES: dict[str, Objective] = {
     "molecule-icl": Objective(
         BioXLSTMForCausalLM,
         lambda tokenizer, spec: MoleculeSetCollator(tokenizer, spec.packing, seed=spec.seed),
-        domains=("smiles",),
+        domains=(SMILES.name,),
         data_requirements={"cut_at": MOLECULE_SEPARATOR},
         description="next-token prediction on molecule sets joined by '.', shuffled in every batch",
     ),
 }
-
-
-def register_objective(name: str, objective: Objective) -> None:
-    """Make `name` usable as a recipe's objective."""
-    OBJECTIVES[name] = objective
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -394,7 +391,7 @@ def model_config(recipe: Recipe, tokenizer: PreTrainedTokenizerBase) -> BioXLSTM
         eos_token_id=tokenizer.eos_token_id,
         domain=recipe.domain,
         # RC-PS layers, conjoined scoring and classifiers of DNA models all read it.
-        complement_map=complement_map(tokenizer) if recipe.domain == "dna" else None,
+        complement_map=complement_map(tokenizer) if get_domain(recipe.domain).has_strands else None,
     )
 
 
@@ -431,12 +428,12 @@ def grown_model(model: PreTrainedModel, layout: list[int | str]) -> PreTrainedMo
     initialisation at its depth).
 
     Function-preserving growth: a new block, and every copy of an old block after its first, starts
-    with a zero contribution to the residual stream (zero output projection; an sLSTM layer's norm
-    scaled to zero). A layout that keeps every old block in order, e.g. [0, 1, 1, 2, 3, slstm], thus
+    with a zero contribution to the residual stream (`XLSTMBlock.zero_residual_`). A layout that keeps every old block in order, e.g. [0, 1, 1, 2, 3, slstm], thus
     computes exactly what `model` does, and training starts from its quality rather than from scratch.
     """
     config = model.config
-    slstm = [i for i, entry in enumerate(layout) if entry == "slstm" or (isinstance(entry, int) and config.is_slstm(entry))]
+    block_types = [entry if entry in NEW_BLOCKS else config.block_types[entry] for entry in layout]
+    slstm = [i for i, kind in enumerate(block_types) if kind == "slstm"]
     grown_config = config.__class__.from_dict(
         {**config.to_dict(), "num_hidden_layers": len(layout), "slstm_layers": slstm}
     )
@@ -448,25 +445,9 @@ def grown_model(model: PreTrainedModel, layout: list[int | str]) -> PreTrainedMo
         if isinstance(entry, int):
             block.load_state_dict(model.backbone.blocks[entry].state_dict())
         if entry in copied or entry in NEW_BLOCKS:
-            _silence(block)
+            block.zero_residual_()
         copied.add(entry)
     return grown
-
-
-@torch.no_grad()
-def _silence(block: torch.nn.Module) -> None:
-    """Make a residual block (or the RC-equivariant wrapper of one) add nothing to its input."""
-    for module in block.modules():
-        if isinstance(module, XLSTMBlock):
-            if module.is_slstm:
-                module.xlstm.group_norm.weight.fill_(-1.0)  # the norm's scale is 1 + weight
-                outputs = [module.ffn.proj_down]
-            else:
-                outputs = [module.xlstm.proj_down]
-            for layer in outputs:
-                layer.weight.zero_()
-                if layer.bias is not None:
-                    layer.bias.zero_()
 
 
 def build_trainer(recipe: Recipe, output_dir: str | Path) -> RecipeTrainer:

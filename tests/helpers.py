@@ -27,7 +27,11 @@ def tiny_model(
         chunk_size=chunk_size,
         **{"kernel": "native", "pad_token_id": 0, **overrides},
     )
-    model = model_class(config)
+    return perturbed(model_class(config), perturb)
+
+
+def perturbed(model: torch.nn.Module, perturb: float) -> torch.nn.Module:
+    """`model` in eval mode with Gaussian noise of std `perturb` added to every weight."""
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * perturb)
@@ -83,8 +87,4 @@ def dna_model(head=None, slstm_layers=(), perturb=0.1, **overrides):
         kernel="native",
     )
     config = bioxlstm.BioXLSTMConfig(slstm_layers=list(slstm_layers), **{**settings, **overrides})
-    model = (head or bioxlstm.BioXLSTMForMaskedLM)(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * perturb)
-    return model.eval()
+    return perturbed((head or bioxlstm.BioXLSTMForMaskedLM)(config), perturb)

@@ -238,3 +238,15 @@ def test_a_converted_masked_lm_fine_tunes_as_a_conjoined_classifier(converted, t
         forward = model(ids[:, :-1]).logits
         reverse = model(rc[:, :-1]).logits
     torch.testing.assert_close(forward, reverse, rtol=1e-5, atol=1e-5)
+
+
+def test_post_hoc_conjoining_a_rotary_model_averages_both_strands_read_with_their_positions(converted):
+    """Conjoined = the mean of the model on x and, flipped back, on rc(x), each strand read from its
+    own start with its rotary positions (mlm_bidir_mixed has rotary mLSTM blocks)."""
+    plain = BioXLSTMModel.from_pretrained(converted["mlm_bidir_mixed"]).eval()
+    conjoined = BioXLSTMModel.from_pretrained(converted["mlm_bidir_mixed"], conjoin=True).eval()
+    ids = torch.tensor([[7, 8, 8, 9, 10, 7, 9, 1]])
+    rc = torch.tensor([[1, 8, 10, 7, 8, 9, 9, 10]])
+    with torch.no_grad():
+        expected_state = (plain(ids).last_hidden_state + plain(rc).last_hidden_state.flip(1)) / 2
+        assert max_diff(conjoined(ids).last_hidden_state, expected_state) <= 1e-5

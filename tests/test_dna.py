@@ -12,8 +12,7 @@ from helpers import dna_model, ecoli_genome
 
 import bioxlstm
 from bioxlstm.data.dna import DNADataCollatorForLanguageModeling
-from bioxlstm.models.blocks import reversal_index
-from bioxlstm.models.rc import reverse_complement
+from bioxlstm.models.sequence_ops import reversal_index, reverse_complement
 from bioxlstm.tasks.scoring import rc_invariant_log_likelihood, sequence_log_likelihood
 
 TOKENIZER = bioxlstm.load_tokenizer("dna")
@@ -446,6 +445,6 @@ def test_sequence_log_likelihood_sums_next_token_log_probabilities():
     with torch.no_grad():
         log_probs = torch.log_softmax(model(ids).logits[0, :-1], dim=-1)
     expected = log_probs.gather(-1, ids[0, 1:, None]).sum()
-    assert torch.allclose(sequence_log_likelihood(model, ids), expected[None], atol=1e-5)
+    assert torch.allclose(sequence_log_likelihood(model, ids), expected.double()[None], atol=1e-5)
     index = reversal_index(torch.ones_like(ids, dtype=torch.bool))
     assert torch.equal(reverse_complement(ids, COMPLEMENT, index), rc(ids))

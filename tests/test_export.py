@@ -216,3 +216,17 @@ print(json.dumps({{"outputs": outputs, "filled": [f["token_str"] for f in filled
     assert sorted(result["filled"]) == list("ACGT")
     assert result["scores"] == sorted(result["scores"], reverse=True)
     assert result["label"] in ("LABEL_0", "LABEL_1")
+
+
+def test_a_bundled_model_is_described_and_exported_with_its_own_card(tmp_path):
+    """`--model protein` names a bundled model, not a folder of the working directory: `info` and
+    `export` must find its card wherever they run."""
+    card = (bioxlstm.pretrained.resolve_model("chem-icl") / "README.md").read_text()
+    result = cli("info", "--model", "chem-icl", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert card.strip().splitlines()[-1] in result.stdout
+    result = cli("export", "--model", "chem-icl", "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    own = json.loads((bioxlstm.pretrained.resolve_model("chem-icl") / "bioxlstm_card.json").read_text())
+    exported = json.loads((tmp_path / "out" / "bioxlstm_card.json").read_text())
+    assert exported["training_data"] == own["training_data"] and exported["metrics"] == own["metrics"]

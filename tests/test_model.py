@@ -443,6 +443,41 @@ def test_hidden_states_cover_embeddings_and_every_block():
     assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
 
 
+def test_return_dict_false_gives_the_fields_that_are_set_in_order():
+    model = tiny_model()
+    tokens = torch.randint(1, 12, (2, 10))
+    with torch.no_grad():
+        full = model(tokens, labels=tokens, use_cache=True)
+        loss, logits, cache = model(tokens, labels=tokens, use_cache=True, return_dict=False)
+        (hidden,) = model.backbone(tokens, return_dict=False)
+    assert torch.equal(loss, full.loss) and torch.equal(logits, full.logits)
+    assert isinstance(cache, bioxlstm.BioXLSTMCache)
+    assert torch.equal(hidden, model.backbone(tokens).last_hidden_state)
+
+
+def test_block_types_follow_slstm_layers_and_are_not_saved(tmp_path):
+    model = tiny_model(slstm_layers=(1,))
+    assert model.config.block_types == ["mlstm", "slstm", "mlstm"]
+    assert [block.is_slstm for block in model.backbone.blocks] == [False, True, False]
+    model.config.save_pretrained(tmp_path)
+    assert "block_types" not in (tmp_path / "config.json").read_text()
+    same = bioxlstm.BioXLSTMConfig(num_hidden_layers=3, block_types=["mlstm", "slstm", "mlstm"])
+    assert same.slstm_layers == [1]
+    with pytest.raises(ValueError, match="block_types"):
+        bioxlstm.BioXLSTMConfig(num_hidden_layers=3, block_types=["mlstm", "gru", "mlstm"])
+
+
+@pytest.mark.parametrize("rcps", [False, True])
+def test_a_block_with_zero_residual_returns_its_input(rcps):
+    settings = dict(rcps=True, complement_map=[0, 1, 2, 3, 4, 5, 9, 8, 7, 6, 10, 11]) if rcps else {}
+    model = tiny_model(slstm_layers=(1,), model_class=bioxlstm.BioXLSTMModel, **settings)
+    x = torch.randn(2, 9, model.config.hidden_size)
+    for block in model.blocks:
+        block.zero_residual_()
+        with torch.no_grad():
+            assert torch.equal(block(x)[0], x)
+
+
 @pytest.mark.parametrize("tie", [False, True])
 def test_save_and_load_round_trip(tmp_path, tie):
     model = tiny_model(tie_word_embeddings=tie)

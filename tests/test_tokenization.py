@@ -13,13 +13,8 @@ from hypothesis import strategies as st
 
 from bioxlstm import complement_map, load_tokenizer
 from bioxlstm.io import read_records
-from bioxlstm.tokenization import (
-    IUPAC_AMBIGUITY_CODES,
-    PROTEIN_RESIDUES,
-    SMILES_TOKEN_PATTERN,
-    build_smiles_tokenizer,
-    bundled_tokenizer_directory,
-)
+from bioxlstm.domains import IUPAC_AMBIGUITY_CODES, PROTEIN_RESIDUES, SMILES_TOKEN_PATTERN
+from bioxlstm.tokenization import build_smiles_tokenizer, bundled_tokenizer_directory
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 GENOME = DATA / "ecoli_536_NC_008253.fna.gz"

@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from ..domains import allows
 from .options import input_options, input_records, load_model, model_options
 
 
@@ -27,6 +28,7 @@ def run(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
 
     from ..tasks import embed_records
+    from ..tasks.running import is_bidirectional
 
     output = Path(args.output)
     if output.suffix not in (".parquet", ".npy"):
@@ -34,6 +36,12 @@ def run(args: argparse.Namespace) -> None:
     if output.suffix == ".npy" and args.pooling == "none":
         raise ValueError("--pooling none gives one vector per token, of varying count: write a .parquet file")
     model, tokenizer = load_model(args)
+    if args.pooling == "cls" and not is_bidirectional(model):
+        raise ValueError(
+            "--pooling cls reads the <cls> token, which a causal model sees before the sequence; use mean, max or last"
+        )
+    if args.rc_invariant and not allows(model.config.domain, "has_strands"):
+        raise ValueError(f"--rc-invariant needs a DNA model; this one is for {model.config.domain}")
     embeddings = embed_records(
         model, tokenizer, input_records(args, model), pooling=args.pooling, layer=args.layer,
         rc_invariant=args.rc_invariant, window=args.window, batch_size=args.batch_size,

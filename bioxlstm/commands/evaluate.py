@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+from ..domains import SMILES
 from .options import load_model, model_options
 
 
@@ -79,7 +80,7 @@ def _molecules(path: str, column: str) -> list[str]:
     from ..io import InputError, read_records
 
     molecules = []
-    for record in tqdm(read_records(path, domain="smiles", column=column), desc=path, unit="mol", file=sys.stderr, disable=None):
+    for record in tqdm(read_records(path, domain=SMILES.name, column=column), desc=path, unit="mol", file=sys.stderr, disable=None):
         if not is_valid(record.sequence):
             raise InputError(f"{path}: record {record.id!r} is not a valid molecule: {record.sequence!r}")
         molecules.append(record.sequence)
@@ -130,7 +131,7 @@ def run_chem_in_context(args: argparse.Namespace) -> None:
     from ..io import read_records
     from ..tasks import evaluate_in_context
 
-    records = list(read_records(args.domains, format="smiles", domain="smiles"))
+    records = list(read_records(args.domains, format="smiles", domain=SMILES.name))
     lines = args.lines or range(1, len(records) + 1)
     beyond = [line for line in lines if line > len(records)]
     if beyond:

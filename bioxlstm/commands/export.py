@@ -33,11 +33,11 @@ def run(args: argparse.Namespace) -> None:
     import json
 
     from ..export import CARD_INFO_FILE, CardInfo, export
-    from ..pretrained import load_pretrained
+    from ..pretrained import load_pretrained, resolve_model
 
     if args.output.exists() and any(args.output.iterdir()):
         raise FileExistsError(f"{args.output}: exists and is not empty; choose a new directory")
-    own_card = Path(args.model) / CARD_INFO_FILE
+    own_card = resolve_model(args.model) / CARD_INFO_FILE  # a bundled model's name is not a path
     card = CardInfo.from_file(own_card) if own_card.is_file() else CardInfo()
     if args.data_card:
         card.training_data = {path.stem: path.read_text() for path in args.data_card}

@@ -3,6 +3,7 @@
 import argparse
 import sys
 
+from ..domains import DOMAINS, SMILES, allows
 from .options import load_model, model_options
 
 
@@ -45,73 +46,45 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from ..io import STANDARD_STREAM, TABLE_FORMATS, Record, format_from_path, write_records, write_table
+    from ..io import STANDARD_STREAM, write_results
     from ..tasks import generate_sequences
 
     model, tokenizer = load_model(args)
-    domain = model.config.domain
-    if args.output == STANDARD_STREAM:
-        output_format = "smiles" if domain == "smiles" else "fasta"
-    else:
-        output_format = format_from_path(args.output)
+    domain = DOMAINS.get(model.config.domain)
     sampling = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         seed=args.seed, batch_size=args.batch_size,
     )
-    if domain == "smiles" and (args.context or args.unique_valid):
+    if allows(model.config.domain, "molecule_sets") and (args.context or args.unique_valid):
         generated = _sample_molecules(args, model, tokenizer, sampling)
     elif args.context:
-        if domain != "protein":
-            raise ValueError(f"--context needs a protein or molecule model; this one is for {domain}")
+        if not allows(model.config.domain, "reads_homologs"):
+            raise ValueError(f"--context needs a protein or molecule model; this one is for {model.config.domain}")
         generated = _family_members(args, model, tokenizer, sampling)
     else:
-        generated = [
-            Record(g.id, g.sequence, f"log_likelihood={g.log_likelihood:.4f} finished={'yes' if g.finished else 'no'}")
-            for g in generate_sequences(model, tokenizer, args.n, prompt=args.prompt, **sampling)
-        ]
-    if output_format in TABLE_FORMATS:
-        table = pd.DataFrame([{"id": r.id, "sequence": r.sequence, **_fields(r.description)} for r in generated])
-        write_table(table, args.output, output_format)
+        generated = generate_sequences(model, tokenizer, args.n, prompt=args.prompt, **sampling)
+    if args.output == STANDARD_STREAM:
+        write_results(generated, args.output, domain.output_format if domain else "fasta")
     else:
-        write_records(generated, args.output, output_format)
-
-
-def _fields(description: str) -> dict:
-    """The `key=value` pairs of a generated record's description, as table columns."""
-    return dict(item.split("=", 1) for item in description.split())
+        write_results(generated, args.output)
 
 
 def _sample_molecules(args: argparse.Namespace, model, tokenizer, sampling: dict) -> list:
-    from ..chem import is_valid
-    from ..io import Record, read_records
-    from ..tasks.molecules import sample_molecules
+    from ..io import read_records
+    from ..tasks.molecules import numbered_molecules, sample_molecules
 
-    context = [r.sequence for r in read_records(args.context, domain="smiles")] if args.context else None
+    context = [r.sequence for r in read_records(args.context, domain=SMILES.name)] if args.context else None
     sample = sample_molecules(
         model, tokenizer, args.n, context=context, unique_valid=args.unique_valid, max_draws=args.max_draws, **sampling
     )
     print(f"molecules: {sample.report}", file=sys.stderr)
-    return [
-        Record(f"generated_{i}", smiles, f"valid={'yes' if is_valid(smiles) else 'no'}")
-        for i, smiles in enumerate(sample.molecules, start=1)
-    ]
+    return numbered_molecules(sample.molecules)
 
 
 def _family_members(args: argparse.Namespace, model, tokenizer, sampling: dict) -> list:
-    from ..io import Record
     from ..tasks.protein import generate_family
 
-    members = generate_family(
+    return generate_family(
         model, tokenizer, args.context, args.n, context_sequences=args.context_sequences,
         max_context_tokens=args.max_context_tokens, **sampling,
     )
-    return [
-        Record(
-            m.id, m.sequence,
-            f"log_likelihood={m.log_likelihood:.4f} perplexity={m.perplexity:.3f} max_identity={m.max_identity:.3f} "
-            f"min_hamming={m.min_hamming} finished={'yes' if m.finished else 'no'}",
-        )
-        for m in members
-    ]

@@ -1,7 +1,6 @@
 """`bioxlstm info`: a model's architecture, size, domain and card."""
 
 import argparse
-from pathlib import Path
 
 
 def add_parser(commands) -> None:
@@ -14,17 +13,18 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> None:
     import json
 
-    from ..pretrained import load_pretrained
+    from ..models.configuration_bioxlstm import BLOCK_NAMES
+    from ..pretrained import load_pretrained, resolve_model
 
     model, tokenizer = load_pretrained(args.model)
     config = model.config
-    card = Path(args.model) / "README.md"
+    card = resolve_model(args.model) / "README.md"  # a bundled model's name is not a path
     summary = {
         "model": str(args.model),
         "architecture": type(model).__name__,
         "domain": config.domain,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "blocks": ["sLSTM" if config.is_slstm(i) else "mLSTM" for i in range(config.num_hidden_layers)],
+        "blocks": [BLOCK_NAMES[kind] for kind in config.block_types],
         "hidden_size": config.hidden_size,
         "vocab_size": config.vocab_size,
         "tokenizer": None if tokenizer is None else type(tokenizer).__name__,

@@ -2,6 +2,7 @@
 
 import argparse
 
+from ..domains import PROTEIN
 from .options import load_model, model_options
 
 
@@ -31,12 +32,14 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..io import Record, read_records, write_records
+    from dataclasses import replace
+
+    from ..io import read_records, write_results
     from ..tasks.protein import inpaint
 
     spans = [_span(text) for text in args.span]
     model, tokenizer = load_model(args)
-    record = next(read_records(args.input, domain="protein"))
+    record = next(read_records(args.input, domain=PROTEIN.name))
     results = []
     for index in range(args.n):
         result = inpaint(
@@ -44,12 +47,8 @@ def run(args: argparse.Namespace) -> None:
             max_fill_length=args.max_fill_length, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
             seed=args.seed if index == 0 else None,
         )
-        lengths = ",".join(map(str, result.fill_lengths))
-        results.append(
-            Record(f"{record.id}_inpainted_{index + 1}", result.sequence,
-                   f"fill_lengths={lengths} log_likelihood={result.log_likelihood:.4f}")
-        )
-    write_records(results, args.output, "fasta" if args.output == "-" else None)
+        results.append(replace(result, id=f"{record.id}_inpainted_{index + 1}"))
+    write_results(results, args.output, "fasta" if args.output == "-" else None)
 
 
 def _span(text: str) -> tuple[int, int]:

@@ -2,6 +2,7 @@
 
 import argparse
 
+from ..domains import PROTEIN, allows
 from .options import input_options, input_records, load_model, model_options
 
 
@@ -34,10 +35,8 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> None:
     import json
 
-    import pandas as pd
-
-    from ..io import write_table
-    from ..tasks import score_records
+    from ..io import write_results
+    from ..tasks import SequenceScore, score_records
 
     if args.wildtype or args.mutants:
         _variant_scoring(args)
@@ -48,6 +47,8 @@ def run(args: argparse.Namespace) -> None:
         _context_scoring(args)
         return
     model, tokenizer = load_model(args)
+    if args.rc_invariant and not allows(model.config.domain, "has_strands"):
+        raise ValueError(f"--rc-invariant needs a DNA model; this one is for {model.config.domain}")
     scores = score_records(
         model, tokenizer, input_records(args, model), rc_invariant=args.rc_invariant,
         window=args.window, batch_size=args.batch_size,
@@ -56,14 +57,13 @@ def run(args: argparse.Namespace) -> None:
         for score in scores:
             print(json.dumps(vars(score)))
         return
-    write_table(pd.DataFrame([vars(score) for score in scores], columns=["id", "length", "log_likelihood", "perplexity"]), args.output)
+    write_results(list(scores), args.output, kind=SequenceScore)
 
 
 def _context_scoring(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from ..io import write_table
-    from ..tasks.protein import load_context, perplexity, sequence_log_likelihoods
+    from ..io import write_results
+    from ..tasks.likelihood import SequenceScore, perplexity
+    from ..tasks.protein import load_context, sequence_log_likelihoods
 
     model, tokenizer = load_model(args)
     records = list(input_records(args, model))
@@ -72,10 +72,11 @@ def _context_scoring(args: argparse.Namespace) -> None:
         model, tokenizer, [r.sequence for r in records], context,
         reuse_context_state=not args.no_reuse_context_state, batch_size=args.batch_size,
     )
-    rows = [
-        (r.id, len(r.sequence), value, perplexity(value, len(r.sequence) + 1)) for r, value in zip(records, log_likelihoods)
+    scores = [
+        SequenceScore(r.id, len(r.sequence), value, perplexity(value, len(r.sequence) + 1))
+        for r, value in zip(records, log_likelihoods)
     ]
-    write_table(pd.DataFrame(rows, columns=["id", "length", "log_likelihood", "perplexity"]), args.output)
+    write_results(scores, args.output, kind=SequenceScore)
 
 
 def _variant_scoring(args: argparse.Namespace) -> None:
@@ -86,7 +87,7 @@ def _variant_scoring(args: argparse.Namespace) -> None:
 
     if not (args.wildtype and args.mutants):
         raise ValueError("variant-effect scoring needs both --wildtype and --mutants")
-    wildtypes = list(read_records(args.wildtype, domain="protein"))
+    wildtypes = list(read_records(args.wildtype, domain=PROTEIN.name))
     if len(wildtypes) != 1:
         raise InputError(f"{args.wildtype}: expected one wild-type sequence, found {len(wildtypes)}")
     wildtype = wildtypes[0].sequence

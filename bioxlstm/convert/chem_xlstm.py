@@ -29,6 +29,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from ..domains import SMILES
 from ..models import BioXLSTMConfig, BioXLSTMForCausalLM
 from .common import ConversionError, Converted, check_keys, load_state, load_torch_weights, read_json, xlstm_block_state
 
@@ -141,7 +142,7 @@ def config_from_checkpoint(arguments: dict, state: dict, arguments_path: Path, w
             hidden_size=hidden_size,
             num_hidden_layers=len(blocks),
             slstm_layers=slstm_layers,
-            domain="smiles",
+            domain=SMILES.name,
             pad_token_id=token2label[PAD],
             bos_token_id=token2label[BEGIN],
             eos_token_id=token2label[END],

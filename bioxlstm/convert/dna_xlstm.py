@@ -22,10 +22,10 @@ vanilla layout), and the reference's config hard-codes "cuda", so that is the la
 
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer, decoders, models, processors
 from transformers import PreTrainedTokenizerFast
 
+from ..domains import DNA
 from ..models import BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMForMaskedLM
 from .common import ConversionError, Converted, check_keys, load_state, read_json, xlstm_block_state
 from .safe_pickle import load_lightning_state_dict
@@ -41,8 +41,7 @@ LICENSE = "apache-2.0"
 VOCAB = ["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]", "A", "C", "G", "T", "N"]
 SPECIAL_TOKENS = VOCAB[:7]
 SEP_ID, PAD_ID = 1, 4
-_COMPLEMENT_BASES = {"A": "T", "C": "G", "G": "C", "T": "A"}
-COMPLEMENT_MAP = [VOCAB.index(_COMPLEMENT_BASES.get(token, token)) for token in VOCAB]
+COMPLEMENT_MAP = [VOCAB.index(DNA.complementary_bases.get(token, token)) for token in VOCAB]
 # The reference's sLSTM backend; see the module docstring.
 SLSTM_LAYOUT = "cuda"
 ROPE_THETA = 500000.0
@@ -74,6 +73,14 @@ def _round(value: float, multiple: int, up: bool) -> int:
     return int((-(-quotient // 1) if up else quotient // 1) * multiple)
 
 
+class _Fields(dict):
+    """The fields of a model_config.json; a field set to null counts as absent, as in the reference."""
+
+    def get(self, name, default=None):
+        value = super().get(name)
+        return default if value is None else value
+
+
 def config_from_dump(dump: dict, path: Path) -> BioXLSTMConfig:
     """Our config for a DNA-xLSTM model_config.json; one-line ConversionError for what we cannot
     represent exactly (or what the reference itself cannot run)."""
@@ -83,84 +90,95 @@ def config_from_dump(dump: dict, path: Path) -> BioXLSTMConfig:
     target = str(fields.get("_target_", ""))
     if target and not target.endswith("xLSTMConfig"):
         raise ConversionError(f"{path}: a config of {target}, not of DNA-xLSTM's xLSTMConfig")
-
-    def get(name, default):
-        return fields.get(name, default) if fields.get(name) is not None else default
-
+    fields = _Fields(fields)
     try:
-        d_model, n_layer = int(fields["d_model"]), int(fields["n_layer"])
-        slstm_at = [int(i) for i in get("s_lstm_at", [])]
-        vocab_size = int(get("vocab_size", 16))
-        rcps, bidirectional = bool(get("rcps", False)), bool(get("bidirectional", False))
-        has_mlstm = len(slstm_at) < n_layer
-        for flag in ("m_conv1d_causal", "s_conv1d_causal"):
-            if not bool(get(flag, True)):
-                raise ConversionError(f"{path}: {flag}=false (a non-causal convolution) is not supported")
-        if bool(get("s_position_embeddings", False)):
-            raise ConversionError(f"{path}: s_position_embeddings=true (scaled sinusoidal positions) is not supported; no published model uses it")
-        if has_mlstm and bidirectional and bool(get("m_backend_bidirectional", False)) and not bool(get("bidirectional_alternating", False)):
-            raise ConversionError(f"{path}: m_backend_bidirectional=true (the non-causal parallel mLSTM) is not supported")
-        if rcps and has_mlstm:
-            raise ConversionError(f"{path}: rcps with mLSTM blocks, which the reference itself cannot run (its RC-PS wraps sLSTM blocks only)")
-        if vocab_size != len(VOCAB):
-            raise ConversionError(f"{path}: vocab_size={vocab_size}, but DNA-xLSTM's character vocabulary has {len(VOCAB)} tokens")
-        widths = {}
-        if has_mlstm:
-            inner = _round(float(get("m_proj_factor", 2.0)) * d_model, MLSTM_ROUND_MULTIPLE, up=False)
-            if inner < 1:
-                raise ConversionError(f"{path}: m_proj_factor * d_model rounds down to an mLSTM width of 0")
-            widths["mlstm_inner_width"] = inner
-        if slstm_at:
-            ffn = _round(
-                float(get("s_proj_factor", 1.3)) * d_model,
-                int(get("s_round_proj_up_to_multiple_of", 64)),
-                up=bool(get("s_round_proj_up_dim_up", True)),
-            )
-            if ffn < 1:
-                raise ConversionError(f"{path}: s_proj_factor * d_model rounds down to a feed-forward width of 0")
-            widths["ffn_inner_width"] = ffn
-        positions = {}
-        if has_mlstm and bool(get("m_position_embeddings", False)):
-            positions = dict(
-                position_embedding="rotary", rope_theta=ROPE_THETA, rope_pairing="interleaved",
-                rope_span="head", rope_gates_read_rotated=False, rope_reciprocal_frequencies=True,
-            )
-        num_heads = int(get("m_num_heads", 4)) if has_mlstm else int(get("s_num_heads", 4))
-        return BioXLSTMConfig(
-            vocab_size=vocab_size,
-            hidden_size=2 * d_model if rcps else d_model,
-            num_hidden_layers=n_layer,
-            num_heads=num_heads,
-            slstm_layers=slstm_at,
-            slstm_num_heads=int(get("s_num_heads", 4)),
-            conv1d_kernel_size=int(get("m_conv1d_kernel_size", 4)),
-            slstm_conv1d_kernel_size=int(get("s_conv1d_kernel_size", 4)),
-            qkv_proj_blocksize=int(get("m_qkv_proj_blocksize", 4)),
-            proj_factor=float(get("m_proj_factor", 2.0)),
-            ffn_proj_factor=float(get("s_proj_factor", 1.3)),
-            bias=bool(get("m_bias", False)),
-            ffn_bias=False,
-            ffn_activation="gelu",
-            dropout=float(get("dropout", 0.0)),
-            add_post_blocks_norm=True,
-            norm_eps=1e-5,
-            tie_word_embeddings=False,  # the reference computes but never applies tie_weights
-            bidirectional=bidirectional,
-            bidirectional_mode=("alternating" if bool(get("bidirectional_alternating", False)) else "block") if bidirectional else "mixer",
-            bidirectional_combine="add",
-            rcps=rcps,
-            rcps_slstm_head_flip=rcps and bool(slstm_at),
-            complement_map=COMPLEMENT_MAP,
-            domain="dna",
-            pad_token_id=PAD_ID,
-            eos_token_id=SEP_ID,
-            **widths,
-            **positions,
-        )
+        _refuse_what_we_cannot_represent(fields, path)
+        return _config(fields, path)
     except ConversionError:
         raise
     except (ValueError, TypeError, KeyError) as error:
         raise ConversionError(f"{path}: {error}") from None
+
+
+def _has_mlstm(fields: _Fields) -> bool:
+    return len(fields.get("s_lstm_at", [])) < int(fields["n_layer"])
+
+
+def _refuse_what_we_cannot_represent(fields: _Fields, path: Path) -> None:
+    for flag in ("m_conv1d_causal", "s_conv1d_causal"):
+        if not bool(fields.get(flag, True)):
+            raise ConversionError(f"{path}: {flag}=false (a non-causal convolution) is not supported")
+    if bool(fields.get("s_position_embeddings", False)):
+        raise ConversionError(f"{path}: s_position_embeddings=true (scaled sinusoidal positions) is not supported; no published model uses it")
+    native_bidirectional = bool(fields.get("m_backend_bidirectional", False)) and not bool(fields.get("bidirectional_alternating", False))
+    if _has_mlstm(fields) and bool(fields.get("bidirectional", False)) and native_bidirectional:
+        raise ConversionError(f"{path}: m_backend_bidirectional=true (the non-causal parallel mLSTM) is not supported")
+    if bool(fields.get("rcps", False)) and _has_mlstm(fields):
+        raise ConversionError(f"{path}: rcps with mLSTM blocks, which the reference itself cannot run (its RC-PS wraps sLSTM blocks only)")
+    vocab_size = int(fields.get("vocab_size", 16))
+    if vocab_size != len(VOCAB):
+        raise ConversionError(f"{path}: vocab_size={vocab_size}, but DNA-xLSTM's character vocabulary has {len(VOCAB)} tokens")
+
+
+def _widths(fields: _Fields, path: Path) -> dict:
+    """The inner widths as the reference rounds them (the mLSTM's down), given explicitly."""
+    d_model, widths = int(fields["d_model"]), {}
+    if _has_mlstm(fields):
+        widths["mlstm_inner_width"] = _round(float(fields.get("m_proj_factor", 2.0)) * d_model, MLSTM_ROUND_MULTIPLE, up=False)
+    if fields.get("s_lstm_at", []):
+        widths["ffn_inner_width"] = _round(
+            float(fields.get("s_proj_factor", 1.3)) * d_model,
+            int(fields.get("s_round_proj_up_to_multiple_of", 64)),
+            up=bool(fields.get("s_round_proj_up_dim_up", True)),
+        )
+    for name, width in widths.items():
+        if width < 1:
+            raise ConversionError(f"{path}: the reference's rounding leaves {name} at 0 for d_model={d_model}")
+    return widths
+
+
+def _config(fields: _Fields, path: Path) -> BioXLSTMConfig:
+    d_model, n_layer = int(fields["d_model"]), int(fields["n_layer"])
+    slstm_at = [int(i) for i in fields.get("s_lstm_at", [])]
+    rcps, bidirectional = bool(fields.get("rcps", False)), bool(fields.get("bidirectional", False))
+    positions = {}
+    if _has_mlstm(fields) and bool(fields.get("m_position_embeddings", False)):
+        positions = dict(
+            position_embedding="rotary", rope_theta=ROPE_THETA, rope_pairing="interleaved",
+            rope_span="head", rope_gates_read_rotated=False, rope_reciprocal_frequencies=True,
+        )
+    mode = "alternating" if bool(fields.get("bidirectional_alternating", False)) else "block"
+    return BioXLSTMConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=2 * d_model if rcps else d_model,
+        num_hidden_layers=n_layer,
+        num_heads=int(fields.get("m_num_heads", 4)) if _has_mlstm(fields) else int(fields.get("s_num_heads", 4)),
+        slstm_layers=slstm_at,
+        slstm_num_heads=int(fields.get("s_num_heads", 4)),
+        conv1d_kernel_size=int(fields.get("m_conv1d_kernel_size", 4)),
+        slstm_conv1d_kernel_size=int(fields.get("s_conv1d_kernel_size", 4)),
+        qkv_proj_blocksize=int(fields.get("m_qkv_proj_blocksize", 4)),
+        proj_factor=float(fields.get("m_proj_factor", 2.0)),
+        ffn_proj_factor=float(fields.get("s_proj_factor", 1.3)),
+        bias=bool(fields.get("m_bias", False)),
+        ffn_bias=False,
+        ffn_activation="gelu",
+        dropout=float(fields.get("dropout", 0.0)),
+        add_post_blocks_norm=True,
+        norm_eps=1e-5,
+        tie_word_embeddings=False,  # the reference computes but never applies tie_weights
+        bidirectional=bidirectional,
+        bidirectional_mode=mode if bidirectional else "mixer",
+        bidirectional_combine="add",
+        rcps=rcps,
+        rcps_slstm_head_flip=rcps and bool(slstm_at),
+        complement_map=COMPLEMENT_MAP,
+        domain=DNA.name,
+        pad_token_id=PAD_ID,
+        eos_token_id=SEP_ID,
+        **_widths(fields, path),
+        **positions,
+    )
 
 
 def _our_state(state: dict, config: BioXLSTMConfig, path: Path) -> dict:

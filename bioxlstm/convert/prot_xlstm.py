@@ -15,6 +15,7 @@ What the converted model reproduces, each behind a config option of ours:
 from pathlib import Path
 
 from .. import load_tokenizer
+from ..domains import PROTEIN
 from ..models import BioXLSTMConfig, BioXLSTMForCausalLM
 from .common import ConversionError, Converted, check_keys, load_state, load_torch_weights, read_json, xlstm_block_state
 
@@ -95,7 +96,7 @@ def config_from_dump(dump: dict, path: Path) -> BioXLSTMConfig:
             add_post_blocks_norm=bool(dump.get("add_post_blocks_norm", True)),
             tie_word_embeddings=bool(dump.get("tie_weights", False)),
             norm_eps=1e-5,
-            domain="protein",
+            domain=PROTEIN.name,
             pad_token_id=PAD_ID,
             bos_token_id=CLS_ID,
             eos_token_id=EOS_ID,
@@ -152,7 +153,7 @@ def convert(source: Path) -> Converted:
     )
     return Converted(
         model=model.eval(),
-        tokenizer=load_tokenizer("protein"),
+        tokenizer=load_tokenizer(PROTEIN.name),
         source=SOURCE,
         homepage=HOMEPAGE,
         license=LICENSE,

@@ -1,7 +1,6 @@
 """Conversion of a live model of the official `xlstm` package (`xLSTMLMModel`) into
 `BioXLSTMForCausalLM`."""
 
-import torch
 
 from ..models import BioXLSTMConfig, BioXLSTMForCausalLM
 from .common import xlstm_block_state
@@ -72,10 +71,11 @@ def from_xlstm(lm_model, **config_overrides) -> BioXLSTMForCausalLM:
     if config.add_post_blocks_norm:
         state["backbone.post_blocks_norm.weight"] = stack.post_blocks_norm.weight.data
     reference_state = stack.state_dict()
-    for i, block in enumerate(stack.blocks):
+    for i, (block, kind) in enumerate(zip(stack.blocks, config.block_types)):
+        is_slstm = kind == "slstm"
         # A live cell keeps its parameters in the layout of its backend.
-        layout = block.xlstm.slstm_cell.config.backend if config.is_slstm(i) else None
-        for name, tensor in xlstm_block_state(reference_state, f"blocks.{i}.", config.is_slstm(i), layout).items():
+        layout = block.xlstm.slstm_cell.config.backend if is_slstm else None
+        for name, tensor in xlstm_block_state(reference_state, f"blocks.{i}.", is_slstm, layout).items():
             state[f"backbone.blocks.{i}.{name}"] = tensor
     model.load_state_dict({k: v.detach().clone().float() for k, v in state.items()}, strict=True)
     return model.eval()

@@ -18,7 +18,9 @@ def causal_lm_collator(tokenizer: PreTrainedTokenizerBase, packing: bool):
     `attention_mask` making the padding invisible and its labels ignored.
     """
     if packing:
-        # The model has no position embeddings; position_ids would only ride along unused.
+        # The model then numbers positions across the row: rotary q.k depends on position differences
+        # only, so that is what per-sequence numbering gives, except where gates read rotated q and k
+        # (`rope_gates_read_rotated`) or positions are clamped (`max_position_id`).
         return DataCollatorWithFlattening(return_seq_idx=True, return_position_ids=False)
     return DataCollatorForLanguageModeling(tokenizer, mlm=False)
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import datasets
 from transformers import PreTrainedTokenizerBase
 
+from ..domains import get_domain
 from ..io import read_records
 from ..tokenization import complement_map, vocabulary_id
 
@@ -206,7 +207,7 @@ def _with_random_spellings(batch: dict, tokenizer: PreTrainedTokenizerBase, coun
 def build_datasets(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, domain: str):
     """(train, eval) datasets of `input_ids` examples, as described in the module docstring."""
     spec.validate()
-    if spec.smiles_spellings and domain != "smiles":
+    if spec.smiles_spellings and not get_domain(domain).molecule_sets:
         raise ValueError(f"data.smiles_spellings needs SMILES data; this recipe's domain is {domain}")
     cut_after = None
     if spec.cut_at is not None:

@@ -5,8 +5,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from ..models.blocks import reversal_index, reverse_positions
-from ..models.rc import reverse_complement
+from ..models.sequence_ops import reversal_index, reverse_complement, reverse_positions
 from ..tokenization import complement_map
 from .collators import batch_seed
 

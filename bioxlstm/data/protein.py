@@ -25,6 +25,7 @@ from .collators import batch_seed
 
 LOSS_TARGETS = ("all", "infill")
 IGNORE_INDEX = -100  # labels the loss skips (transformers' convention)
+MAX_FIM_SPANS = 5  # spans cut out of a query in FIM form, at most
 
 
 @dataclass
@@ -46,7 +47,7 @@ class TokenRow:
 
 
 def sample_spans(
-    length: int, rng: random.Random, max_spans: int = 5, min_span_length: int = 1, max_span_length: int = 16
+    length: int, rng: random.Random, max_spans: int = MAX_FIM_SPANS, min_span_length: int = 1, max_span_length: int = 16
 ) -> list[tuple[int, int]]:
     """Between 1 and `max_spans` non-overlapping spans `(start, end)` (0-based, end exclusive) of a
     sequence of `length` residues, in order, with at least one residue between two spans (so two
@@ -162,7 +163,7 @@ class HomologContextCollator:
         max_tokens: int = 2048,
         fim_probability: float = 0.5,
         loss_on: str = "all",
-        max_spans: int = 5,
+        max_spans: int = MAX_FIM_SPANS,
         min_span_length: int = 1,
         max_span_length: int = 16,
         seed: int = 0,

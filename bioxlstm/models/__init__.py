@@ -1,6 +1,7 @@
 """The Hugging Face-facing models. Self-contained (relative imports only) so that
 `save_pretrained` can ship this package as remote code."""
 
+from .blocks import XLSTMBlock
 from .configuration_bioxlstm import BioXLSTMConfig
 from .modeling_bioxlstm import (
     BioXLSTMCache,
@@ -21,4 +22,5 @@ __all__ = [
     "BioXLSTMForTokenClassification",
     "BioXLSTMModel",
     "BioXLSTMPreTrainedModel",
+    "XLSTMBlock",
 ]

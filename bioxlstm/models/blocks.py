@@ -5,10 +5,7 @@ its checkpoints convert one to one (see `bioxlstm.convert`). Every layer takes a
 recurrent state and returns its new one, so one code path serves training, prompt prefill and
 token-by-token decoding; `keep` (B, S) marks the real (non-padding) positions and `reset` (B, S)
 the first position of each sequence packed into a row, where every state starts afresh.
-
-Reversal is one gather index built by `reversal_index` from a mask; the bidirectional blocks here
-and the reverse-complement code in `rc.py` both use it, so reversing within each row's valid
-span works the same for left padding, right padding and no padding.
+Bidirectional blocks reverse each row within its valid span with `sequence_ops`.
 """
 
 import math
@@ -21,39 +18,11 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from .kernels import FORGET_GATE_CLOSED, FORGET_GATE_OPEN, INPUT_GATE_CLOSED, mlstm_recurrence, resolve_backend, slstm_scan
 from .configuration_bioxlstm import BioXLSTMConfig
 from .positions import apply_rotary
+from .sequence_ops import reversal_index, reverse_positions, valid_positions
 
 ACTIVATIONS = {"gelu": F.gelu, "swish": F.silu, "relu": F.relu}
 # How a bidirectional block merges the mixer output on the sequence with the one on its reversal.
 DIRECTION_COMBINERS = {"add": torch.add, "mean": lambda forward, backward: (forward + backward) / 2}
-
-
-def valid_positions(keep: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """`keep` as a (B, S) bool mask, all True when there is no padding."""
-    if keep is None:
-        return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    return keep
-
-
-def reversal_index(mask: torch.Tensor) -> torch.Tensor:
-    """Gather index (B, S) that reverses, in each row, the order of the positions where `mask` is
-    True and leaves every other position where it is.
-
-    Padding stays in place, so the reversed rows need the same mask as the original ones. The
-    permutation is an involution: the same index flips back.
-    """
-    batch, seq_len = mask.shape
-    positions = torch.arange(seq_len, device=mask.device).expand(batch, seq_len)
-    # Marked positions in ascending order, then the others (a stable sort keeps them in order).
-    marked_first = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
-    rank = mask.long().cumsum(dim=1) - 1
-    mirrored_rank = (mask.sum(dim=1, keepdim=True) - 1 - rank).clamp(min=0)
-    return torch.where(mask, marked_first.gather(1, mirrored_rank), positions)
-
-
-def reverse_positions(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Permute the positions (dim 1) of x (B, S, ...) by a `reversal_index`."""
-    index = index.view(*index.shape, *(1,) * (x.dim() - 2)).expand_as(x)
-    return x.gather(1, index)
 
 
 class LayerNorm(nn.Module):
@@ -304,7 +273,7 @@ class XLSTMBlock(GradientCheckpointingLayer):
 
     def __init__(self, config: BioXLSTMConfig, layer_idx: int):
         super().__init__()
-        self.is_slstm = config.is_slstm(layer_idx)
+        self.is_slstm = config.block_types[layer_idx] == "slstm"
         self.combine_directions = DIRECTION_COMBINERS[config.bidirectional_combine] if config.bidirectional else None
         self.bidirectional_mode = config.bidirectional_mode
         self.reversed_input = config.bidirectional and config.bidirectional_mode == "alternating" and layer_idx % 2 == 0
@@ -351,6 +320,21 @@ class XLSTMBlock(GradientCheckpointingLayer):
         both, _ = self._mix(torch.cat([normed, reverse_positions(normed, index)]), None, both_keep, None, both_rotary, False, both_rows)
         forward, backward = both.chunk(2)
         return self._feed_forward(x + self.combine_directions(forward, reverse_positions(backward, index))), None
+
+    @torch.no_grad()
+    def zero_residual_(self) -> None:
+        """Make the block add exactly zero to its input, whatever the input (function-preserving
+        growth) by zeroing the last linear map of each residual branch: the mLSTM layer's output
+        projection; in an sLSTM block, the scale (1 + weight) of the group norm the layer ends in
+        and the feed-forward's output projection."""
+        if self.is_slstm:
+            self.xlstm.group_norm.weight.fill_(-1.0)
+            output = self.ffn.proj_down
+        else:
+            output = self.xlstm.proj_down
+        output.weight.zero_()
+        if output.bias is not None:
+            output.bias.zero_()
 
     def _mix(self, normed, state, keep, reset, rotary, overwrite_state, head_flip_rows):
         if head_flip_rows is None:  # mLSTM layers take no head_flip_rows

@@ -5,11 +5,12 @@ import math
 from transformers import PretrainedConfig
 
 KERNEL_CHOICES = ("auto", "native", "triton")
-DOMAINS = (None, "dna", "protein", "smiles")
 BIDIRECTIONAL_COMBINE_CHOICES = ("add", "mean")
 BIDIRECTIONAL_MODES = ("mixer", "block", "alternating")
 POOLING_CHOICES = ("mean", "max", "first", "last")
 POSITION_EMBEDDINGS = ("none", "rotary")
+# How the blocks of `block_types` are written for people (cards, `bioxlstm info`).
+BLOCK_NAMES = {"mlstm": "mLSTM", "slstm": "sLSTM"}
 ROPE_PAIRINGS = ("half", "interleaved")
 ROPE_SPANS = ("head", "inner")
 
@@ -28,7 +29,10 @@ class BioXLSTMConfig(PretrainedConfig):
             two strand views.
         num_hidden_layers: number of blocks.
         num_heads: heads of the mLSTM cells (and of the sLSTM cells unless `slstm_num_heads` is set).
-        slstm_layers: indices of the blocks that are sLSTM blocks; all others are mLSTM blocks.
+        slstm_layers: indices of the blocks that are sLSTM blocks; all others are mLSTM blocks
+            (`block_types` lists the kind of every block).
+        block_types: the kind of every block, "mlstm" or "slstm", instead of `slstm_layers`
+            (which is what config.json stores).
         proj_factor: mLSTM up-projection factor; the inner width is `proj_factor * hidden_size`
             rounded up to a multiple of `proj_round_multiple`.
         conv1d_kernel_size: width of the causal depthwise convolution in every block (0 disables it
@@ -49,8 +53,8 @@ class BioXLSTMConfig(PretrainedConfig):
         add_post_blocks_norm: layer norm after the last block.
         embedding_dropout: apply `dropout` to the token embeddings.
         norm_eps: epsilon of all layer and group norms.
-        domain: the sequence domain the model was trained on (`"dna"`, `"protein"`, `"smiles"`),
-            used to pick its tokenizer and describe it; None for a domain-free model.
+        domain: the name of the sequence domain the model was trained on (a record of
+            `bioxlstm.domains`), used to pick its tokenizer and describe it; None for a domain-free model.
         bidirectional: every block also runs its layer, with the same weights, on the sequence
             reversed within its valid span, and combines the two outputs before the residual (the
             weight tying of Caduceus; `bidirectional_mode` chooses DNA-xLSTM's schemes). The model
@@ -130,6 +134,7 @@ class BioXLSTMConfig(PretrainedConfig):
         num_hidden_layers: int = 4,
         num_heads: int = 4,
         slstm_layers: list[int] | tuple[int, ...] = (),
+        block_types: list[str] | None = None,
         proj_factor: float = 2.0,
         conv1d_kernel_size: int = 4,
         qkv_proj_blocksize: int = 4,
@@ -177,6 +182,10 @@ class BioXLSTMConfig(PretrainedConfig):
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_heads = num_heads
+        if block_types is not None:
+            if len(block_types) != num_hidden_layers or not set(block_types) <= {"mlstm", "slstm"}:
+                raise ValueError(f"block_types needs 'mlstm' or 'slstm' for each of {num_hidden_layers} blocks, got {block_types}")
+            slstm_layers = [i for i, kind in enumerate(block_types) if kind == "slstm"]
         self.slstm_layers = sorted(int(i) for i in slstm_layers)
         self.proj_factor = proj_factor
         self.conv1d_kernel_size = conv1d_kernel_size
@@ -270,8 +279,8 @@ class BioXLSTMConfig(PretrainedConfig):
             raise ValueError(
                 f"block width {self.block_width} is not divisible by the sLSTM heads ({self.slstm_heads})"
             )
-        if self.domain not in DOMAINS:
-            raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
+        if self.domain is not None and not isinstance(self.domain, str):
+            raise ValueError(f"domain must be a domain name (see bioxlstm.domains) or None, got {self.domain!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {self.chunk_size}")
         self._validate_positions()
@@ -355,6 +364,12 @@ class BioXLSTMConfig(PretrainedConfig):
         if self.slstm_conv1d_kernel_size is None:
             return self.conv1d_kernel_size
         return self.slstm_conv1d_kernel_size
+
+    @property
+    def block_types(self) -> list[str]:
+        """The kind of every block, "mlstm" or "slstm", in order (as `layer_types` in newer
+        transformers configs); derived from `slstm_layers`, which is what config.json stores."""
+        return ["slstm" if i in self.slstm_layers else "mlstm" for i in range(self.num_hidden_layers)]
 
     def is_slstm(self, layer_idx: int) -> bool:
         return layer_idx in self.slstm_layers

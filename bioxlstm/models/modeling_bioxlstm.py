@@ -1,5 +1,6 @@
 """Bio-xLSTM models for Hugging Face `transformers`: the block stack and its heads."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,33 +10,16 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import MaskedLMOutput, SequenceClassifierOutput, TokenClassifierOutput
 from transformers.modeling_utils import slice_logits_to_keep
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 # transformers 5.24 renamed every model's cache argument from cache_params to cache; the old name still works.
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .blocks import (
-    GatedFeedForward,
-    LayerNorm,
-    MLSTMLayer,
-    SLSTMLayer,
-    XLSTMBlock,
-    reversal_index,
-    reverse_positions,
-    small_init_std,
-    valid_positions,
-    wang_init_std,
-)
+from .blocks import GatedFeedForward, LayerNorm, MLSTMLayer, SLSTMLayer, XLSTMBlock, small_init_std, wang_init_std
 from .configuration_bioxlstm import BioXLSTMConfig
 from .kernels import inference_segment_length, resolve_backend
 from .positions import rotary_angles, rotation
-from .rc import (
-    ReverseComplementEmbedding,
-    ReverseComplementLMHead,
-    ReverseComplementShared,
-    reverse_complement,
-    strand_average,
-    strand_shared,
-)
+from .rc import ReverseComplementEmbedding, ReverseComplementLMHead, ReverseComplementShared, strand_average, strand_shared
+from .sequence_ops import reversal_index, reverse_complement, reverse_positions, valid_positions
 
 
 class BioXLSTMCache:
@@ -133,6 +117,8 @@ class BioXLSTMCausalLMOutput(ModelOutput):
 
 class BioXLSTMPreTrainedModel(PreTrainedModel):
     config_class = BioXLSTMConfig
+    # The Hub task of each head (`export` writes it into the model card).
+    pipeline_tag: str
     base_model_prefix = "backbone"
     _no_split_modules = ["XLSTMBlock"]
     supports_gradient_checkpointing = True
@@ -235,6 +221,42 @@ def _slstm_bias_init(shape: torch.Size, layer_idx: int, depth: int) -> torch.Ten
     return bias
 
 
+def _valid_mask(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+    """The last `seq_len` columns of the attention mask as bool, or None where nothing is padding."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape[-1] < seq_len:
+        raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions but the input has {seq_len}")
+    keep = attention_mask[:, -seq_len:].to(dtype=torch.bool)
+    return None if bool(keep.all()) else keep
+
+
+def _sequence_starts(seq_idx: torch.Tensor) -> torch.Tensor:
+    """(B, S) bool, True where a packed row's sequence index changes."""
+    reset = torch.zeros_like(seq_idx, dtype=torch.bool)
+    reset[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    return reset
+
+
+def conjoined(model_call: Callable, input_ids: torch.Tensor, keep: torch.Tensor | None, complement_map: list[int]):
+    """Run `model_call(ids, keep)` once on the sequences and their reverse complements (one batch of
+    2B rows) and average the two strands: every tensor it returns (2B, S, ...), alone or in nested
+    tuples, becomes the mean of the forward rows and the reverse-complement rows with their valid
+    positions reversed back (None stays None). The result for rc(x) is thus that for x with its
+    valid positions reversed, which makes any per-token or pooled output strand-invariant."""
+    keep = None if keep is None else keep.to(input_ids.device)
+    index = reversal_index(valid_positions(keep, input_ids))
+    complement = torch.tensor(complement_map, device=input_ids.device)
+    both_strands = torch.cat([input_ids, reverse_complement(input_ids, complement, index)])
+    outputs = model_call(both_strands, None if keep is None else keep.repeat(2, 1))
+
+    def average(both: torch.Tensor) -> torch.Tensor:
+        forward_strand, rc_strand = both.chunk(2)
+        return (forward_strand + reverse_positions(rc_strand, index)) / 2
+
+    return _map_tensors(outputs, average)
+
+
 class BioXLSTMModel(BioXLSTMPreTrainedModel):
     """Token embedding, the block stack and the final norm.
 
@@ -244,6 +266,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
     """
 
     _auto_class = "AutoModel"
+    pipeline_tag = "feature-extraction"
 
     def __init__(self, config: BioXLSTMConfig):
         super().__init__(config)
@@ -262,6 +285,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    @can_return_tuple
     @deprecate_kwarg("cache_params", "6.0.0", new_name="cache")
     def forward(
         self,
@@ -271,11 +295,10 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         cache: BioXLSTMCache | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         seq_idx: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         **kwargs,
-    ) -> BioXLSTMOutput | tuple:
+    ) -> BioXLSTMOutput:
         """attention_mask: 1 for real tokens, 0 for padding (left or right). Padding positions leave
         every recurrent state untouched, so a padded batch gives each sequence the result it gets
         alone. Only the last `S` columns are read, so the mask may cover earlier cached tokens.
@@ -294,64 +317,40 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         use_cache = use_cache if use_cache is not None else (cache is not None)
         if use_cache or cache is not None:
             self._check_recurrent_decoding()
-
-        tokens = input_ids if inputs_embeds is None else inputs_embeds
-        seq_len = tokens.shape[1]
-        keep = None
-        if attention_mask is not None:
-            if attention_mask.shape[-1] < seq_len:
-                raise ValueError(
-                    f"attention_mask covers {attention_mask.shape[-1]} positions but the input has {seq_len}"
-                )
-            keep = attention_mask[:, -seq_len:].to(dtype=torch.bool)
-            if bool(keep.all()):
-                keep = None
-        reset = None
-        if seq_idx is not None:
-            reset = torch.zeros_like(seq_idx, dtype=torch.bool)
-            reset[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+        batch, seq_len = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
+        keep = _valid_mask(attention_mask, seq_len)
+        reset = None if seq_idx is None else _sequence_starts(seq_idx)
+        states = cache.states if cache is not None else [None] * len(self.blocks)
         rotary, sequences_started, next_positions = None, None, None
         if self.config.position_embedding == "rotary":
             rotary, sequences_started, next_positions = self._rotary_angles(
-                position_ids, keep, cache, len(tokens), seq_len, input_ids
+                position_ids, keep, cache, batch, seq_len, input_ids
             )
-        states = cache.states if cache is not None else [None] * len(self.blocks)
-
         if self.config.conjoin:
             if reset is not None:
                 raise ValueError("conjoin cannot read packed rows (seq_idx); pad the sequences instead")
             if input_ids is None:
                 raise ValueError("conjoin needs input_ids: the reverse complement is taken on token ids")
-            keep = None if keep is None else keep.to(input_ids.device)
-            index = reversal_index(valid_positions(keep, input_ids))
-            complement = torch.tensor(self.config.complement_map, device=input_ids.device)
-            both_strands = torch.cat([input_ids, reverse_complement(input_ids, complement, index)])
-            x, new_states, hidden_states = self._run(
-                both_strands, None, None if keep is None else keep.repeat(2, 1), None, None, states, output_hidden_states
+            # Each strand is read from its own start, so both take the same positions; a conjoined
+            # model keeps no cache.
+            both_rotary = None if rotary is None else tuple(t.repeat(2, *(1,) * (t.dim() - 1)) for t in rotary)
+            x, hidden_states = conjoined(
+                lambda ids, mask: self._run(ids, None, mask, None, both_rotary, states, output_hidden_states)[::2],
+                input_ids, keep, self.config.complement_map,
             )
-
-            def conjoined(both: torch.Tensor) -> torch.Tensor:
-                forward_strand, rc_strand = both.chunk(2)
-                return (forward_strand + reverse_positions(rc_strand, index)) / 2
-
-            x = conjoined(x)
-            hidden_states = None if hidden_states is None else tuple(map(conjoined, hidden_states))
+            new_states = sequences_started = next_positions = None
         else:
             x, new_states, hidden_states = self._run(
                 input_ids, inputs_embeds, keep, reset, rotary, states, output_hidden_states,
                 overwrite_state=cache is not None and cache.owned_by_generation,
             )
-
         new_cache = None
         if use_cache:
             seen = cache.seen_tokens if cache is not None else 0
             new_cache = BioXLSTMCache(new_states, seen + seq_len, sequences_started, next_positions)
-        if not return_dict:
-            return tuple(v for v in (x, new_cache, hidden_states) if v is not None)
         return BioXLSTMOutput(last_hidden_state=x, cache=new_cache, hidden_states=hidden_states)
 
     def _check_recurrent_decoding(self) -> None:
@@ -480,6 +479,7 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
     the chunkwise kernel and then advances a constant-size state one token at a time."""
 
     _auto_class = "AutoModelForCausalLM"
+    pipeline_tag = "text-generation"
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
 
     def __init__(self, config: BioXLSTMConfig):
@@ -526,6 +526,7 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
             return None
         return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
 
+    @can_return_tuple
     @deprecate_kwarg("cache_params", "6.0.0", new_name="cache")
     def forward(
         self,
@@ -536,15 +537,13 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         seq_idx: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         **kwargs,
-    ) -> BioXLSTMCausalLMOutput | tuple:
+    ) -> BioXLSTMCausalLMOutput:
         """labels: token ids aligned with input_ids (-100 ignored); the loss is the mean
         next-token cross-entropy (labels are shifted inside)."""
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -561,9 +560,6 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        if not return_dict:
-            output = tuple(v for v in (logits, outputs.cache, outputs.hidden_states) if v is not None)
-            return (loss, *output) if loss is not None else output
         return BioXLSTMCausalLMOutput(
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
@@ -578,6 +574,7 @@ class BioXLSTMForMaskedLM(BioXLSTMPreTrainedModel):
     """
 
     _auto_class = "AutoModelForMaskedLM"
+    pipeline_tag = "fill-mask"
     _tied_weights_keys = {"lm_head.weight": "backbone.embeddings.weight"}
 
     def __init__(self, config: BioXLSTMConfig):
@@ -594,6 +591,7 @@ class BioXLSTMForMaskedLM(BioXLSTMPreTrainedModel):
             self.lm_head = LanguageModelHead(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -601,10 +599,8 @@ class BioXLSTMForMaskedLM(BioXLSTMPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> MaskedLMOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+    ) -> MaskedLMOutput:
         outputs = self.backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -616,9 +612,6 @@ class BioXLSTMForMaskedLM(BioXLSTMPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        if not return_dict:
-            output = tuple(v for v in (logits, outputs.hidden_states) if v is not None)
-            return (loss, *output) if loss is not None else output
         return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
@@ -669,7 +662,9 @@ class BioXLSTMForSequenceClassification(_BioXLSTMClassifierBase):
     `num_labels` as every Hugging Face sequence classifier does."""
 
     _auto_class = "AutoModelForSequenceClassification"
+    pipeline_tag = "text-classification"
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -677,10 +672,8 @@ class BioXLSTMForSequenceClassification(_BioXLSTMClassifierBase):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> SequenceClassifierOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+    ) -> SequenceClassifierOutput:
         features, hidden_states = self._token_features(input_ids, attention_mask, inputs_embeds, output_hidden_states)
         valid = (
             attention_mask[:, -features.shape[1] :].to(device=features.device, dtype=torch.bool)
@@ -691,9 +684,6 @@ class BioXLSTMForSequenceClassification(_BioXLSTMClassifierBase):
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
-        if not return_dict:
-            output = tuple(v for v in (logits, hidden_states) if v is not None)
-            return (loss, *output) if loss is not None else output
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
 
 
@@ -701,7 +691,9 @@ class BioXLSTMForTokenClassification(_BioXLSTMClassifierBase):
     """One prediction per token (e.g. per-base annotation); labels -100 are ignored."""
 
     _auto_class = "AutoModelForTokenClassification"
+    pipeline_tag = "token-classification"
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -709,16 +701,11 @@ class BioXLSTMForTokenClassification(_BioXLSTMClassifierBase):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> TokenClassifierOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+    ) -> TokenClassifierOutput:
         features, hidden_states = self._token_features(input_ids, attention_mask, inputs_embeds, output_hidden_states)
         logits = self.classifier(features).float()
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, config=self.config)
-        if not return_dict:
-            output = tuple(v for v in (logits, hidden_states) if v is not None)
-            return (loss, *output) if loss is not None else output
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)

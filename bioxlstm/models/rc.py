@@ -1,4 +1,4 @@
-"""Reverse-complement parameter sharing (RC-PS) and reverse complements of token ids.
+"""Reverse-complement parameter sharing (RC-PS).
 
 Notation: x is a row of token ids, `rc(x)` its reverse complement within the valid span (the
 valid positions in reverse order, each id mapped by `config.complement_map`; padding stays where
@@ -23,13 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import reversal_index, reverse_positions, valid_positions
-
-
-def reverse_complement(input_ids: torch.Tensor, complement: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Reverse-complement token ids (B, S): positions permuted by a `reversal_index`, ids mapped
-    through the complement table (a LongTensor indexed by token id)."""
-    return complement.to(input_ids.device)[reverse_positions(input_ids, index)]
+from .sequence_ops import reversal_index, reverse_positions, valid_positions
 
 
 def strand_shared(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -82,6 +76,9 @@ class ReverseComplementShared(nn.Module):
         # strand_shared stacks the forward views, then the reverse-complement ones.
         rc_rows = torch.arange(2 * x.shape[0], device=x.device) >= x.shape[0]
         return strand_shared(lambda views: self.block(views, None, both_keep, rc_rows=rc_rows)[0], x, index), None
+
+    def zero_residual_(self) -> None:
+        self.block.zero_residual_()
 
 
 class ReverseComplementEmbedding(nn.Embedding):

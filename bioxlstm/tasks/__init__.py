@@ -10,7 +10,7 @@ from .molecules import (
     generate_molecules,
     sample_molecules,
 )
-from .score import SequenceScore, score_records
+from .likelihood import SequenceScore, score_records
 
 __all__ = [
     "POOLINGS",

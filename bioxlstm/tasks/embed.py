@@ -4,10 +4,11 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
-from Bio.Seq import reverse_complement
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..domains import allows
 from ..io import Record
+from ..tokenization import complement_map
 from .running import is_bidirectional, run_texts
 
 POOLINGS = ("mean", "max", "last", "cls", "none")
@@ -69,30 +70,26 @@ def embed_records(
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
     if pooling == "cls" and not is_bidirectional(model):
         raise ValueError(
-            "--pooling cls reads the <cls> token, which a causal model sees before the sequence; "
+            "pooling 'cls' reads the <cls> token, which a causal model sees before the sequence; "
             "use mean, max or last"
         )
-    if rc_invariant and model.config.domain not in (None, "dna"):
-        raise ValueError(f"--rc-invariant needs a DNA model; this one is for {model.config.domain}")
-
-    def strands() -> Iterator[tuple[object, str]]:
-        for record in records:
-            yield (record.id, False), record.sequence
-            if rc_invariant:
-                yield (record.id, True), reverse_complement(record.sequence)
+    if rc_invariant and not allows(model.config.domain, "has_strands"):
+        raise ValueError(f"strand-symmetric embeddings need a DNA model; this one is for {model.config.domain}")
 
     pools: dict[object, _Pool] = {}
     forward = None
-    for piece in run_texts(model, tokenizer, strands(), layer=layer, window=window, batch_size=batch_size):
-        pool = pools.setdefault(piece.key, _Pool(pooling))
+    for piece in run_texts(
+        model, tokenizer, ((record.id, record.sequence) for record in records), layer=layer, window=window,
+        batch_size=batch_size, complement=complement_map(tokenizer) if rc_invariant else None,
+    ):  # fmt: skip
+        pool = pools.setdefault((piece.key, piece.strand), _Pool(pooling))
         pool.add(piece.hidden, piece.is_first)
         if not piece.is_last:
             continue
-        record_id, is_reverse = piece.key
-        vector = pools.pop(piece.key).result()
+        vector = pools.pop((piece.key, piece.strand)).result()
         if not rc_invariant:
-            yield record_id, vector
-        elif not is_reverse:
+            yield piece.key, vector
+        elif not piece.strand:
             forward = vector
         else:
-            yield record_id, (forward + (vector[::-1] if pooling == "none" else vector)) / 2
+            yield piece.key, (forward + (vector[::-1] if pooling == "none" else vector)) / 2

@@ -23,8 +23,10 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..chem import canonicalize, frechet_chemnet_distance, is_valid
-from ..tokenization import ALPHABETS, MOLECULE_SEPARATOR, sequence_token_ids, vocabulary_id
-from .score import require_causal_lm
+from ..domains import MOLECULE_SEPARATOR, SMILES
+from ..tokenization import vocabulary_id
+from .likelihood import require_causal_lm
+from .sampling import check_sampling, sample_continuations
 
 
 @dataclass
@@ -53,6 +55,17 @@ class MoleculeSample:
 
 
 @dataclass
+class GeneratedMolecule:
+    id: str
+    sequence: str  # SMILES, as generated
+    valid: bool  # RDKit parses it
+
+
+def numbered_molecules(molecules: Iterable[str], id_prefix: str = "generated") -> list[GeneratedMolecule]:
+    return [GeneratedMolecule(f"{id_prefix}_{i}", s, is_valid(s)) for i, s in enumerate(molecules, start=1)]
+
+
+@dataclass
 class InContextResult:
     """One held-out domain: FCD to the rest of the domain of molecules generated with `context` of
     its molecules as examples, and of unconditional samples (the baseline)."""
@@ -71,7 +84,7 @@ def in_context_prompt(context: Sequence[str], rng: random.Random | None = None) 
     for index, smiles in enumerate(context, start=1):
         if not smiles:
             raise ValueError(f"context molecule {index} is empty")
-        position = ALPHABETS["smiles"].invalid_position(smiles)
+        position = SMILES.alphabet.invalid_position(smiles)
         if position is not None:
             raise ValueError(
                 f"context molecule {index} ({smiles!r}): character {smiles[position]!r} at position "
@@ -92,40 +105,21 @@ class _ContinuationSampler:
                 f"the tokenizer has no token for the molecule separator {MOLECULE_SEPARATOR!r}: "
                 "its model cannot read molecules in context"
             )
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer, self.sampling = model, tokenizer, dict(max_new_tokens=max_new_tokens, **sampling)
         self.stop_ids = [tokenizer.eos_token_id] + ([] if separator_id is None else [separator_id])
         prompt_ids = [tokenizer.cls_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        # The last prompt token is the first input of `generate`, which predicts the first new token from it.
-        self.last_prompt_id = prompt_ids[-1]
+        self.prompt_ids = torch.tensor([prompt_ids], device=model.device)
         self.state = None
         if len(prompt_ids) > 1:
             with torch.no_grad():
-                prefix = torch.tensor([prompt_ids[:-1]], device=model.device)
-                self.state = model(prefix, use_cache=True, logits_to_keep=1).cache
-        allowed = set(sequence_token_ids(tokenizer, "smiles")) | set(self.stop_ids)
-        self.options = dict(
-            do_sample=True,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=self.stop_ids,
-            pad_token_id=tokenizer.pad_token_id,
-            suppress_tokens=[i for i in range(model.config.vocab_size) if i not in allowed],
-            # A cache passed in from outside is not one of transformers' compilable Cache classes.
-            disable_compile=True,
-            **sampling,
-        )
+                self.state = model(self.prompt_ids[:, :-1], use_cache=True, logits_to_keep=1).cache
 
-    @torch.no_grad()
     def draw(self, rows: int) -> list[str]:
-        inputs = torch.full((rows, 1), self.last_prompt_id, device=self.model.device)
-        state = None if self.state is None else self.state.repeat_interleave(rows)
-        out = self.model.generate(
-            inputs, attention_mask=torch.ones_like(inputs), cache=state, **self.options
-        )
-        molecules = []
-        for tokens in out[:, 1:].tolist():
-            end = next((i for i, token in enumerate(tokens) if token in self.stop_ids), len(tokens))
-            molecules.append(self.tokenizer.decode(tokens[:end], skip_special_tokens=True))
-        return molecules
+        samples = sample_continuations(
+            self.model, self.tokenizer, self.prompt_ids, rows, self.stop_ids, SMILES.name, rows,
+            cache=self.state, **self.sampling,
+        )  # fmt: skip
+        return [self.tokenizer.decode(sample.body, skip_special_tokens=True) for sample in samples]
 
 
 def sample_molecules(
@@ -150,10 +144,7 @@ def sample_molecules(
     unique_valid=False: exactly `n` samples, as generated (invalid ones and repeats included).
     A sample that reaches `max_new_tokens` without ending is kept as it is.
     """
-    if n < 1 or batch_size < 1 or max_new_tokens < 1:
-        raise ValueError("n, batch_size and max_new_tokens must be positive")
-    if temperature <= 0:
-        raise ValueError("temperature must be positive")
+    check_sampling(n, max_new_tokens, batch_size, temperature)
     max_draws = n if not unique_valid else (10 * n if max_draws is None else max_draws)
     if max_draws < n:
         raise ValueError(f"max_draws ({max_draws}) must be at least n ({n})")
@@ -162,7 +153,7 @@ def sample_molecules(
         torch.manual_seed(seed)
     sampler = _ContinuationSampler(
         model, tokenizer, in_context_prompt(context or [], rng), max_new_tokens,
-        temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0,
+        temperature=temperature, top_k=top_k, top_p=top_p,
     )  # fmt: skip
     report = SamplingReport(requested=n)
     drawn, distinct = [], {}

@@ -6,16 +6,14 @@ residues with positions restarting at 0, and the sequence of interest last. Its 
 computed once; every continuation (a mutant, a new family member, a fill) starts from a copy.
 """
 
-import math
 import random
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from Bio.Align import PairwiseAligner, substitution_matrices
 from transformers import (
     LogitsProcessorList,
@@ -29,9 +27,9 @@ from transformers import (
 
 from ..data.protein import TokenRow, context_row, fill_in_the_middle, sentinel_ids, undo_fill_in_the_middle
 from ..io import Record, read_records
-from ..tokenization import ALPHABETS, sequence_token_ids
-from .generate import sample_continuations
-from .score import require_causal_lm
+from ..domains import PROTEIN, allows
+from .likelihood import perplexity, require_causal_lm, row_log_likelihoods, token_log_probabilities
+from .sampling import check_sampling, never_sampled, sample_continuations
 
 ContextSource = str | Path | Iterable[str | Record] | None
 
@@ -52,7 +50,7 @@ def load_context(
     if context is None:
         return []
     if isinstance(context, (str, Path)):
-        context = read_records(context, domain="protein")
+        context = read_records(context, domain=PROTEIN.name)
     sequences, tokens = [], 0
     for item in context:
         sequence = item.sequence if isinstance(item, Record) else item
@@ -67,7 +65,7 @@ def load_context(
 
 def require_protein_model(model: PreTrainedModel, task: str) -> None:
     require_causal_lm(model, task)
-    if model.config.domain not in (None, "protein"):
+    if not allows(model.config.domain, "reads_homologs"):
         raise ValueError(f"{task} needs a protein model; this one is for {model.config.domain}")
 
 
@@ -113,7 +111,6 @@ def context_state(
 # --- log-likelihoods given a context ---------------------------------------------------------------
 
 
-@torch.no_grad()
 def sequence_log_likelihoods(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -128,48 +125,16 @@ def sequence_log_likelihoods(
     False reads context + sequence from scratch for every sequence (same numbers, for checking and
     benchmarking)."""
     require_protein_model(model, "scoring with homologs")
+    rows = [
+        TokenRow([tokenizer.cls_token_id, *ids, tokenizer.eos_token_id], list(range(len(ids) + 2)), [])
+        for ids in (_residue_ids(tokenizer, s) for s in sequences)
+    ]
+    if reuse_context_state:
+        cache = context_state(model, tokenizer, context)[0]
+        return row_log_likelihoods(model, rows, tokenizer.pad_token_id, cache, batch_size=batch_size)
     context_tokens = _context_row(tokenizer, context)
-    context_cache = context_state(model, tokenizer, context)[0] if reuse_context_state else None
-    results = []
-    for start in range(0, len(sequences), batch_size):
-        rows = [
-            TokenRow([tokenizer.cls_token_id, *ids, tokenizer.eos_token_id], list(range(len(ids) + 2)), [])
-            for ids in (_residue_ids(tokenizer, s) for s in sequences[start : start + batch_size])
-        ]
-        offset, cache = 0, None
-        if not reuse_context_state:
-            rows = [context_tokens + row for row in rows]
-            offset = len(context_tokens)
-        elif context_cache is not None:
-            cache = context_cache.repeat_interleave(len(rows))
-        input_ids, position_ids, mask = _right_padded(rows, tokenizer.pad_token_id, model.device)
-        logits = model(
-            input_ids, position_ids=position_ids, attention_mask=mask, cache=cache, use_cache=cache is not None
-        ).logits
-        # Token t + 1 is predicted at t: the residues and <eos> after the sequence's <cls>. Summed
-        # in float64: a float32 sum over hundreds of tokens is only good to ~1e-4.
-        predicted = logits[:, offset:-1].double().log_softmax(dim=-1)
-        targets = input_ids[:, offset + 1 :]
-        token_log_probs = predicted.gather(-1, targets[..., None])[..., 0] * mask[:, offset + 1 :]
-        results.extend(token_log_probs.sum(dim=1).tolist())
-    return results
-
-
-def _right_padded(rows: list[TokenRow], pad_id: int, device: torch.device):
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, device=device)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    for index, row in enumerate(rows):
-        input_ids[index, : len(row)] = torch.tensor(row.input_ids)
-        position_ids[index, : len(row)] = torch.tensor(row.position_ids)
-        mask[index, : len(row)] = 1
-    return input_ids, position_ids, mask
-
-
-def perplexity(log_likelihood: float, predicted_tokens: int) -> float:
-    """exp of the mean negative log-likelihood per predicted token."""
-    return math.exp(-log_likelihood / predicted_tokens)
+    rows = [context_tokens + row for row in rows]
+    return row_log_likelihoods(model, rows, tokenizer.pad_token_id, skip=len(context_tokens), batch_size=batch_size)
 
 
 def held_out_perplexity(
@@ -186,7 +151,7 @@ def held_out_perplexity(
     as fit in `max_context_tokens`. One row per held-out member: id, length, perplexity_alone,
     perplexity_in_context. A model that uses its context has the second lower than the first."""
     if isinstance(family, (str, Path)):
-        family = read_records(family, domain="protein")
+        family = read_records(family, domain=PROTEIN.name)
     records = [r if isinstance(r, Record) else Record(f"sequence_{i + 1}", r) for i, r in enumerate(family)]
     if isinstance(held_out, int):
         if len(records) < 2 or not 1 <= held_out < len(records):
@@ -222,7 +187,7 @@ def apply_mutant(wildtype: str, mutant: str) -> str:
     1-based positions, each naming the wild-type residue) or a full sequence of the wild type's
     length. Raises ValueError naming the code and what does not match."""
     code = mutant.strip().upper()
-    if ALPHABETS["protein"].invalid_position(code) is None and len(code) == len(wildtype):
+    if PROTEIN.alphabet.invalid_position(code) is None and len(code) == len(wildtype):
         return code
     residues = list(wildtype)
     for substitution in code.split(":"):
@@ -239,7 +204,7 @@ def apply_mutant(wildtype: str, mutant: str) -> str:
             raise ValueError(
                 f"mutant {mutant!r}: the wild type has {wildtype[position - 1]} at position {position}, not {before}"
             )
-        if ALPHABETS["protein"].invalid_position(after) is not None:
+        if PROTEIN.alphabet.invalid_position(after) is not None:
             raise ValueError(f"mutant {mutant!r}: {after!r} is not an amino acid")
         residues[position - 1] = after
     return "".join(residues)
@@ -273,11 +238,9 @@ def score_variants(
 
 
 def _logits_processors(
-    vocab_size: int, allowed: set[int], temperature: float, top_k: int | None, top_p: float | None, device
+    suppressed: list[int], temperature: float, top_k: int | None, top_p: float | None, device
 ) -> LogitsProcessorList:
-    processors = LogitsProcessorList(
-        [SuppressTokensLogitsProcessor([i for i in range(vocab_size) if i not in allowed], device=device)]
-    )
+    processors = LogitsProcessorList([SuppressTokensLogitsProcessor(suppressed, device=device)])
     if temperature != 1.0:
         processors.append(TemperatureLogitsWarper(temperature))
     if top_k:
@@ -290,10 +253,13 @@ def _logits_processors(
 @dataclass
 class Inpainting:
     sequence: str  # the whole sequence with every span filled
-    fills: list[str]  # what was written into each span, in order
-    fill_lengths: list[int]
-    finished: list[bool]  # the model closed the fill itself (False: it reached max_fill_length)
-    log_likelihood: float  # of the fills and the tokens that closed them, under the unmodified model
+    fills: list[str] = field(metadata={"write": False})  # what was written into each span, in order
+    fill_lengths: list[int] = field(metadata={"format": lambda lengths: ",".join(map(str, lengths))})
+    # the model closed the fill itself (False: it reached max_fill_length)
+    finished: list[bool] = field(metadata={"write": False})
+    # of the fills and the tokens that closed them, under the unmodified model
+    log_likelihood: float = field(metadata={"format": ".4f"})
+    id: str = "inpainted"
 
 
 @torch.no_grad()
@@ -331,19 +297,19 @@ def inpaint(
     logits, cache = _read(model, prompt + first_sentinel)
     if seed is not None:
         torch.manual_seed(seed)
-    amino_acids = set(sequence_token_ids(tokenizer, "protein"))
     suffix, fills, finished, total = [], [], [], 0.0
     for index, (start, _) in enumerate(spans):
         closing = sentinels[index + 1] if index + 1 < len(spans) else tokenizer.eos_token_id
         if index:  # open the span: its sentinel, at the position of its first residue
             logits, cache = _read(model, TokenRow([sentinels[index]], [start + 1], [True]), cache)
         processors = _logits_processors(
-            model.config.vocab_size, amino_acids | {closing}, max(temperature, 1e-5), top_k, top_p, model.device
+            never_sampled(tokenizer, model.config.vocab_size, PROTEIN.name, [closing]), max(temperature, 1e-5),
+            top_k, top_p, model.device,
         )
         fill = []
         while True:
             token = _choose(processors, logits, temperature)
-            total += F.log_softmax(logits.float(), dim=-1)[0, token].item()
+            total += token_log_probabilities(logits[0], torch.tensor(token, device=logits.device)).item()
             if token == closing or len(fill) == max_fill_length:
                 break
             fill.append(token)
@@ -375,11 +341,13 @@ def _choose(processors: LogitsProcessorList, logits: torch.Tensor, temperature: 
 class FamilyMember:
     id: str
     sequence: str
-    log_likelihood: float  # of the residues and the end token, under the unmodified model
-    perplexity: float  # per predicted token (residues and end token)
+    # of the residues and the end token, under the unmodified model
+    log_likelihood: float = field(metadata={"format": ".4f"})
+    perplexity: float = field(metadata={"format": ".3f"})  # per predicted token (residues and end token)
+    # to the closest context sequence (see identity_to_context)
+    max_identity: float = field(metadata={"format": ".3f"})
+    min_hamming: int | None = field(metadata={"format": str})
     finished: bool  # the model ended the sequence itself
-    max_identity: float  # to the closest context sequence (see identity_to_context)
-    min_hamming: int | None
 
 
 @torch.no_grad()
@@ -405,23 +373,17 @@ def generate_family(
     another homolog) or `max_new_tokens`. Each comes with its log-likelihood, perplexity and
     similarity to the context."""
     require_protein_model(model, "family generation")
-    if n < 1 or max_new_tokens < 1 or batch_size < 1:
-        raise ValueError("n, max_new_tokens and batch_size must be positive")
-    if temperature <= 0:
-        raise ValueError("temperature must be positive")
+    check_sampling(n, max_new_tokens, batch_size, temperature)
     homologs = load_context(context, context_sequences, max_context_tokens)
     if not homologs:
         raise ValueError("the context holds no sequences: family generation needs homologs")
     prompt = _context_row(tokenizer, homologs) + TokenRow([tokenizer.cls_token_id], [0], [False])
     prompt_ids, prompt_positions = _tensor(prompt.input_ids, model), _tensor(prompt.position_ids, model)
-    ends = [tokenizer.eos_token_id, tokenizer.cls_token_id]
-    allowed = set(sequence_token_ids(tokenizer, "protein")) | set(ends)
     if seed is not None:
         torch.manual_seed(seed)
     members = []
     for sample in sample_continuations(
-        model, tokenizer, prompt_ids, n, ends, [i for i in range(model.config.vocab_size) if i not in allowed],
-        batch_size, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        model, tokenizer, prompt_ids, n, [tokenizer.eos_token_id, tokenizer.cls_token_id], PROTEIN.name, batch_size, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         position_ids=prompt_positions,
     ):  # fmt: skip
         residues = tokenizer.decode(sample.tokens, skip_special_tokens=True)

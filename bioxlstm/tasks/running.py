@@ -23,6 +23,7 @@ class Piece:
     logits: torch.Tensor | None  # (n, vocab)
     is_first: bool
     is_last: bool
+    strand: int = 0  # 1: the reverse complement of the text
 
 
 def pick_device(name: str) -> torch.device:
@@ -45,6 +46,7 @@ def run_texts(
     batch_size: int = 16,
     logits: bool = False,
     append_eos: bool = False,
+    complement: list[int] | None = None,
 ) -> Iterator[Piece]:
     """Yield the outputs of `model` over `(key, text)` pairs as pieces, in input order.
 
@@ -53,6 +55,8 @@ def run_texts(
     outputs are ever held whole.
     layer: index into the hidden states (0: embeddings, -1: the final normed output).
     logits: also return the language-model logits (the model must have an LM head).
+    complement: a complement map of token ids; every text is followed by its reverse complement
+    (pieces with `strand` 1), special tokens in place.
     A bidirectional model sees each sequence whole: it cannot carry a state across windows.
     """
     if is_bidirectional(model):
@@ -60,30 +64,43 @@ def run_texts(
     eos = [tokenizer.eos_token_id] if append_eos else []
     batch = []
     for key, text in texts:
-        if window is None or len(text) < window:
-            batch.append((key, tokenizer(text)["input_ids"] + eos))
-            if len(batch) == batch_size:
-                yield from _run_batch(model, batch, layer, logits)
-                batch = []
-            continue
-        yield from _run_batch(model, batch, layer, logits)
-        batch = []
-        yield from _run_windows(model, key, _token_windows(tokenizer, text, window, eos), layer, logits)
+        for strand in (0, 1) if complement is not None else (0,):
+            windows = _token_windows(tokenizer, text, window or len(text) + 1, eos, complement if strand else None)
+            if window is None or len(text) < window:
+                batch.append((key, strand, next(windows)))
+                if len(batch) == batch_size:
+                    yield from _run_batch(model, batch, layer, logits)
+                    batch = []
+                continue
+            yield from _run_batch(model, batch, layer, logits)
+            batch = []
+            yield from _run_windows(model, key, strand, windows, layer, logits)
     yield from _run_batch(model, batch, layer, logits)
 
 
-def _token_windows(tokenizer, text: str, window: int, eos: list[int]) -> Iterator[list[int]]:
-    """Token ids of `text` in windows of `window` tokens, tokenising one window of characters at a
-    time (valid for one-token-per-character vocabularies, i.e. DNA and proteins)."""
-    for start in range(0, len(text), window):
-        piece = text[start : start + window]
-        ids = tokenizer(piece, add_special_tokens=start == 0)["input_ids"]
-        if len(ids) != len(piece) + (start == 0):
+def _token_windows(
+    tokenizer, text: str, window: int, eos: list[int], complement: list[int] | None = None
+) -> Iterator[list[int]]:
+    """Token ids of `text` (of its reverse complement, with a `complement` map: the sequence tokens
+    reversed and complemented, special tokens in place) in windows of `window` characters,
+    tokenising one window of characters at a time; a text split into windows must have one token
+    per character (DNA and proteins). The first window has the tokenizer's special tokens, the last
+    ends with `eos`."""
+    # An empty text still makes one window: its special tokens and `eos`.
+    starts = (range(0, len(text), window) if complement is None else range(len(text), 0, -window)) or [0]
+    for number, start in enumerate(starts):
+        piece = text[start : start + window] if complement is None else text[max(start - window, 0) : start]
+        encoded = tokenizer(piece, add_special_tokens=number == 0, return_special_tokens_mask=True)
+        ids, special = encoded["input_ids"], encoded["special_tokens_mask"]
+        if len(ids) - sum(special) != len(piece) and len(piece) < len(text):
             raise ValueError(
-                f"a sequence of {len(text)} characters is longer than --window {window}, and its tokens "
-                "are not one per character, so it cannot be split; raise --window"
+                f"a sequence of {len(text)} characters is longer than the window of {window}, and its tokens "
+                "are not one per character, so it cannot be split; use a larger window"
             )
-        yield ids + (eos if start + window >= len(text) else [])
+        if complement is not None:
+            body = iter([complement[ids[i]] for i in reversed(range(len(ids))) if not special[i]])
+            ids = [token if is_special else next(body) for token, is_special in zip(ids, special)]
+        yield ids + (eos if number == len(starts) - 1 else [])
 
 
 def _outputs(model, ids, attention_mask, cache, layer, logits):
@@ -107,14 +124,14 @@ def _outputs(model, ids, attention_mask, cache, layer, logits):
 def _run_batch(model, batch, layer, logits) -> Iterator[Piece]:
     if not batch:
         return
-    width = max(len(ids) for _, ids in batch)
+    width = max(len(ids) for *_, ids in batch)
     ids = torch.zeros(len(batch), width, dtype=torch.long)
     mask = torch.zeros(len(batch), width, dtype=torch.long)
-    for row, (_, token_ids) in enumerate(batch):
+    for row, (*_, token_ids) in enumerate(batch):
         ids[row, : len(token_ids)] = torch.tensor(token_ids)
         mask[row, : len(token_ids)] = 1
     hidden, lm_logits, _ = _outputs(model, ids, mask, None, layer, logits)
-    for row, (key, token_ids) in enumerate(batch):
+    for row, (key, strand, token_ids) in enumerate(batch):
         n = len(token_ids)
         yield Piece(
             key,
@@ -123,10 +140,11 @@ def _run_batch(model, batch, layer, logits) -> Iterator[Piece]:
             None if lm_logits is None else lm_logits[row, :n].float().cpu(),
             is_first=True,
             is_last=True,
+            strand=strand,
         )
 
 
-def _run_windows(model, key, windows: Iterator[list[int]], layer, logits) -> Iterator[Piece]:
+def _run_windows(model, key, strand: int, windows: Iterator[list[int]], layer, logits) -> Iterator[Piece]:
     cache, is_first = None, True
     upcoming = next(windows)
     while upcoming is not None:
@@ -140,5 +158,6 @@ def _run_windows(model, key, windows: Iterator[list[int]], layer, logits) -> Ite
             None if lm_logits is None else lm_logits[0].float().cpu(),
             is_first=is_first,
             is_last=upcoming is None,
+            strand=strand,
         )
         is_first = False

@@ -1,0 +1,170 @@
+"""Log-likelihoods of sequences under a causal language model: every score, perplexity and model-card
+figure is computed here.
+
+Numbers: log-softmax in float32, the log-probabilities summed in float64, whatever the sequence
+length or window: a float32 sum over thousands of tokens is good only to ~1e-4, and a sequence
+scored window by window must get the number it gets in one pass.
+Perplexity: exp of the mean negative log-likelihood per predicted token. A sequence of L residues
+read as `<cls>` + residues + `<eos>` predicts L + 1 tokens.
+Reverse complements are taken on token ids (a complement map, `bioxlstm.complement_map`); special
+tokens stay where they are, so `<cls> ACG <eos>` pairs with `<cls> CGT <eos>`, the form DNA models
+are trained on.
+"""
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..data.dna import strand_positions
+from ..domains import allows
+from ..data.protein import TokenRow
+from ..io import Record
+from ..models.sequence_ops import reversal_index, reverse_complement
+from ..tokenization import complement_map as token_complement_map
+from .running import run_texts
+
+
+@dataclass
+class SequenceScore:
+    id: str
+    length: int
+    log_likelihood: float  # natural log, of the sequence and its end (<eos>)
+    perplexity: float  # per predicted token
+
+
+def require_causal_lm(model: PreTrainedModel, task: str) -> None:
+    if not hasattr(model, "lm_head") or getattr(model.config, "bidirectional", False):
+        raise ValueError(f"{task} needs a causal language model; this one is a {type(model).__name__}")
+
+
+def perplexity(log_likelihood: float, predicted_tokens: int) -> float:
+    """exp of the mean negative log-likelihood per predicted token."""
+    return math.exp(-log_likelihood / predicted_tokens)
+
+
+def token_log_probabilities(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at every position (..., ), in float64, of logits (..., vocab) that predict `targets`."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None])[..., 0].double()
+
+
+@torch.no_grad()
+def sequence_log_likelihood(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    cache=None,
+    skip: int = 0,
+) -> torch.Tensor:
+    """log p(x) (B,) under a causal LM, float64: the sum of log p(x_t | x_<t) over the valid tokens
+    that have a valid token before them (the first one is the condition, not a prediction). Left or
+    right padding gives every row the value it gets alone. `cache`: a state the rows continue from;
+    `skip`: leading positions that are read but not scored (a context in the same rows)."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    valid = attention_mask.bool()
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        cache=cache, use_cache=cache is not None,
+    ).logits[:, skip:-1]  # fmt: skip
+    predicted = (valid[:, 1:] & (valid.long().cumsum(dim=1)[:, :-1] > 0))[:, skip:]
+    return (token_log_probabilities(logits, input_ids[:, skip + 1 :]) * predicted).sum(dim=1)
+
+
+def reverse_complement_ids(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, complement: Sequence[int], special_ids: Sequence[int]
+) -> torch.Tensor:
+    """The reverse complement of every row's sequence tokens (B, S); special tokens and padding stay in place."""
+    index = reversal_index(strand_positions(input_ids, list(special_ids)) & attention_mask.bool())
+    return reverse_complement(input_ids, torch.tensor(list(complement)), index)
+
+
+@torch.no_grad()
+def rc_invariant_log_likelihood(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    complement_map: list[int],
+    special_ids: list[int],
+) -> torch.Tensor:
+    """The mean of log p(x) and log p(rc(x)) per sequence (B,): the same for a sequence and its
+    reverse complement, the strand-symmetric score of a causal DNA model (which cannot be made
+    equivariant itself without seeing the future). `special_ids`: e.g. `tokenizer.all_special_ids`."""
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    rc_ids = reverse_complement_ids(input_ids, attention_mask, complement_map, special_ids)
+    both = sequence_log_likelihood(model, torch.cat([input_ids, rc_ids]), torch.cat([attention_mask, attention_mask]))
+    forward_strand, rc_strand = both.chunk(2)
+    return (forward_strand + rc_strand) / 2
+
+
+@torch.no_grad()
+def row_log_likelihoods(
+    model, rows: list[TokenRow], pad_id: int, cache=None, skip: int = 0, batch_size: int = 16
+) -> list[float]:
+    """log p of every row (token ids with their positions) after its first token, `batch_size` rows
+    at a time, each batch continuing from a copy of `cache` (one sequence's state) when given; the
+    first `skip` tokens of every row are read but not scored."""
+    results = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        input_ids, position_ids, mask = right_padded(batch, pad_id, model.device)
+        state = None if cache is None else cache.repeat_interleave(len(batch))
+        results += sequence_log_likelihood(model, input_ids, mask, position_ids, state, skip).tolist()
+    return results
+
+
+def right_padded(rows: list[TokenRow], pad_id: int, device: torch.device):
+    """Token ids, position ids and attention mask (B, S) of `rows`, padded on the right."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, device=device)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row)] = torch.tensor(row.input_ids)
+        position_ids[index, : len(row)] = torch.tensor(row.position_ids)
+        mask[index, : len(row)] = 1
+    return input_ids, position_ids, mask
+
+
+def score_records(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Iterable[Record],
+    rc_invariant: bool = False,
+    window: int = 4096,
+    batch_size: int = 16,
+) -> Iterator[SequenceScore]:
+    """Yield the log-likelihood of every record: `<cls>` + sequence + `<eos>`, every token after
+    `<cls>` predicted from the ones before it. Long sequences are scored window by window with
+    the recurrent state carried, which gives the same numbers as one pass.
+
+    rc_invariant: DNA only; the mean of the log-likelihoods of both strands, a strand-symmetric
+    score for a causal model, which cannot see the other strand without seeing the future.
+    """
+    require_causal_lm(model, "scoring")
+    if rc_invariant and not allows(model.config.domain, "has_strands"):
+        raise ValueError(f"strand-symmetric scoring needs a model of double-stranded sequences; this one is for {model.config.domain}")
+    records = (((record.id, len(record.sequence)), record.sequence) for record in records)
+    pieces = run_texts(
+        model, tokenizer, records, window=window, batch_size=batch_size, logits=True, append_eos=True,
+        complement=token_complement_map(tokenizer) if rc_invariant else None,
+    )  # fmt: skip
+    total, previous_logits, strand_scores = 0.0, None, []
+    for piece in pieces:
+        if piece.is_first:
+            total = 0.0
+        else:  # the last logits of the previous window predict this window's first token
+            total += token_log_probabilities(previous_logits, piece.token_ids[:1]).sum().item()
+        total += token_log_probabilities(piece.logits[:-1], piece.token_ids[1:]).sum().item()
+        previous_logits = piece.logits[-1:]
+        if not piece.is_last:
+            continue
+        strand_scores.append(total)
+        if piece.strand == (1 if rc_invariant else 0):
+            (record_id, length), log_likelihood = piece.key, sum(strand_scores) / len(strand_scores)
+            strand_scores = []
+            yield SequenceScore(record_id, length, log_likelihood, perplexity(log_likelihood, length + 1))

@@ -1,0 +1,99 @@
+"""Sampling continuations from a causal language model: every generation task samples through
+`sample_continuations`, one call of `transformers`' `generate` per batch."""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..tokenization import sequence_token_ids
+from .likelihood import token_log_probabilities
+
+
+@dataclass
+class Continuation:
+    index: int  # 0-based, counted over all batches
+    tokens: list[int]  # the new tokens, up to and including the one that ended it
+    log_likelihood: float  # of those tokens, under the unmodified distribution
+    finished: bool  # ended by one of the end tokens (else it reached max_new_tokens)
+
+    @property
+    def body(self) -> list[int]:
+        """The new tokens without the one that ended them."""
+        return self.tokens[:-1] if self.finished else self.tokens
+
+
+def check_sampling(n: int, max_new_tokens: int, batch_size: int, temperature: float) -> None:
+    """Raise ValueError for sampling arguments no sampler can use."""
+    if n < 1 or max_new_tokens < 1 or batch_size < 1:
+        raise ValueError("n, max_new_tokens and batch_size must be positive")
+    if temperature <= 0:
+        raise ValueError("temperature must be positive")
+
+
+def never_sampled(tokenizer: PreTrainedTokenizerBase, vocab_size: int, domain: str | None, ends: Iterable[int]):
+    """The token ids that may never be sampled: all but `domain`'s sequence tokens and the `ends`
+    (no gaps, sentinels or special tokens inside a sequence); None, nothing, for an unknown domain."""
+    if domain is None:
+        return None
+    allowed = set(sequence_token_ids(tokenizer, domain)) | set(ends)
+    return [i for i in range(vocab_size) if i not in allowed]
+
+
+@torch.no_grad()
+def sample_continuations(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: torch.Tensor,
+    n: int,
+    ends: list[int],
+    domain: str | None,
+    batch_size: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    cache=None,
+    **generate_options,
+) -> Iterator[Continuation]:
+    """`n` continuations of `prompt_ids` (1, P), sampled `batch_size` at a time with `generate`,
+    each cut after its first token in `ends` and scored by the model's own log-likelihood of what
+    it generated (not the tempered or truncated distribution it was sampled from). Only the
+    tokens of `domain`'s sequences and the `ends` are sampled (see `never_sampled`).
+
+    cache: the model's state after all but the last prompt token (e.g. a context read once): every
+    batch continues from a copy of it, so the prompt is read once for all samples.
+    `generate_options` go to `generate` as they are (e.g. `position_ids`). The arguments are
+    checked by the tasks, with `check_sampling`, before they read any prompt."""
+    suppressed = never_sampled(tokenizer, model.config.vocab_size, domain, ends)
+    for start in range(0, n, batch_size):
+        rows = min(batch_size, n - start)
+        if cache is None:
+            inputs, per_batch = prompt_ids, dict(num_return_sequences=rows)
+        else:  # a cache passed in from outside is not one of transformers' compilable Cache classes
+            inputs = prompt_ids[:, -1:].repeat(rows, 1)
+            per_batch = dict(cache=cache.repeat_interleave(rows), disable_compile=True)
+        out = model.generate(
+            inputs,
+            attention_mask=torch.ones_like(inputs),
+            do_sample=True,
+            temperature=temperature,
+            top_k=top_k or 0,
+            top_p=top_p or 1.0,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=ends,
+            pad_token_id=tokenizer.pad_token_id,
+            suppress_tokens=suppressed,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **per_batch,
+            **generate_options,
+        )
+        new_tokens = out.sequences[:, inputs.shape[1] :]
+        token_log_probs = token_log_probabilities(torch.stack(out.logits, dim=1), new_tokens)
+        for row in range(rows):
+            tokens = new_tokens[row].tolist()
+            end = next((i for i, token in enumerate(tokens) if token in ends), None)
+            length = len(tokens) if end is None else end + 1
+            yield Continuation(start + row, tokens[:length], token_log_probs[row, :length].sum().item(), end is not None)
