@@ -7,6 +7,7 @@ import sys
 
 from . import __version__
 from .commands import convert, embed, evaluate, export, generate, info, inpaint, score, train
+from .commands.options import refuse_overwriting_input
 
 # In the order `--help` lists them.
 COMMANDS = (generate, embed, score, inpaint, info, export, convert, evaluate, train)
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     # Loading a small model is quick; its per-tensor progress bars would only bury our messages.
     transformers_logging.disable_progress_bar()
     try:
+        refuse_overwriting_input(args)
         args.run(args)
     except BrokenPipeError:
         # The reader of our output (e.g. `head`) has had enough; that is not an error.

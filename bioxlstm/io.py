@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import os
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
@@ -354,18 +356,43 @@ def write_table(table: pd.DataFrame, path: str | Path, format: str | None = None
     if format == "parquet":
         if _is_standard_stream(path):
             raise ValueError("Parquet cannot be written to standard output; give a file name")
-        table.to_parquet(path, index=False)
+        with atomic_output(path) as temporary:
+            table.to_parquet(temporary, index=False)
         return
     with _open_for_writing(path) as handle:
         table.to_csv(handle, sep=_TABLE_SEPARATORS[format], index=False)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; it replaces `path` only when the block ends
+    without an error, so an existing file is never left half-written or emptied by a bad record or
+    Ctrl-C halfway (the temporary file is removed then)."""
+    path = Path(path)
+    descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(descriptor)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes it private; an output is an ordinary file
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def _open_for_writing(path: str | Path):
     if _is_standard_stream(path):
-        return contextlib.nullcontext(sys.stdout)
-    path = Path(path)
-    compressed = path.suffix.lower() == ".gz"
-    return gzip.open(path, "wt", newline="") if compressed else open(path, "w", newline="")
+        yield sys.stdout
+        return
+    compressed = Path(path).suffix.lower() == ".gz"
+    with atomic_output(path) as temporary:
+        with gzip.open(temporary, "wt", newline="") if compressed else open(temporary, "w", newline="") as handle:
+            yield handle
 
 
 def _fasta_entry(record: Record) -> SeqRecord:

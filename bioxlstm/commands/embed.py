@@ -24,9 +24,8 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> None:
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
+    from ..io import atomic_output
     from ..tasks import embed_records
     from ..tasks.running import is_bidirectional
 
@@ -51,15 +50,51 @@ def run(args: argparse.Namespace) -> None:
         for record_id, vector in embeddings:
             ids.append(record_id)
             vectors.append(vector)
-        np.save(output, np.stack(vectors).astype(np.float32))
-        output.with_suffix(".ids.txt").write_text("".join(f"{i}\n" for i in ids))
+        with atomic_output(output) as temporary, atomic_output(output.with_suffix(".ids.txt")) as temporary_ids:
+            np.save(temporary, np.stack(vectors).astype(np.float32))
+            temporary_ids.write_text("".join(f"{i}\n" for i in ids))
         return
-    writer = None
+    with atomic_output(output) as temporary:
+        _write_parquet(embeddings, temporary)
+
+
+# A row group is written once it holds this many sequences or float values: few enough groups for
+# fast reading, and memory that stays flat however many sequences (or tokens, with --pooling none) come.
+ROWS_PER_GROUP, VALUES_PER_GROUP = 4096, 1 << 24
+
+
+def _write_parquet(embeddings, path: Path) -> None:
+    """Columns `id` (string) and `embedding`: float32 fixed-size lists (one vector per sequence),
+    or lists of them with --pooling none (one vector per token)."""
+    import numpy as np
+
+    ids, vectors, writer = [], [], None
     try:
-        for record_id, vector in embeddings:  # one row group per sequence: memory stays flat
-            table = pa.table({"id": [record_id], "embedding": [vector.astype(np.float32).tolist()]})
-            writer = writer or pq.ParquetWriter(output, table.schema)
-            writer.write_table(table)
+        for record_id, vector in embeddings:
+            ids.append(record_id)
+            vectors.append(np.asarray(vector, dtype=np.float32))
+            if len(ids) >= ROWS_PER_GROUP or sum(v.size for v in vectors) >= VALUES_PER_GROUP:
+                writer = _write_row_group(writer, path, ids, vectors)
+                ids, vectors = [], []
+        if ids or writer is None:
+            writer = _write_row_group(writer, path, ids, vectors)
     finally:
         if writer is not None:
             writer.close()
+
+
+def _write_row_group(writer, path: Path, ids: list[str], vectors: list):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    width = vectors[0].shape[-1] if vectors else 0
+    flat = pa.array(np.concatenate([v.reshape(-1) for v in vectors]) if vectors else np.zeros(0, np.float32), pa.float32())
+    column = pa.FixedSizeListArray.from_arrays(flat, width)
+    if vectors and vectors[0].ndim == 2:  # one vector per token
+        offsets = np.concatenate([[0], np.cumsum([len(v) for v in vectors])]).astype(np.int32)
+        column = pa.ListArray.from_arrays(pa.array(offsets), column)
+    table = pa.table({"id": pa.array(ids, pa.string()), "embedding": column})
+    writer = writer or pq.ParquetWriter(path, table.schema)
+    writer.write_table(table)
+    return writer

@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> None:
     from ..io import read_records, write_results
     from ..tasks.protein import inpaint
 
+    if args.n < 1:
+        raise ValueError(f"-n {args.n}: give the number of inpainted versions to write (at least 1)")
     spans = [_span(text) for text in args.span]
     model, tokenizer = load_model(args)
     record = next(read_records(args.input, domain=PROTEIN.name))

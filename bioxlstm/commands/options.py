@@ -49,3 +49,15 @@ def input_records(args: argparse.Namespace, model):
 
     reader = read_records(args.input, format=args.format, domain=model.config.domain, column=args.column)
     return tqdm(reader, desc="sequences", unit="seq", file=sys.stderr, disable=None)
+
+
+def refuse_overwriting_input(args: argparse.Namespace) -> None:
+    """Every command writes its --output only once it has succeeded; one that names the --input
+    would still replace the file it reads, so it is refused before anything runs."""
+    from pathlib import Path
+
+    output, source = getattr(args, "output", None), getattr(args, "input", None)
+    if not output or not source or "-" in (str(output), str(source)):
+        return
+    if Path(output).resolve() == Path(source).resolve():
+        raise ValueError(f"{output}: is also the --input; write the results to another file")
