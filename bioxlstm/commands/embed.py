@@ -68,14 +68,15 @@ def _write_parquet(embeddings, path: Path) -> None:
     or lists of them with --pooling none (one vector per token)."""
     import numpy as np
 
-    ids, vectors, writer = [], [], None
+    ids, vectors, values, writer = [], [], 0, None
     try:
         for record_id, vector in embeddings:
             ids.append(record_id)
             vectors.append(np.asarray(vector, dtype=np.float32))
-            if len(ids) >= ROWS_PER_GROUP or sum(v.size for v in vectors) >= VALUES_PER_GROUP:
+            values += vectors[-1].size
+            if len(ids) >= ROWS_PER_GROUP or values >= VALUES_PER_GROUP:
                 writer = _write_row_group(writer, path, ids, vectors)
-                ids, vectors = [], []
+                ids, vectors, values = [], [], 0
         if ids or writer is None:
             writer = _write_row_group(writer, path, ids, vectors)
     finally:
