@@ -93,8 +93,8 @@ def add_homolog_context_metrics(card: CardInfo, model, tokenizer, recipe: Recipe
         measured = held_out_perplexity(
             model, tokenizer, path, held_out=recipe.data.held_out_records, max_context_tokens=recipe.data.max_length
         )
-        alone = sum(row["perplexity_alone"] for row in measured) / len(measured)
-        in_context = sum(row["perplexity_in_context"] for row in measured) / len(measured)
+        alone = sum(row.perplexity_alone for row in measured) / len(measured)
+        in_context = sum(row.perplexity_in_context for row in measured) / len(measured)
         family = Path(path).name.split(".")[0]
         card.metrics[f"held_out_perplexity_alone_{family}"] = alone
         card.metrics[f"held_out_perplexity_in_context_{family}"] = in_context

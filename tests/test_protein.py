@@ -346,13 +346,13 @@ def test_context_is_capped_in_whole_sequences(family):
 
 def test_held_out_perplexity_is_measured_alone_and_in_context(model, tokenizer, family):
     rows = held_out_perplexity(model, tokenizer, PROTMAMBA, held_out=2, max_context_tokens=600)
-    assert len(rows) == 2 and {row["id"] for row in rows} <= {r.id for r in bioxlstm.io.read_records(PROTMAMBA)}
+    assert len(rows) == 2 and {row.id for row in rows} <= {r.id for r in bioxlstm.io.read_records(PROTMAMBA)}
     for row in rows:
-        assert row["perplexity_alone"] > 1 and row["perplexity_in_context"] > 1
-        assert row["perplexity_alone"] != pytest.approx(row["perplexity_in_context"])
+        assert row.perplexity_alone > 1 and row.perplexity_in_context > 1
+        assert row.perplexity_alone != pytest.approx(row.perplexity_in_context)
     records = list(bioxlstm.io.read_records(PROTMAMBA))
     named = held_out_perplexity(model, tokenizer, PROTMAMBA, held_out=[2, 5], max_context_tokens=600)
-    assert [row["id"] for row in named] == [records[1].id, records[4].id]  # record numbers, from 1
+    assert [row.id for row in named] == [records[1].id, records[4].id]  # record numbers, from 1
 
 
 # --- the command line ------------------------------------------------------------------------------

@@ -137,6 +137,14 @@ def sequence_log_likelihoods(
     return row_log_likelihoods(model, rows, tokenizer.pad_token_id, skip=len(context_tokens), batch_size=batch_size)
 
 
+@dataclass
+class HeldOutPerplexity:
+    id: str
+    length: int  # residues; perplexities are per predicted token (residues and <eos>)
+    perplexity_alone: float = field(metadata={"format": ".3f"})
+    perplexity_in_context: float = field(metadata={"format": ".3f"})
+
+
 def held_out_perplexity(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -144,12 +152,11 @@ def held_out_perplexity(
     held_out: int | Sequence[int] = 8,
     max_context_tokens: int = 4096,
     seed: int = 0,
-) -> list[dict]:
+) -> list[HeldOutPerplexity]:
     """Perplexity of held-out family members without and with homologs in context: the held-out
     members (`held_out` drawn at random, seeded; or a list of record numbers, from 1, such as a
     recipe's `data.held_out_records`) are scored alone and after as many of the remaining members
-    as fit in `max_context_tokens`. One row per held-out member: id, length, perplexity_alone,
-    perplexity_in_context. A model that uses its context has the second lower than the first."""
+    as fit in `max_context_tokens`. One result per held-out member. A model that uses its context has the second lower than the first."""
     if isinstance(family, (str, Path)):
         family = read_records(family, domain=PROTEIN.name)
     records = [r if isinstance(r, Record) else Record(f"sequence_{i + 1}", r) for i, r in enumerate(family)]
@@ -169,12 +176,12 @@ def held_out_perplexity(
     alone = sequence_log_likelihoods(model, tokenizer, queries)
     in_context = sequence_log_likelihoods(model, tokenizer, queries, context)
     return [
-        {
-            "id": records[i].id,
-            "length": len(sequence),
-            "perplexity_alone": perplexity(without, len(sequence) + 1),
-            "perplexity_in_context": perplexity(with_context, len(sequence) + 1),
-        }
+        HeldOutPerplexity(
+            id=records[i].id,
+            length=len(sequence),
+            perplexity_alone=perplexity(without, len(sequence) + 1),
+            perplexity_in_context=perplexity(with_context, len(sequence) + 1),
+        )
         for i, sequence, without, with_context in zip(query_indices, queries, alone, in_context)
     ]
 
