@@ -2,6 +2,7 @@
 mistake into one line and exit status 1."""
 
 import argparse
+import copy
 import os
 import sys
 
@@ -15,8 +16,45 @@ COMMANDS = (generate, embed, score, inpaint, info, export, convert, evaluate, tr
 USER_ERRORS = (ValueError, OSError)
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Ends an option's help with its default, unless there is nothing to say (a flag, an option
+    without default) or the help already says it in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not self._has_default(action) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not (action.help or "").strip() and self._has_default(action):
+            # argparse lists an option without help by its name alone; its default is still worth saying.
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    @staticmethod
+    def _has_default(action: argparse.Action) -> bool:
+        return action.default not in (None, False, [], argparse.SUPPRESS) and action.help != argparse.SUPPRESS
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of the command and of every subcommand: argparse builds each subcommand's parser
+    with the class of its parent, so commands added later show their defaults without asking."""
+
+    def __init__(self, *args, formatter_class: type = DefaultsHelpFormatter, **kwargs):
+        if not issubclass(formatter_class, DefaultsHelpFormatter):
+            # A command's own layout (e.g. a raw description) keeps the defaults too.
+            formatter_class = type(formatter_class.__name__, (formatter_class, DefaultsHelpFormatter), {})
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    def error(self, message: str):
+        # A mistake on the command line is a user error like any other: one line, status 1.
+        self.exit(1, f"bioxlstm: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bioxlstm",
         description="xLSTM language models for DNA, proteins and small molecules.",
     )
@@ -38,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     if args.command is None:
         parser.print_help(sys.stderr)
-        sys.exit(2)
+        sys.exit(1)
     from transformers.utils import logging as transformers_logging
 
     # Loading a small model is quick; its per-tensor progress bars would only bury our messages.
@@ -46,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         refuse_overwriting_input(args)
         args.run(args)
+    except KeyboardInterrupt:
+        # Every output is written to a temporary file and renamed at the end: nothing half-written remains.
+        print("bioxlstm: interrupted; no output file was left half-written", file=sys.stderr)
+        sys.exit(130)
     except BrokenPipeError:
         # The reader of our output (e.g. `head`) has had enough; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

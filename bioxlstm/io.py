@@ -16,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import io
+import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,7 +44,7 @@ FORMAT_BY_EXTENSION = {
     ".a3m": "a3m",
     ".sto": "stockholm", ".stk": "stockholm", ".stockholm": "stockholm",
     ".smi": "smiles", ".smiles": "smiles", ".txt": "smiles",
-    ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet",
+    ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl",
 }  # fmt: skip
 _BIOPYTHON_FORMATS = {"fasta", "fastq", "genbank", "embl", "swiss"}
 # HH-suite and ColabFold A3M files may start with a `#` line, which "fasta-pearson" skips as a comment
@@ -49,8 +52,10 @@ _BIOPYTHON_FORMATS = {"fasta", "fastq", "genbank", "embl", "swiss"}
 _ALIGNMENT_FORMATS = {"a3m": "fasta-pearson", "stockholm": "stockholm"}
 _TABLE_SEPARATORS = {"csv": ",", "tsv": "\t"}
 FORMATS = sorted(_BIOPYTHON_FORMATS | set(_ALIGNMENT_FORMATS) | set(_TABLE_SEPARATORS) | {"parquet", "smiles"})
-WRITABLE_FORMATS = ("fasta", "smiles", "csv", "tsv", "parquet")
+WRITABLE_FORMATS = ("fasta", "smiles", "csv", "tsv", "parquet", "jsonl")
+# Formats a table of results can be written in; JSON lines: one object per row.
 TABLE_FORMATS = ("csv", "tsv", "parquet")
+RESULT_TABLE_FORMATS = (*TABLE_FORMATS, "jsonl")
 ON_INVALID_POLICIES = ("error", "skip", "replace")
 STANDARD_STREAM = "-"  # as a path: standard input for readers, standard output for writers
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -92,11 +97,13 @@ class ReadSummary:
 class RecordReader(Iterator[Record]):
     """A single pass over the records of one file; `summary` counts what was read, skipped, repaired."""
 
-    def __init__(self, path, format, domain, on_invalid, column, id_column):
+    def __init__(self, path, format, domain, on_invalid, column, id_column, unique_ids=False):
         self.path = Path(path)
         if _is_standard_stream(self.path):
             if format is None or format == "parquet":
                 raise InputError("standard input: name its text format explicitly (e.g. --format fasta)")
+        elif self.path.is_dir():
+            raise InputError(f"{self.path}: is a directory, not a sequence file")
         elif not self.path.is_file():
             raise InputError(f"{self.path}: no such file")
         self.format = format or format_from_path(self.path)
@@ -112,6 +119,7 @@ class RecordReader(Iterator[Record]):
         self.on_invalid = on_invalid
         self.column = column
         self.id_column = id_column
+        self.unique_ids = unique_ids
         self.summary = ReadSummary(str(self.path))
         self._records = self._checked_records()
 
@@ -119,9 +127,14 @@ class RecordReader(Iterator[Record]):
         return next(self._records)
 
     def _checked_records(self) -> Iterator[Record]:
-        found_any = False
-        for record in self._parsed_records():
+        found_any, numbers = False, {}
+        for number, record in enumerate(self._parsed_records(), start=1):
             found_any = True
+            if self.unique_ids and numbers.setdefault(record.id, number) != number:
+                raise InputError(
+                    f"{self.path}: records {numbers[record.id]} and {number} share the id {record.id!r}; "
+                    "ids name the results, so they must be unique"
+                )
             try:
                 record = self._checked(record)
             except InputError as problem:
@@ -189,6 +202,8 @@ class RecordReader(Iterator[Record]):
             raise InputError(f"{self.path}: not valid {self.format}: {reason}") from error
 
     def _require_columns(self, available: list[str]) -> list[str]:
+        if self.id_column is None and "id" in available and self.column != "id":
+            self.id_column = "id"  # a table's own ids name its records, as a FASTA header's do
         wanted = [name for name in (self.column, self.id_column) if name is not None]
         for name in wanted:
             if name not in available:
@@ -242,6 +257,8 @@ def _is_standard_stream(path: str | Path) -> bool:
 
 def _open_text(path: Path):
     if _is_standard_stream(path):
+        if sys.stdin is None or sys.stdin.closed:
+            raise InputError("standard input: it is closed; pipe the records in or give a file")
         return contextlib.nullcontext(sys.stdin)
     with open(path, "rb") as probe:
         compressed = probe.read(2) == _GZIP_MAGIC
@@ -249,18 +266,41 @@ def _open_text(path: Path):
 
 
 def _biopython_records(handle, format: str) -> Iterator[Record]:
-    for entry in SeqIO.parse(handle, format):
-        try:
-            sequence = str(entry.seq)
-        except UndefinedSequenceError:
-            sequence = ""
-        yield Record(entry.id, sequence, entry.description)
+    try:
+        for entry in SeqIO.parse(handle, format):
+            try:
+                sequence = str(entry.seq)
+            except UndefinedSequenceError:
+                sequence = ""
+            yield Record(entry.id, sequence, entry.description)
+    except ValueError as error:
+        if format == "fasta" and "comments at the beginning" in str(error):
+            # Biopython's wording suggests comments; what the user has is text before the first header.
+            raise ValueError("the first line is not a FASTA header: a record starts with '>'") from error
+        raise
 
 
 def _homologs(handle, format: str) -> Iterator[Record]:
+    """The full sequences of an alignment's records. A3M rows must have the query's number of match
+    columns (upper-case letters and '-'); a Stockholm alignment must end with its '//' line, or the
+    file was cut short."""
+    if format == "stockholm":
+        text = handle.read()
+        if not text.rstrip().endswith("//"):
+            raise ValueError("the alignment does not end with its '//' line; the file may be truncated")
+        handle = io.StringIO(text)
+    match_columns = None
     for entry in SeqIO.parse(handle, format):
-        sequence = str(entry.seq).replace("-", "").replace(".", "").upper()
-        yield Record(entry.id, sequence, entry.description)
+        aligned = str(entry.seq)
+        if format != "stockholm":
+            columns = sum(character.isupper() or character == "-" for character in aligned)
+            match_columns = columns if match_columns is None else match_columns
+            if columns != match_columns:
+                raise ValueError(
+                    f"record {entry.id!r} has {columns} match columns (upper-case letters and '-'), "
+                    f"the query {match_columns}"
+                )
+        yield Record(entry.id, aligned.replace("-", "").replace(".", "").upper(), entry.description)
 
 
 def _smiles_lines(handle) -> Iterator[Record]:
@@ -277,6 +317,7 @@ def read_records(
     on_invalid: str = "error",
     column: str = "sequence",
     id_column: str | None = None,
+    unique_ids: bool = False,
 ) -> RecordReader:
     """Stream the records of `path`, checking each against the alphabet of `domain`.
 
@@ -285,11 +326,12 @@ def read_records(
     on_invalid: "error" raises InvalidSequenceError at the first bad character; "skip" leaves out
         records with a bad character or no sequence; "replace" writes the domain's unknown symbol
         (N for DNA, X for protein) over each bad character. Both count in the reader's `summary`.
-    column, id_column: for CSV, TSV and Parquet, the column holding the sequences and, optionally,
-        the one holding ids (otherwise records are named "row_1", "row_2", ...). Lines of a SMILES
-        file without a name are named "line_1", "line_2", ...
+    column, id_column: for CSV, TSV and Parquet, the column holding the sequences and the one holding
+        ids (by default a column named "id" if there is one; otherwise records are named "row_1",
+        "row_2", ...). Lines of a SMILES file without a name are named "line_1", "line_2", ...
+    unique_ids: raise InputError when two records share an id (for results keyed by id).
     """
-    return RecordReader(path, format, domain, on_invalid, column, id_column)
+    return RecordReader(path, format, domain, on_invalid, column, id_column, unique_ids)
 
 
 def write_records(
@@ -322,7 +364,7 @@ def write_results(results: Sequence, path: str | Path, format: str | None = None
     format = format or ("csv" if _is_standard_stream(path) else format_from_path(path))
     kind = kind or (type(results[0]) if results else None)
     shown = [f for f in fields(kind) if f.metadata.get("write", True)] if kind else []
-    if format in TABLE_FORMATS:
+    if format in RESULT_TABLE_FORMATS:
         rows = [{f.name: _result_value(getattr(r, f.name), f, text=False) for f in shown} for r in results]
         write_table(pd.DataFrame(rows, columns=[f.name for f in shown]), path, format)
         return
@@ -348,11 +390,11 @@ def _result_value(value, field_: Field, text: bool = True):
 
 
 def write_table(table: pd.DataFrame, path: str | Path, format: str | None = None) -> None:
-    """Write a result table as CSV, TSV or Parquet (by extension unless `format` is given); `-` is
-    standard output (CSV unless `format` says otherwise)."""
+    """Write a result table as CSV, TSV, Parquet or JSON lines (by extension unless `format` is
+    given); `-` is standard output (CSV unless `format` says otherwise)."""
     format = format or ("csv" if _is_standard_stream(path) else format_from_path(path))
-    if format not in TABLE_FORMATS:
-        raise ValueError(f"{path}: cannot write a table as {format!r}; use one of {', '.join(TABLE_FORMATS)}")
+    if format not in RESULT_TABLE_FORMATS:
+        raise ValueError(f"{path}: cannot write a table as {format!r}; use one of {', '.join(RESULT_TABLE_FORMATS)}")
     if format == "parquet":
         if _is_standard_stream(path):
             raise ValueError("Parquet cannot be written to standard output; give a file name")
@@ -360,7 +402,16 @@ def write_table(table: pd.DataFrame, path: str | Path, format: str | None = None
             table.to_parquet(temporary, index=False)
         return
     with _open_for_writing(path) as handle:
-        table.to_csv(handle, sep=_TABLE_SEPARATORS[format], index=False)
+        if format == "jsonl":
+            # A table of results is small next to its inputs; NaN becomes JSON null.
+            handle.writelines(json.dumps(row) + "\n" for row in _json_rows(table))
+        else:
+            table.to_csv(handle, sep=_TABLE_SEPARATORS[format], index=False)
+
+
+def _json_rows(table: pd.DataFrame) -> Iterator[dict]:
+    for row in table.astype(object).where(table.notna(), None).to_dict(orient="records"):
+        yield {key: value.item() if hasattr(value, "item") else value for key, value in row.items()}
 
 
 _UMASK = os.umask(0)
@@ -385,6 +436,26 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """A temporary directory beside `path` to fill; it becomes `path` (absent or empty, else
+    FileExistsError) only when the block ends without an error, so a failure or Ctrl-C halfway
+    leaves no partial directory behind."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path}: exists and is not empty; choose a new directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes it private; an output is an ordinary directory
+        if path.exists():
+            path.rmdir()
+        staging.rename(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def _open_for_writing(path: str | Path):
     if _is_standard_stream(path):
         yield sys.stdout
@@ -406,3 +477,192 @@ def _records_table(records: Iterable[Record], column: str) -> pd.DataFrame:
     rows = [(record.id, record.sequence) for record in records]
     return pd.DataFrame(rows, columns=["id", column])
 
+
+
+def read_variant_table(path: str | Path) -> pd.DataFrame:
+    """Every column of a table of variants (CSV or TSV, .gz ok, or Parquet; by extension) as text,
+    empty cells as "", indexed by line number (the header is line 1; blank lines are skipped but
+    counted), so that the caller decides what a blank or an odd value means and names the right
+    line. A row with more or fewer fields than the header (e.g. an unquoted `M1A,K2Q`) raises
+    InputError; so does a file without a header. A header without rows gives an empty table."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a table")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    format = format_from_path(path)
+    if format not in TABLE_FORMATS:
+        raise InputError(f"{path}: a variant table is CSV, TSV or Parquet, not {format}")
+    try:
+        if format == "parquet":
+            table = pd.read_parquet(path)
+            table.index = range(2, len(table) + 2)
+            return table.astype(object).where(table.notna(), "").astype(str)
+        with _open_text(path) as handle:
+            return _delimited_rows(path, csv.reader(handle, delimiter=_TABLE_SEPARATORS[format]))
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not a text file ({error.reason} at byte {error.start})") from error
+    except (EOFError, gzip.BadGzipFile) as error:
+        raise InputError(f"{path}: truncated gzip stream (file ends early)") from error
+    except (ValueError, pa.ArrowException, OSError, csv.Error) as error:
+        if isinstance(error, InputError):
+            raise
+        reason = " ".join(str(error).split("\n\n")[0].split())
+        raise InputError(f"{path}: not valid {format}: {reason}") from error
+
+
+def _delimited_rows(path: Path, reader) -> pd.DataFrame:
+    header, rows, lines = None, [], []
+    for fields_ in reader:
+        if not any(cell.strip() for cell in fields_):
+            continue
+        if header is None:
+            header = [cell.strip() for cell in fields_]
+            continue
+        if len(fields_) != len(header):
+            raise InputError(
+                f"{path}: line {reader.line_num}: {len(fields_)} fields, the header has {len(header)} "
+                "(quote a value that holds the separator)"
+            )
+        rows.append(fields_)
+        lines.append(reader.line_num)
+    if header is None:
+        raise InputError(f"{path}: empty file, not even a header")
+    return pd.DataFrame(rows, columns=header, index=lines, dtype=str)
+
+
+# Labeled records: the training data of fine-tuning objectives and the targets of probes.
+
+# Label texts that mean "no label": pandas' missing-value spellings, compared in lower case, so a
+# CSV's `NaN`, `NA` or empty cell reads as missing instead of as a class named "NaN".
+MISSING_LABEL_TEXTS = frozenset({"", "nan", "na", "n/a", "null", "none", "<na>", "#n/a"})
+# Formats whose records can carry a label: a table column, or `key=value` in a header.
+LABELED_FORMATS = tuple(sorted(_BIOPYTHON_FORMATS | set(TABLE_FORMATS)))
+
+
+class MissingLabelError(InputError):
+    """A record has no label, or an empty / NaN one."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabeledRecord(Record):
+    label: str = ""
+
+
+class LabeledRecordReader(RecordReader):
+    """`RecordReader` whose records also carry a label: the `label_column` of a table, or the
+    `label_column=value` word of a FASTA (GenBank, EMBL, Swiss-Prot) header such as
+    `>P02699 label=membrane`, the `name=value` form in which `write_results` writes fields.
+    A missing, empty or NaN label raises `MissingLabelError` naming the file, record and column."""
+
+    def __init__(self, path, format, domain, on_invalid, column, id_column, label_column):
+        self.label_column = label_column
+        super().__init__(path, format, domain, on_invalid, column, id_column)
+        if self.format not in LABELED_FORMATS:
+            raise InputError(
+                f"{self.path}: {self.format} records carry no labels; use a table with a {label_column!r} column "
+                f"or FASTA headers with {label_column}=VALUE"
+            )
+
+    def _require_columns(self, available: list[str]) -> list[str]:
+        wanted = super()._require_columns(available)
+        if self.label_column not in available:
+            raise InputError(
+                f"{self.path}: no label column {self.label_column!r} (available: {', '.join(map(str, available))})"
+            )
+        return list(dict.fromkeys([*wanted, self.label_column]))
+
+    def _table_records(self, batches: Iterable[pd.DataFrame]) -> Iterator[Record]:
+        row = 0
+        for batch in batches:
+            ids = batch[self.id_column] if self.id_column else None
+            sequences, labels = batch[self.column].fillna(""), batch[self.label_column]
+            for offset, (sequence, label) in enumerate(zip(sequences, labels)):
+                row += 1
+                record_id = f"row_{row}" if ids is None else str(ids.iat[offset])
+                yield LabeledRecord(record_id, str(sequence), "", _label_text(label))
+
+    def _parsed_records(self) -> Iterator[Record]:
+        for record in super()._parsed_records():
+            if not isinstance(record, LabeledRecord):
+                label = _header_label(record.description, self.label_column)
+                record = LabeledRecord(record.id, record.sequence, record.description, label)
+            yield record
+
+    def _checked(self, record: Record) -> Record:
+        if record.label.strip().lower() in MISSING_LABEL_TEXTS:
+            where = "column" if self.format in TABLE_FORMATS else "header key"
+            raise MissingLabelError(
+                f"{self.path}: record {record.id!r} has no label ({where} {self.label_column!r} is missing, empty or NaN)"
+            )
+        checked = super()._checked(record)
+        # The parent rebuilds a repaired record as a plain Record; the label goes with it.
+        if checked is record:
+            return checked
+        return LabeledRecord(checked.id, checked.sequence, checked.description, record.label)
+
+
+def _label_text(value) -> str:
+    """A table cell as label text; Parquet's nulls and float NaNs become the empty (missing) label."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
+
+
+def _header_label(description: str, key: str) -> str:
+    prefix = f"{key}="
+    return next((word[len(prefix):] for word in description.split() if word.startswith(prefix)), "")
+
+
+def read_labeled_records(
+    path: str | Path,
+    format: str | None = None,
+    domain: str | None = None,
+    on_invalid: str = "error",
+    column: str = "sequence",
+    label_column: str = "label",
+    id_column: str | None = None,
+) -> LabeledRecordReader:
+    """Stream `LabeledRecord`s: as `read_records`, each with the text of its label.
+
+    Tables (CSV, TSV, Parquet): the label is the `label_column` cell. FASTA and the other Biopython
+    formats: the label is VALUE in a `label_column=VALUE` word of the header (values hold no spaces).
+    on_invalid "skip" also leaves out records without a label; otherwise one raises MissingLabelError.
+    """
+    return LabeledRecordReader(path, format, domain, on_invalid, column, id_column, label_column)
+
+
+def read_labels(path: str | Path, label_column: str = "label", id_column: str = "id") -> list[tuple[str, str]]:
+    """`(id, label)` of every row of a label table (CSV, TSV, Parquet; no sequences needed), or of
+    every record of a FASTA file with `label_column=VALUE` headers."""
+    path = Path(path)
+    format = format_from_path(path) if not _is_standard_stream(path) else None
+    if format in TABLE_FORMATS:
+        reader = read_labeled_records(path, column=id_column, label_column=label_column, id_column=id_column)
+    else:
+        reader = read_labeled_records(path, format, label_column=label_column)
+    return [(record.id, record.label) for record in reader]
+
+
+def read_embeddings(path: str | Path):
+    """`(ids, vectors)` of a `bioxlstm embed` Parquet file: the record ids and a float32 array
+    (records, width) of their pooled embeddings."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowException as error:
+        raise InputError(f"{path}: not a Parquet file of embeddings ({' '.join(str(error).split())})") from error
+    missing = [name for name in ("id", "embedding") if name not in table.column_names]
+    if missing:
+        raise InputError(f"{path}: no column {missing[0]!r}; expected the id and embedding columns of `bioxlstm embed`")
+    column = table.column("embedding")
+    if not pa.types.is_fixed_size_list(column.type):
+        raise InputError(f"{path}: holds one vector per token, not per sequence; embed with a pooling other than none")
+    width = column.type.list_size
+    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    ids = [str(value) for value in table.column("id").to_pylist()]
+    return ids, np.asarray(flat, dtype=np.float32).reshape(len(ids), width)

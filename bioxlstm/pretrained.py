@@ -4,6 +4,7 @@ or the name of a default model bundled with the package."""
 from importlib import resources
 from pathlib import Path
 
+from safetensors import SafetensorError
 from transformers import AutoConfig, PreTrainedTokenizerFast
 
 from . import models
@@ -52,7 +53,11 @@ def load_pretrained(name_or_path: str | Path, **kwargs):
     model_class = getattr(models, architecture, None)
     if model_class is None:
         raise ModelNotFoundError(f"{directory}: unknown Bio-xLSTM architecture {architecture!r}")
-    model = model_class.from_pretrained(directory, **kwargs).eval()
+    try:
+        model = model_class.from_pretrained(directory, **kwargs).eval()
+    except SafetensorError as error:
+        # The Rust error names neither the file nor what to do; a half-copied download is the usual cause.
+        raise OSError(f"{directory}: its weights cannot be read ({error}); the file may be truncated: copy it again") from None
     tokenizer = saved_tokenizer(directory)
     if tokenizer is None and config.domain:
         tokenizer = load_tokenizer(config.domain)
@@ -62,3 +67,9 @@ def load_pretrained(name_or_path: str | Path, **kwargs):
 def saved_tokenizer(directory: Path) -> PreTrainedTokenizerFast | None:
     """The tokenizer saved beside a model's weights, or None."""
     return PreTrainedTokenizerFast.from_pretrained(directory) if (directory / "tokenizer.json").is_file() else None
+
+
+def supported_heads(config: models.BioXLSTMConfig) -> dict[str, str]:
+    """The heads a saved model loads as (the ones its config.json's `auto_map` lists), each with its
+    Hugging Face pipeline task."""
+    return {name: getattr(models, name).pipeline_tag for name in config.heads.values()}

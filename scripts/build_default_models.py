@@ -7,17 +7,19 @@ Each name trains its recipe (see DEFAULT_RECIPES) into runs/default-<name>/, the
 bioxlstm/default_models/<name>/, where `load_pretrained(name)` and `--model name` find it.
 `--resume-to-steps N` continues the first run to N steps instead (the learning-rate schedule is then
 stretched to N steps from where it stood; later stages run afresh); `--from-run DIR` installs a run
-trained by other means.
+trained by other means; `--cards-only` rewrites the installed models' cards and configs (after a change
+to how cards are written) and leaves their weights untouched.
 The protein card also reports the perplexity of never-trained family members alone and with homologs in
 context; the chem card, the RDKit validity and uniqueness of 1,000 unconditional samples; the chem-icl
 card, the in-context evaluation on the ICST domains its recipe held out.
 """
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
-from bioxlstm.export import CARD_INFO_FILE, CardInfo, export
+from bioxlstm.export import CARD_INFO_FILE, CardInfo, drop_tokenizer_loader_settings, write_card
 from bioxlstm.io import read_records
 from bioxlstm.pretrained import DEFAULT_MODELS_DIRECTORY, load_pretrained
 from bioxlstm.tasks.molecules import evaluate_in_context, sample_molecules
@@ -43,6 +45,9 @@ STAGES_NOTE = (
     "those of the last run."
 )
 VALIDITY_SAMPLES = 1000
+# The package's license (pyproject.toml) covers the weights it ships; the data they were trained on
+# keep their own terms, which the data cards on each model card state.
+BUNDLED_LICENSE = "apache-2.0"
 RESUMED_NOTE = (
     "\n\nThe run was resumed from its last checkpoint and continued to {steps} steps in all (the time "
     "above is that of the continuation), its cosine learning-rate schedule stretched to the new length from where it stood "
@@ -151,20 +156,42 @@ def install(name: str, recipe: Recipe, run_dir: Path, note: str = "") -> Path:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(run_dir / "model", target)
-    if name in EXTRA_METRICS or note:
-        model, tokenizer = load_pretrained(target)
-        card = CardInfo.from_file(target / CARD_INFO_FILE)
-        card.description += note
-        if name in EXTRA_METRICS:
-            EXTRA_METRICS[name](card, model, tokenizer, recipe)
-        export(model, target, tokenizer, card)
+    model, tokenizer = load_pretrained(target)
+    card = CardInfo.from_file(target / CARD_INFO_FILE)
+    card.description += note
+    if name in EXTRA_METRICS:
+        EXTRA_METRICS[name](card, model, tokenizer, recipe)
+    bundle(name, model, card, recipe)
+    return target
+
+
+def rewrite_card(name: str) -> Path:
+    """Write an installed model's card and config again as `install` would, without its weights."""
+    target = DEFAULT_MODELS_DIRECTORY / name
+    model, _ = load_pretrained(target)
+    bundle(name, model, CardInfo.from_file(target / CARD_INFO_FILE), default_recipe(name))
+    return target
+
+
+def bundle(name: str, model, card: CardInfo, recipe: Recipe) -> None:
+    """Make an installed model's directory package data: no model code, a card that says how to use it."""
+    target = DEFAULT_MODELS_DIRECTORY / name
     # The installed package is the code of its bundled models; a copy beside the weights would fall
-    # out of step with it. `bioxlstm export --model NAME` writes a self-contained directory.
+    # out of step with it, and an auto_map would point at files that are not there.
+    # `bioxlstm export --model NAME` writes a self-contained directory.
     for code in target.glob("*.py"):
         code.unlink()
+    config_path = target / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("auto_map", None)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    drop_tokenizer_loader_settings(target)
+    card.license = card.license or BUNDLED_LICENSE
+    # A bundled model's base is another bundled model; a continued stage's run directory is none.
+    card.base_model = recipe.init_from if recipe.init_from in DEFAULT_RECIPES else ""
+    write_card(model, target, card, bundled_name=name)
     for path in target.iterdir():
         path.chmod(0o644)  # safetensors writes owner-only files; an installed package is read by all users
-    return target
 
 
 def main() -> None:
@@ -175,11 +202,21 @@ def main() -> None:
         help="continue the previous run of each name (runs/default-NAME) to N steps in all, instead of starting afresh",
     )
     parser.add_argument(
+        "--cards-only", action="store_true",
+        help="rewrite the installed models' cards, configs and tokenizer configs; weights stay as they are",
+    )
+    parser.add_argument(
         "--from-run", type=Path, metavar="DIR",
         help="install the model of a finished run of the name's recipe (e.g. one trained elsewhere with "
         "`bioxlstm train`) instead of training; one name only",
     )
     args = parser.parse_args()
+    if args.cards_only:
+        if args.from_run is not None or args.resume_to_steps is not None:
+            parser.error("--cards-only takes names only")
+        for name in args.names:
+            print(f"rewrote the card of {rewrite_card(name)}")
+        return
     if args.from_run is not None:
         if len(args.names) != 1 or args.resume_to_steps is not None:
             parser.error("--from-run takes one name and no --resume-to-steps")

@@ -12,6 +12,15 @@ import bioxlstm
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 
+# The causal architectures every execution-path test runs on (prefill and stepwise decoding, generate,
+# padding, inference in segments, packing): a new variant is one entry here.
+CAUSAL_VARIANTS = {
+    "mlstm-only": {"slstm_layers": ()},
+    "mixed": {"slstm_layers": (1,)},
+    "rotary-mixed": {"slstm_layers": (1,), "position_embedding": "rotary"},
+}
+
+
 def tiny_model(
     slstm_layers=(1,), chunk_size=16, vocab_size=12, perturb=0.1, model_class=bioxlstm.BioXLSTMForCausalLM, **overrides
 ) -> bioxlstm.models.BioXLSTMPreTrainedModel:

@@ -58,7 +58,7 @@ def test_root_shim_runs_from_the_repository_root():
 
 def test_without_a_command_prints_help_and_fails():
     result = run()
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "usage: bioxlstm" in result.stderr
 
 
@@ -157,7 +157,7 @@ BAD_INPUTS = [
     (["embed", "--model", "{protein}", "--input", str(GLOBINS), "--pooling", "cls", "--output", "x.npy"],
      "--pooling cls reads the <cls> token"),
     (["score", "--model", "{protein}", "--input", str(GLOBINS), "--rc-invariant"], "--rc-invariant needs a DNA model"),
-    (["generate", "--model", "{protein}", "-n", "0"], "must be positive"),
+    (["generate", "--model", "{protein}", "-n", "0"], "argument -n: expected a whole number of at least 1, not '0'"),
 ]
 
 

@@ -224,6 +224,21 @@ def test_conjoined_embeddings_of_a_sequence_and_its_reverse_complement_are_equal
         assert (plain(rc(rows[0])[None]).last_hidden_state.mean(1) - plain(rows[0][None]).last_hidden_state.mean(1)).abs().max() > 1e-3
 
 
+def test_conjoining_keeps_the_delimiters_a_tokenizer_writes_around_either_strand():
+    """`<cls> ACG <eos>` and `<cls> CGT <eos>`, as the tokenizer writes a sequence and its reverse
+    complement, get one pooled embedding, and the same token states with the bases reversed."""
+    model = dna_model(bioxlstm.BioXLSTMModel, bidirectional=True, conjoin=True,
+                      bos_token_id=TOKENIZER.cls_token_id, eos_token_id=TOKENIZER.eos_token_id)  # fmt: skip
+    sequence = ecoli_genome()[5000:5040]
+    rows = [TOKENIZER(s)["input_ids"] + [TOKENIZER.eos_token_id] for s in (sequence, str(Seq(sequence).reverse_complement()))]
+    assert rows[0][0] == rows[1][0] == TOKENIZER.cls_token_id
+    with torch.no_grad():
+        forward, reverse = (model(torch.tensor([row])).last_hidden_state[0] for row in rows)
+    assert (forward.mean(0) - reverse.mean(0)).abs().max() <= 1e-5
+    assert (forward[1:-1] - reverse[1:-1].flip(0)).abs().max() <= 1e-5
+    assert (forward[[0, -1]] - reverse[[0, -1]]).abs().max() <= 1e-5
+
+
 # --- masked LM and its collator -----------------------------------------------------------------
 
 

@@ -1,14 +1,17 @@
 """Exported models behave like any model on the Hub, also for people without bioxlstm."""
 
 import json
+import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from helpers import tiny_model
+from packaging.requirements import Requirement
 
 import bioxlstm
 from bioxlstm.export import CardInfo, export
@@ -33,19 +36,84 @@ def exported(tmp_path_factory):
     return model, tokenizer, directory
 
 
-def run_without_bioxlstm(code: str, tmp_path: Path) -> dict:
-    """Run `code` in a fresh interpreter where `import bioxlstm` fails; it prints one JSON object."""
-    script = "import sys\nsys.modules['bioxlstm'] = None\n" + code
+# What a user of an export installs (the README's line): an export must run with these alone.
+PLAIN_TRANSFORMERS = ("torch", "transformers", "safetensors", "tokenizers")
+OUR_PACKAGES = ("bioxlstm", "mlstm_kernels", "xlstm")
+
+
+def runtime_distributions(names: tuple[str, ...]) -> dict[str, metadata.Distribution]:
+    """The installed distributions `names` need at run time: themselves and their requirements,
+    recursively, without extras (environment markers evaluated for this machine)."""
+    found, pending = {}, list(names)
+    while pending:
+        name = re.sub(r"[-_.]+", "-", pending.pop()).lower()
+        if name in found:
+            continue
+        try:
+            found[name] = metadata.distribution(name)
+        except metadata.PackageNotFoundError:  # required only where it is not needed, e.g. CUDA libraries
+            continue
+        for line in found[name].requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return found
+
+
+@pytest.fixture(scope="module")
+def plain_transformers(tmp_path_factory) -> Path:
+    """A folder holding only PLAIN_TRANSFORMERS and their runtime requirements: links to their
+    top-level modules and metadata, built offline from this environment's installed copies."""
+    folder = tmp_path_factory.mktemp("plain-transformers")
+    for distribution in runtime_distributions(PLAIN_TRANSFORMERS).values():
+        for top in {Path(file).parts[0] for file in distribution.files or []}:
+            source = Path(distribution.locate_file(top))
+            if top not in ("..", "__pycache__") and not top.endswith(".pth") and source.exists():
+                if not (folder / top).exists():
+                    (folder / top).symlink_to(source)
+    return folder
+
+
+def run_on_plain_transformers(code: str, tmp_path: Path, packages: Path) -> dict:
+    """Run `code` in a fresh interpreter whose path holds the standard library and `packages` only
+    (`-I -S`: no site-packages, no user site, no PYTHONPATH); it prints one JSON object. The run
+    stops first if one of OUR_PACKAGES can be imported there."""
+    preamble = f"""import sys
+sys.path.insert(0, {str(packages)!r})
+for name in {OUR_PACKAGES!r}:
+    try:
+        __import__(name)
+    except ImportError:
+        continue
+    raise SystemExit(name + " is importable on plain transformers")
+"""
     env = {
         "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin",
         # CPU kernels split sums by thread count; identical outputs need this process's count.
         "OMP_NUM_THREADS": str(torch.get_num_threads()),
     }
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL
-    )
+        [sys.executable, "-I", "-S", "-c", preamble + code],
+        capture_output=True, text=True, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_plain_transformers_environment_has_only_those_packages(plain_transformers, tmp_path):
+    """The clean environment of the export tests: our packages and the kernels library are absent,
+    and torch and transformers come from the linked folder, not from this environment's site-packages."""
+    result = run_on_plain_transformers(
+        f"""
+import json, importlib.util, torch, transformers
+print(json.dumps({{"importable": [n for n in {OUR_PACKAGES!r} if importlib.util.find_spec(n)],
+                  "paths": [torch.__file__, transformers.__file__], "site": "site" in sys.modules}}))
+""",
+        tmp_path,
+        plain_transformers,
+    )
+    assert result["importable"] == [] and not result["site"]
+    assert all(path.startswith(str(plain_transformers)) for path in result["paths"])
 
 
 def test_export_writes_weights_code_tokenizer_and_card(exported):
@@ -70,14 +138,17 @@ def test_export_writes_weights_code_tokenizer_and_card(exported):
     assert "ProtMamba" in card  # the training data card is part of the model card
 
 
-def test_exported_model_loads_without_bioxlstm_with_identical_outputs(exported, tmp_path):
+@pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads only contend
+def test_exported_model_loads_without_bioxlstm_with_identical_outputs(exported, tmp_path, plain_transformers):
+    """On plain transformers (no bioxlstm, no mlstm_kernels) the shipped code gives the same logits,
+    features and greedy continuation, by `generate` and by the pipeline."""
     model, tokenizer, directory = exported
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids  # `<cls>` + prompt, as the pipeline tokenises
     with torch.no_grad():
         logits = model(ids).logits
         hidden = model.backbone(ids).last_hidden_state
     greedy = model.generate(ids, max_new_tokens=8, do_sample=False)
-    result = run_without_bioxlstm(
+    result = run_on_plain_transformers(
         f"""
 import json, torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, pipeline
@@ -88,17 +159,20 @@ ids = tokenizer({PROMPT!r}, return_tensors="pt").input_ids
 model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True).eval()
 with torch.no_grad():
     logits = model(ids).logits
+greedy = model.generate(ids, max_new_tokens=8, do_sample=False)
 generator = pipeline("text-generation", model=directory, trust_remote_code=True)
 text = generator({PROMPT!r}, max_new_tokens=8, do_sample=False, return_full_text=True)[0]["generated_text"]
 features = pipeline("feature-extraction", model=directory, trust_remote_code=True)({PROMPT!r}, return_tensors=True)
 print(json.dumps({{"module": type(model).__module__, "ids": ids.tolist(), "logits": logits.tolist(),
-                  "text": text, "features": features[0].tolist()}}))
+                  "text": text, "features": features[0].tolist(), "greedy": greedy.tolist()}}))
 """,
         tmp_path,
+        plain_transformers,
     )
     assert not result["module"].startswith("bioxlstm")
     assert result["ids"] == ids.tolist()
     assert torch.equal(torch.tensor(result["logits"]), logits)
+    assert result["greedy"] == greedy.tolist()
     assert result["text"] == tokenizer.decode(greedy[0], skip_special_tokens=True)
     features = torch.tensor(result["features"])
     assert features.shape == hidden[0].shape and torch.allclose(features, hidden[0], atol=1e-6)
@@ -108,7 +182,7 @@ def test_pickled_weights_are_refused_unless_the_user_opts_in(tmp_path):
     model = tiny_model()
     model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
-    with pytest.raises(OSError, match="holds only pickled weights .*pass use_safetensors=False"):
+    with pytest.raises(OSError, match="holds only pickled weights .*load them in Python with use_safetensors=False"):
         bioxlstm.BioXLSTMForCausalLM.from_pretrained(tmp_path)
     loaded = bioxlstm.BioXLSTMForCausalLM.from_pretrained(tmp_path, use_safetensors=False)
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
@@ -175,26 +249,31 @@ HEADS = {
 }
 
 
-def test_every_head_loads_without_bioxlstm_and_runs_its_pipeline(tmp_path):
-    """Each head, exported, gives identical outputs from the shipped code, and its pipeline runs."""
+@pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads only contend
+def test_every_head_loads_without_bioxlstm_and_runs_its_pipeline(tmp_path, plain_transformers):
+    """Each head, and a reverse-complement-equivariant masked LM (which also ships `rc.py`), exported,
+    gives identical outputs from the shipped code on plain transformers, and its pipeline runs."""
     tokenizer = bioxlstm.load_tokenizer("dna")
     text = "ACGTTGCAAGGCTTA"
     ids = tokenizer(text, return_tensors="pt").input_ids
+    exports = {name: (name, auto, overrides) for name, (auto, overrides) in HEADS.items()}
+    rc_settings = {"bidirectional": True, "rcps": True, "complement_map": bioxlstm.complement_map(tokenizer)}
+    exports["BioXLSTMForMaskedLM-rcps"] = ("BioXLSTMForMaskedLM", "AutoModelForMaskedLM", rc_settings)
     expected, directories = {}, {}
-    for name, (_, overrides) in HEADS.items():
+    for name, (head, _, overrides) in exports.items():
         config = tiny_model(vocab_size=len(tokenizer), domain="dna", pad_token_id=tokenizer.pad_token_id).config
         config = bioxlstm.BioXLSTMConfig(**{**config.to_dict(), **overrides})
         torch.manual_seed(1)
-        model = getattr(bioxlstm, name)(config).eval()
+        model = getattr(bioxlstm, head)(config).eval()
         with torch.no_grad():
             output = model(ids)[0]
         expected[name] = output
         directories[name] = str(export(model, tmp_path / name, tokenizer))
-    result = run_without_bioxlstm(
+    result = run_on_plain_transformers(
         f"""
 import json, torch, transformers
 from transformers import AutoTokenizer, pipeline
-heads = {json.dumps({name: auto for name, (auto, _) in HEADS.items()})}
+heads = {json.dumps({name: auto for name, (_, auto, _) in exports.items()})}
 directories = {json.dumps(directories)}
 tokenizer = AutoTokenizer.from_pretrained(directories["BioXLSTMModel"], trust_remote_code=False)
 ids = tokenizer({text!r}, return_tensors="pt").input_ids
@@ -210,8 +289,9 @@ print(json.dumps({{"outputs": outputs, "filled": [f["token_str"] for f in filled
                   "scores": [f["score"] for f in filled], "label": classify({text!r})[0]["label"]}}))
 """,
         tmp_path,
+        plain_transformers,
     )
-    for name in HEADS:
+    for name in exports:
         assert torch.equal(torch.tensor(result["outputs"][name]), expected[name]), name
     assert sorted(result["filled"]) == list("ACGT")
     assert result["scores"] == sorted(result["scores"], reverse=True)

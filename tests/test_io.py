@@ -217,7 +217,7 @@ def test_a_missing_column_lists_the_available_ones(tmp_path):
 def test_a_file_in_another_format_is_not_silently_empty(tmp_path):
     mislabelled = tmp_path / "entries.fa"
     mislabelled.write_bytes(gzip.decompress((DATA / "swissprot_100_entries.dat.gz").read_bytes()))
-    expected = rf"^{mislabelled}: not valid fasta: This FASTA file contains comments"
+    expected = rf"^{mislabelled}: not valid fasta: the first line is not a FASTA header: a record starts with '>'$"
     with pytest.raises(InputError, match=expected) as error:
         read(mislabelled)
     assert "\n" not in str(error.value)

@@ -6,12 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import mlstm_reference, tiny_model
+from helpers import CAUSAL_VARIANTS, mlstm_reference, tiny_model
 
 import bioxlstm
 from bioxlstm.models import blocks, kernels
 
-STACKS = {"mlstm-only": (), "mixed": (1,)}
 GLOBINS = Path(__file__).resolve().parents[1] / "data" / "globins45.fa"
 
 
@@ -182,9 +181,9 @@ def test_from_xlstm_is_one_to_one(xlstm_pair):
 # --- recurrent decoding equals the full forward -----------------------------------------------
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_prefill_then_stepwise_decoding_equals_full_forward(stack):
-    model = tiny_model(slstm_layers=STACKS[stack])
+@pytest.mark.parametrize("variant", CAUSAL_VARIANTS)
+def test_prefill_then_stepwise_decoding_equals_full_forward(variant):
+    model = tiny_model(**CAUSAL_VARIANTS[variant])
     tokens = torch.randint(1, 12, (2, 57))
     with torch.no_grad():
         full = model(tokens).logits
@@ -209,9 +208,9 @@ def test_cache_passed_under_its_pre_5_24_name_still_continues_the_sequence():
     assert (rest - full[:, 15:]).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_generate_logits_equal_full_forward(stack):
-    model = tiny_model(slstm_layers=STACKS[stack])
+@pytest.mark.parametrize("variant", CAUSAL_VARIANTS)
+def test_generate_logits_equal_full_forward(variant):
+    model = tiny_model(**CAUSAL_VARIANTS[variant])
     prompt = torch.randint(1, 12, (2, 23))
     out = model.generate(
         prompt, max_new_tokens=12, do_sample=False, output_logits=True, return_dict_in_generate=True
@@ -269,9 +268,9 @@ def _left_padded(sequences, pad_id=0):
     return ids, mask
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_padded_batch_equals_each_prompt_alone(stack):
-    model = tiny_model(slstm_layers=STACKS[stack])
+@pytest.mark.parametrize("variant", CAUSAL_VARIANTS)
+def test_padded_batch_equals_each_prompt_alone(variant):
+    model = tiny_model(**CAUSAL_VARIANTS[variant])
     prompts = [torch.randint(1, 12, (n,)) for n in (41, 7, 19)]
     ids, mask = _left_padded(prompts)
     with torch.no_grad():
@@ -284,13 +283,13 @@ def test_padded_batch_equals_each_prompt_alone(stack):
             assert torch.equal(batch_generated[row, ids.shape[1] :], generated[0, len(prompt) :])
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_inference_in_segments_equals_one_pass(monkeypatch, stack):
+@pytest.mark.parametrize("variant", CAUSAL_VARIANTS)
+def test_inference_in_segments_equals_one_pass(monkeypatch, variant):
     """Without autograd the native backend reads a long input in segments, every state carried
     (kernels.NATIVE_INFERENCE_SEGMENT): logits, hidden states and the returned cache equal those of
     one pass over the whole input, for a left-padded batch with rotary positions and for packed rows."""
     monkeypatch.setattr(kernels, "NATIVE_INFERENCE_SEGMENT", 24)
-    model = tiny_model(slstm_layers=STACKS[stack], position_embedding="rotary", rope_sequence_index=True)
+    model = tiny_model(**{**CAUSAL_VARIANTS[variant], "position_embedding": "rotary", "rope_sequence_index": True})
     ids, mask = _left_padded([torch.randint(1, 12, (n,)) for n in (101, 60)])
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     seq_idx = torch.repeat_interleave(torch.arange(4), torch.tensor([30, 1, 49, 21]))[None].expand(2, -1)
@@ -513,15 +512,15 @@ def test_a_new_head_on_a_saved_model_starts_from_small_random_weights(tmp_path, 
 # --- packed sequences -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_packed_sequences_see_nothing_of_each_other(stack):
+@pytest.mark.parametrize("variant", CAUSAL_VARIANTS)
+def test_packed_sequences_see_nothing_of_each_other(variant):
     """Sequences packed into one row (seq_idx from transformers' flattening collator) give the
     logits they give alone, and the packed loss is the token-weighted mean of their losses."""
     from transformers import DataCollatorWithFlattening
 
     tokenizer = bioxlstm.load_tokenizer("protein")
     proteins = [r.sequence[:n] for r, n in zip(bioxlstm.io.read_records(GLOBINS, domain="protein"), (37, 70, 23))]
-    model = tiny_model(slstm_layers=STACKS[stack], vocab_size=len(tokenizer), chunk_size=16)
+    model = tiny_model(**CAUSAL_VARIANTS[variant], vocab_size=len(tokenizer), chunk_size=16)
     features = [{"input_ids": tokenizer(p)["input_ids"]} for p in proteins]
     packed = DataCollatorWithFlattening(return_seq_idx=True)(features, return_tensors="pt")
     with torch.no_grad():

@@ -315,6 +315,25 @@ def test_inpainting_fills_spans_with_amino_acids_and_keeps_the_rest(model, token
     assert greedy[0] == greedy[1]
 
 
+@pytest.mark.parametrize("max_fill_length", [3, 40], ids=["capped", "closed by the model"])
+def test_an_inpainting_log_likelihood_is_that_of_its_fill_read_in_the_trained_fim_form(model, tokenizer, family, max_fill_length):
+    """The fill is scored where training put it: after the sentinel, which shares the position of
+    the span's first residue; with the token that closed it, if the model closed it."""
+    sequence, span = family[0][:60], (20, 30)
+    result = bioxlstm.inpaint(model, tokenizer, sequence, [span], max_fill_length=max_fill_length, seed=2)
+    (finished,) = result.finished
+    sentinel = sentinel_ids(tokenizer)[0]
+    query = fill_in_the_middle(tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(list(sequence)), [span], [sentinel])
+    masked = query.infill.index(True)
+    fill = tokenizer.convert_tokens_to_ids(list(result.fills[0])) + ([tokenizer.eos_token_id] if finished else [])
+    ids = query.input_ids[:masked] + [sentinel] + fill
+    positions = query.position_ids[:masked] + [span[0] + 1] + [span[0] + 1 + i for i in range(len(fill))]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]), position_ids=torch.tensor([positions])).logits[0]
+    scored = logits[masked : masked + len(fill)].log_softmax(-1)[torch.arange(len(fill)), torch.tensor(fill)].sum()
+    assert result.log_likelihood == pytest.approx(scored.item(), abs=1e-3)
+
+
 def test_family_generation_samples_amino_acids_with_likelihood_and_similarity(model, tokenizer, family):
     members = bioxlstm.generate_family(model, tokenizer, PROTMAMBA, 3, context_sequences=2, max_new_tokens=12, seed=0)
     assert [m.id for m in members] == ["generated_1", "generated_2", "generated_3"]

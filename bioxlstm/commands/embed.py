@@ -23,9 +23,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from ..io import atomic_output
+    from ..progress import token_progress
     from ..tasks import embed_records
     from ..tasks.running import is_bidirectional
 
@@ -41,10 +39,19 @@ def run(args: argparse.Namespace) -> None:
         )
     if args.rc_invariant and not allows(model.config.domain, "has_strands"):
         raise ValueError(f"--rc-invariant needs a DNA model; this one is for {model.config.domain}")
-    embeddings = embed_records(
-        model, tokenizer, input_records(args, model), pooling=args.pooling, layer=args.layer,
-        rc_invariant=args.rc_invariant, window=args.window, batch_size=args.batch_size,
-    )
+    with token_progress("embedding") as bar:
+        embeddings = embed_records(
+            model, tokenizer, input_records(args, model), pooling=args.pooling, layer=args.layer,
+            rc_invariant=args.rc_invariant, window=args.window, batch_size=args.batch_size, progress=bar.update,
+        )
+        _write(embeddings, output)
+
+
+def _write(embeddings, output: Path) -> None:
+    import numpy as np
+
+    from ..io import atomic_output
+
     if output.suffix == ".npy":
         ids, vectors = [], []
         for record_id, vector in embeddings:

@@ -26,28 +26,46 @@ def add_parser(commands) -> None:
         help='held-out numbers for the card, a JSON object such as {"eval_perplexity": 3.7}',
     )
     export.add_argument("--description", default=None, help="a paragraph describing the model for its card")
+    export.add_argument(
+        "--base-model", metavar="ID",
+        help="the Hub id (owner/name) of the model this one was fine-tuned from, for the card's base_model; "
+        "default: what the model's own card records",
+    )
+    export.add_argument(
+        "--license", metavar="ID", help="a Hub license identifier (e.g. apache-2.0); default: the model's own card's"
+    )
     export.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
     import json
 
-    from ..export import CARD_INFO_FILE, CardInfo, export
+    from ..export import CARD_INFO_FILE, LOSS_CURVE_FILE, CardInfo, export
+    from ..io import atomic_directory
     from ..pretrained import load_pretrained, resolve_model
 
-    if args.output.exists() and any(args.output.iterdir()):
+    if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
         raise FileExistsError(f"{args.output}: exists and is not empty; choose a new directory")
-    own_card = resolve_model(args.model) / CARD_INFO_FILE  # a bundled model's name is not a path
-    card = CardInfo.from_file(own_card) if own_card.is_file() else CardInfo()
+    source = resolve_model(args.model)  # a bundled model's name is not a path
+    card = CardInfo.from_file(source / CARD_INFO_FILE) if (source / CARD_INFO_FILE).is_file() else CardInfo()
     if args.data_card:
         card.training_data = {path.stem: path.read_text() for path in args.data_card}
     if args.metrics:
-        metrics = json.loads(args.metrics.read_text())
+        try:
+            metrics = json.loads(args.metrics.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{args.metrics}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})") from None
         if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
             raise ValueError(f"{args.metrics}: expected a JSON object of metric names to numbers")
         card.metrics = metrics
     if args.description:
         card.description = args.description
-    model, tokenizer = load_pretrained(args.model)
-    export(model, args.output, tokenizer, card)
+    if args.base_model:
+        card.base_model = args.base_model
+    if args.license:
+        card.license = args.license
+    model, tokenizer = load_pretrained(source)
+    loss_curve = source / LOSS_CURVE_FILE
+    with atomic_directory(args.output) as staging:
+        export(model, staging, tokenizer, card, loss_curve=loss_curve if loss_curve.is_file() else None)
     print(f"exported {type(model).__name__} to {args.output}", file=sys.stderr)

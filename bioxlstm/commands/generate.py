@@ -4,22 +4,17 @@ import argparse
 import sys
 
 from ..domains import DOMAINS, SMILES, allows
-from .options import load_model, model_options
+from .options import load_model, model_options, positive_int, sampling_options
 
 
 def add_parser(commands) -> None:
     generate = commands.add_parser(
-        "generate", parents=[model_options()], help="sample new sequences",
+        "generate", parents=[model_options(), sampling_options()], help="sample new sequences",
         description="Sample new sequences from a causal model, each with the model's log-likelihood of it.",
     )
     generate.add_argument("--prompt", default="", help="start of every sequence (default: empty)")
-    generate.add_argument("-n", type=int, default=10, help="number of sequences")
-    generate.add_argument("--max-new-tokens", type=int, default=256, help="longest continuation")
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
-    generate.add_argument("--top-p", type=float, default=None, help="sample within this probability mass")
-    generate.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
-    generate.add_argument("--batch-size", type=int, default=16, help="sequences sampled at once")
+    generate.add_argument("-n", type=positive_int, default=10, help="number of sequences")
+    generate.add_argument("--max-new-tokens", type=positive_int, default=256, help="longest continuation")
     generate.add_argument(
         "--output", default="-",
         help="FASTA for DNA and proteins; .smi or .csv for molecules; - for stdout (default)",
@@ -33,21 +28,21 @@ def add_parser(commands) -> None:
     family.add_argument(
         "--context", help="protein: homologs (A3M, Stockholm or FASTA, the query first); molecules: a SMILES file of examples"
     )
-    family.add_argument("--context-sequences", type=int, default=None, help="read only the first N homologs")
-    family.add_argument("--max-context-tokens", type=int, default=None, help="read homologs while the context stays within N tokens")
+    family.add_argument("--context-sequences", type=positive_int, default=None, help="read only the first N homologs")
+    family.add_argument("--max-context-tokens", type=positive_int, default=None, help="read homologs while the context stays within N tokens")
     molecules = generate.add_argument_group("molecules")
     molecules.add_argument(
         "--unique-valid", action="store_true",
         help="keep sampling until -n distinct valid molecules exist (or --max-draws samples were drawn); "
         "a report of how many were drawn goes to stderr",
     )
-    molecules.add_argument("--max-draws", type=int, default=None, help="sampling cap for --unique-valid (default 10 n)")
+    molecules.add_argument("--max-draws", type=positive_int, default=None, help="sampling cap for --unique-valid (default 10 n)")
     generate.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
     from ..io import STANDARD_STREAM, write_results
-    from ..tasks import generate_sequences
+    from ..progress import progress
 
     model, tokenizer = load_model(args)
     domain = DOMAINS.get(model.config.domain)
@@ -55,18 +50,25 @@ def run(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         seed=args.seed, batch_size=args.batch_size,
     )
-    if allows(model.config.domain, "molecule_sets") and (args.context or args.unique_valid):
-        generated = _sample_molecules(args, model, tokenizer, sampling)
-    elif args.context:
-        if not allows(model.config.domain, "reads_homologs"):
-            raise ValueError(f"--context needs a protein or molecule model; this one is for {model.config.domain}")
-        generated = _family_members(args, model, tokenizer, sampling)
-    else:
-        generated = generate_sequences(model, tokenizer, args.n, prompt=args.prompt, **sampling)
+    molecules = allows(model.config.domain, "molecule_sets") and (args.context or args.unique_valid)
+    with progress(desc="sampling", unit="seq", total=None if args.unique_valid else args.n) as bar:
+        generated = _generated(args, model, tokenizer, dict(sampling, progress=bar.update), molecules)
     if args.output == STANDARD_STREAM:
         write_results(generated, args.output, domain.output_format if domain else "fasta")
     else:
         write_results(generated, args.output)
+
+
+def _generated(args: argparse.Namespace, model, tokenizer, sampling: dict, molecules: bool) -> list:
+    from ..tasks import generate_sequences
+
+    if molecules:
+        return _sample_molecules(args, model, tokenizer, sampling)
+    if args.context:
+        if not allows(model.config.domain, "reads_homologs"):
+            raise ValueError(f"--context needs a protein or molecule model; this one is for {model.config.domain}")
+        return _family_members(args, model, tokenizer, sampling)
+    return generate_sequences(model, tokenizer, args.n, prompt=args.prompt, **sampling)
 
 
 def _sample_molecules(args: argparse.Namespace, model, tokenizer, sampling: dict) -> list:

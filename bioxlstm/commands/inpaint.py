@@ -3,12 +3,12 @@
 import argparse
 
 from ..domains import PROTEIN
-from .options import load_model, model_options
+from .options import load_model, model_options, positive_int, sampling_options
 
 
 def add_parser(commands) -> None:
     inpaint = commands.add_parser(
-        "inpaint", parents=[model_options()], help="fill spans of a protein sequence",
+        "inpaint", parents=[model_options(), sampling_options(batch_size=None, greedy=True)], help="fill spans of a protein sequence",
         description=(
             "Rewrite spans of a protein sequence by fill-in-the-middle decoding, optionally given homologs. "
             "Writes FASTA; each record's description gives the fill lengths and their log-likelihood."
@@ -20,13 +20,9 @@ def add_parser(commands) -> None:
         help="residues to rewrite, 1-based and inclusive (e.g. 10-20); repeat for up to five spans",
     )
     inpaint.add_argument("--context", help="homologs: A3M, Stockholm or FASTA (.gz ok)")
-    inpaint.add_argument("--max-context-tokens", type=int, default=None, help="read homologs while the context stays within N tokens")
-    inpaint.add_argument("-n", type=int, default=1, help="number of inpainted versions")
-    inpaint.add_argument("--max-fill-length", type=int, default=64, help="longest fill of one span")
-    inpaint.add_argument("--temperature", type=float, default=1.0, help="0 picks the likeliest residue")
-    inpaint.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
-    inpaint.add_argument("--top-p", type=float, default=None, help="sample within this probability mass")
-    inpaint.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    inpaint.add_argument("--max-context-tokens", type=positive_int, default=None, help="read homologs while the context stays within N tokens")
+    inpaint.add_argument("-n", type=positive_int, default=1, help="number of inpainted versions")
+    inpaint.add_argument("--max-fill-length", type=positive_int, default=64, help="longest fill of one span, in residues")
     inpaint.add_argument("--output", default="-", help="FASTA file; - for stdout (default)")
     inpaint.set_defaults(run=run)
 
@@ -37,11 +33,9 @@ def run(args: argparse.Namespace) -> None:
     from ..io import read_records, write_results
     from ..tasks.protein import inpaint
 
-    if args.n < 1:
-        raise ValueError(f"-n {args.n}: give the number of inpainted versions to write (at least 1)")
-    spans = [_span(text) for text in args.span]
-    model, tokenizer = load_model(args)
     record = next(read_records(args.input, domain=PROTEIN.name))
+    spans = _spans(args.span, args.input, record)
+    model, tokenizer = load_model(args)
     results = []
     for index in range(args.n):
         result = inpaint(
@@ -53,9 +47,22 @@ def run(args: argparse.Namespace) -> None:
     write_results(results, args.output, "fasta" if args.output == "-" else None)
 
 
-def _span(text: str) -> tuple[int, int]:
-    """A 1-based inclusive `START-END` as a 0-based slice."""
-    start, separator, end = text.partition("-")
-    if not (separator and start.isdigit() and end.isdigit() and 1 <= int(start) <= int(end)):
-        raise ValueError(f"--span {text!r}: expected START-END, 1-based and inclusive, e.g. 10-20")
-    return int(start) - 1, int(end)
+def _spans(texts: list[str], path: str, record) -> list[tuple[int, int]]:
+    """The 1-based inclusive `START-END` spans as 0-based slices, each checked against the record
+    and the others, in the user's own numbers."""
+    spans = {}
+    for text in texts:
+        start, separator, end = text.partition("-")
+        if not (separator and start.isdigit() and end.isdigit() and 1 <= int(start) <= int(end)):
+            raise ValueError(f"--span {text!r}: expected START-END, 1-based and inclusive, e.g. 10-20")
+        if int(end) > len(record.sequence):
+            raise ValueError(
+                f"--span {text}: {path}: record {record.id!r} has {len(record.sequence)} residues, "
+                f"so a span ends at {len(record.sequence)} at most"
+            )
+        spans[text] = (int(start) - 1, int(end))
+    ordered = sorted(spans.items(), key=lambda item: item[1])
+    for (first, (_, first_end)), (second, (second_start, _)) in zip(ordered, ordered[1:]):
+        if second_start < first_end:
+            raise ValueError(f"--span {first} and --span {second} overlap; give disjoint spans")
+    return [span for _, span in ordered]

@@ -1,7 +1,55 @@
 """Options and steps that several commands share: which model, which input, loading them."""
 
 import argparse
-import sys
+import math
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count, a size, a length)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
+
+
+def probability_mass(text: str) -> float:
+    """An argparse type for nucleus sampling: a probability mass above 0 and at most 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability mass above 0 and at most 1, not {text!r}")
+    return value
+
+
+def temperature(text: str) -> float:
+    """An argparse type: a finite sampling temperature of 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite temperature of 0 or more, not {text!r}")
+    return value
+
+
+def sampling_options(batch_size: int | None = 16, greedy: bool = False, seed: int | None = None) -> argparse.ArgumentParser:
+    """The options of every sampling command. greedy: temperature 0 picks the likeliest token."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--temperature", type=temperature, default=1.0,
+        help="divides the logits before sampling" + ("; 0 picks the likeliest token" if greedy else " (above 0)"),
+    )
+    options.add_argument("--top-k", type=positive_int, default=None, help="sample among the k likeliest tokens")
+    options.add_argument("--top-p", type=probability_mass, default=None, help="sample within this probability mass (0-1]")
+    options.add_argument("--seed", type=int, default=seed, help="make sampling reproducible")
+    if batch_size is not None:
+        options.add_argument("--batch-size", type=positive_int, default=batch_size, help="sequences sampled at once")
+    return options
 
 
 def model_options() -> argparse.ArgumentParser:
@@ -18,9 +66,13 @@ def input_options(input_required: bool = True) -> argparse.ArgumentParser:
     options.add_argument("--input", required=input_required, help="sequence file (FASTA, FASTQ, GenBank, A3M, SMILES, CSV, ...; .gz ok) or - for stdin")
     options.add_argument("--format", help="input format when the extension does not say it (required for stdin)")
     options.add_argument("--column", default="sequence", help="sequence column of a CSV/TSV/Parquet input")
-    options.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     options.add_argument(
-        "--window", type=int, default=4096,
+        "--id-column", default=None,
+        help="id column of a CSV/TSV/Parquet input (default: a column named 'id' if there is one, else row_1, row_2, ...)",
+    )
+    options.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass")
+    options.add_argument(
+        "--window", type=positive_int, default=4096,
         help="tokens per forward pass for long sequences; the recurrent state is carried between windows",
     )
     options.add_argument(
@@ -42,13 +94,13 @@ def load_model(args: argparse.Namespace):
 
 
 def input_records(args: argparse.Namespace, model):
-    """The records of `--input`, read for the model's domain, with a progress bar."""
-    from tqdm import tqdm
-
+    """The records of `--input`, read for the model's domain; their ids must be unique, as they name the results."""
     from ..io import read_records
 
-    reader = read_records(args.input, format=args.format, domain=model.config.domain, column=args.column)
-    return tqdm(reader, desc="sequences", unit="seq", file=sys.stderr, disable=None)
+    return read_records(
+        args.input, format=args.format, domain=model.config.domain, column=args.column, id_column=args.id_column,
+        unique_ids=True,
+    )
 
 
 def refuse_overwriting_input(args: argparse.Namespace) -> None:

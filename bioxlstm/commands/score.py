@@ -3,7 +3,7 @@
 import argparse
 
 from ..domains import PROTEIN, allows
-from .options import input_options, input_records, load_model, model_options
+from .options import input_options, input_records, load_model, model_options, positive_int
 
 
 def add_parser(commands) -> None:
@@ -22,20 +22,19 @@ def add_parser(commands) -> None:
     variants.add_argument("--mutants", help="CSV or TSV with one mutant per row: codes like A24C:D30E (1-based) or full sequences")
     variants.add_argument("--mutant-column", default="mutant", help="the column of --mutants holding them (default: mutant)")
     variants.add_argument("--context", help="homologs read before every scored sequence: A3M, Stockholm or FASTA (.gz ok)")
-    variants.add_argument("--max-context-tokens", type=int, default=None, help="read homologs while the context stays within N tokens")
+    variants.add_argument("--max-context-tokens", type=positive_int, default=None, help="read homologs while the context stays within N tokens")
     variants.add_argument(
         "--no-reuse-context-state", action="store_true",
         help="read the context again for every sequence instead of copying its state (same scores, slower; for checking)",
     )
-    score.add_argument("--output", default="-", help="table: .csv, .tsv or .parquet; - for stdout (default)")
-    score.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    score.add_argument("--output", default="-", help="table: .csv, .tsv, .parquet or .jsonl; - for stdout (default)")
+    score.add_argument("--json", action="store_true", help="write JSON lines (one object per row) instead of a table")
     score.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    import json
-
     from ..io import write_results
+    from ..progress import token_progress
     from ..tasks import SequenceScore, score_records
 
     if args.wildtype or args.mutants:
@@ -49,40 +48,43 @@ def run(args: argparse.Namespace) -> None:
     model, tokenizer = load_model(args)
     if args.rc_invariant and not allows(model.config.domain, "has_strands"):
         raise ValueError(f"--rc-invariant needs a DNA model; this one is for {model.config.domain}")
-    scores = score_records(
-        model, tokenizer, input_records(args, model), rc_invariant=args.rc_invariant,
-        window=args.window, batch_size=args.batch_size,
-    )
-    if args.json:
-        for score in scores:
-            print(json.dumps(vars(score)))
-        return
-    write_results(list(scores), args.output, kind=SequenceScore)
+    with token_progress("scoring") as bar:
+        scores = list(score_records(
+            model, tokenizer, input_records(args, model), rc_invariant=args.rc_invariant,
+            window=args.window, batch_size=args.batch_size, progress=bar.update,
+        ))  # fmt: skip
+    write_results(scores, args.output, format=_table_format(args), kind=SequenceScore)
+
+
+def _table_format(args: argparse.Namespace) -> str | None:
+    """The output format: JSON lines with --json (to --output or stdout), else by --output's extension."""
+    return "jsonl" if args.json else None
 
 
 def _context_scoring(args: argparse.Namespace) -> None:
     from ..io import write_results
+    from ..progress import token_progress
     from ..tasks.likelihood import SequenceScore, perplexity
     from ..tasks.protein import load_context, sequence_log_likelihoods
 
     model, tokenizer = load_model(args)
     records = list(input_records(args, model))
     context = load_context(args.context, max_tokens=args.max_context_tokens)
-    log_likelihoods = sequence_log_likelihoods(
-        model, tokenizer, [r.sequence for r in records], context,
-        reuse_context_state=not args.no_reuse_context_state, batch_size=args.batch_size,
-    )
+    with token_progress("scoring") as bar:
+        log_likelihoods = sequence_log_likelihoods(
+            model, tokenizer, [r.sequence for r in records], context,
+            reuse_context_state=not args.no_reuse_context_state, batch_size=args.batch_size, progress=bar.update,
+        )
     scores = [
         SequenceScore(r.id, len(r.sequence), value, perplexity(value, len(r.sequence) + 1))
         for r, value in zip(records, log_likelihoods)
     ]
-    write_results(scores, args.output, kind=SequenceScore)
+    write_results(scores, args.output, format=_table_format(args), kind=SequenceScore)
 
 
 def _variant_scoring(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from ..io import InputError, format_from_path, read_records, write_table
+    from ..io import InputError, read_records, read_variant_table, write_table
+    from ..progress import token_progress
     from ..tasks.protein import apply_mutant, score_variants
 
     if not (args.wildtype and args.mutants):
@@ -91,27 +93,27 @@ def _variant_scoring(args: argparse.Namespace) -> None:
     if len(wildtypes) != 1:
         raise InputError(f"{args.wildtype}: expected one wild-type sequence, found {len(wildtypes)}")
     wildtype = wildtypes[0].sequence
-    separator = {"csv": ",", "tsv": "\t"}.get(format_from_path(args.mutants))
-    if separator is None:
-        raise InputError(f"{args.mutants}: mutants are read from a CSV or TSV file")
-    table = pd.read_csv(args.mutants, sep=separator, dtype=str, keep_default_na=False)
+    table = read_variant_table(args.mutants)
     if args.mutant_column not in table.columns:
         raise InputError(
             f"{args.mutants}: no column {args.mutant_column!r} (available: {', '.join(map(str, table.columns))})"
         )
+    if table.empty:
+        raise InputError(f"{args.mutants}: no mutants (a header and no rows)")
     problems = []
-    for row, code in enumerate(table[args.mutant_column], start=2):  # line 1 is the header
+    for line, code in table[args.mutant_column].items():
         try:
             apply_mutant(wildtype, code)
         except ValueError as problem:
-            problems.append(f"line {row}: {problem}")
+            problems.append(f"line {line}: {problem}")
     if problems:
         more = f" ({len(problems) - 1} more rows do not match the wild type)" if len(problems) > 1 else ""
         raise InputError(f"{args.mutants}: {problems[0]}{more}; nothing was scored")
     model, tokenizer = load_model(args)
-    table["score"] = score_variants(
-        model, tokenizer, wildtype, list(table[args.mutant_column]), context=args.context,
-        reuse_context_state=not args.no_reuse_context_state, max_context_tokens=args.max_context_tokens,
-        batch_size=args.batch_size,
-    )
-    write_table(table, args.output)
+    with token_progress("scoring") as bar:
+        table["score"] = score_variants(
+            model, tokenizer, wildtype, list(table[args.mutant_column]), context=args.context,
+            reuse_context_state=not args.no_reuse_context_state, max_context_tokens=args.max_context_tokens,
+            batch_size=args.batch_size, progress=bar.update,
+        )
+    write_table(table, args.output, _table_format(args))

@@ -11,13 +11,16 @@ def add_parser(commands) -> None:
         help="train or fine-tune a model from a recipe",
         description=(
             "Train a model from a YAML recipe (see recipes/). Runs on one CPU or GPU as is, and as DDP under "
-            "`torchrun --nproc_per_node N -m bioxlstm.cli train ...` or `accelerate launch`. Writes checkpoints, "
+            "`torchrun --nproc_per_node N -m bioxlstm.cli train ...` or `accelerate launch --multi_gpu --num_processes N` "
+            "(CPUs too), as FSDP on GPUs with a training.fsdp_config; a run whose processes or sharding differ from "
+            "what the launcher or recipe asked stops with an error. Writes checkpoints, "
             "log.csv, TensorBoard logs, loss_curve.png and the final model (OUTPUT_DIR/model) with its card."
         ),
         epilog=(
             "A recipe's objective: clm (next-token prediction, any domain), mlm (masked LM for bidirectional and "
             "RC-PS DNA models), fim-icl (protein homolog groups with fill-in-the-middle queries), molecule-icl "
-            "(molecule sets, shuffled in every batch). A recipe's init_from (a model directory or bundled name) "
+            "(molecule sets, shuffled in every batch), and on labeled data sequence-classification, sequence-regression "
+            "and token-classification (see evaluate finetune for their test metrics over seeds). A recipe's init_from (a model directory or bundled name) "
             "fine-tunes that model instead of starting from random weights; with init_blocks (e.g. "
             "[0, 1, slstm, 2, 3]) it first grows that model deeper, new blocks starting with a zero output."
         ),
@@ -36,9 +39,11 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..training import load_recipe, train
+    from ..training import distribution, load_recipe, train
 
     recipe = load_recipe(args.recipe, args.overrides)
     trainer = train(recipe, args.output_dir, resume=args.resume)
     if trainer.is_world_process_zero():
-        print(f"trained {recipe.name}: model in {Path(trainer.args.output_dir) / 'model'}", file=sys.stderr)
+        # The processes and sharding it really ran with: a launcher that falls back is refused, and this says so.
+        model = Path(trainer.args.output_dir) / "model"
+        print(f"trained {recipe.name} on {distribution(trainer)}: model in {model}", file=sys.stderr)

@@ -10,8 +10,6 @@ not fit the config) is a `ConversionError` with a one-line message naming the fi
 import json
 import pickle
 import re
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 from ..export import CardInfo, export
+from ..io import atomic_directory
 
 
 class ConversionError(ValueError):
@@ -172,15 +171,8 @@ def write_model_directory(converted: Converted, output: Path) -> Path:
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConversionError(f"{output}: already exists; give a new directory (or remove it first)")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with atomic_directory(output) as staging:
         export(converted.model, staging, converted.tokenizer, _card(converted))
-        if output.exists():
-            output.rmdir()
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output
 
 

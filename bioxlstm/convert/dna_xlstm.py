@@ -176,6 +176,8 @@ def _config(fields: _Fields, path: Path) -> BioXLSTMConfig:
         domain=DNA.name,
         pad_token_id=PAD_ID,
         eos_token_id=SEP_ID,
+        # The reference reverse-complements the whole row when conjoined: [SEP] moves with the bases.
+        strand_delimiter_ids=[],
         **_widths(fields, path),
         **positions,
     )

@@ -72,15 +72,27 @@ class DataSpec:
     cache_dir: str | None = None  # Arrow cache; default: the datasets library's cache
     cards: list[str] = field(default_factory=list)  # data cards (markdown) of the files, for the model card
     seed: int = 0  # seed of the hash that chooses the eval examples, and of the collators' random draws
+    # Labeled-data objectives (`bioxlstm.data.labeled`): where the labels are and the held-out test split.
+    test: list[str] = field(default_factory=list)  # held-out test files; empty: hold out test_fraction of train
+    test_fraction: float = 0.0
+    sequence_column: str = "sequence"  # CSV/TSV/Parquet: the column of the sequences (every objective)
+    label_column: str = "label"  # the column, or the FASTA header key (`>id label=...`), of the labels
+    id_column: str | None = None  # the column of record ids (else row_1, row_2, ...)
+    classes: list[str] | None = None  # class names in order (the second of two is the positive one); default: sorted
 
     def validate(self) -> None:
         if not self.train:
             raise ValueError("recipe data.train names no files")
-        for path in [*self.train, *self.eval, *self.cards]:
+        for path in [*self.train, *self.eval, *self.test, *self.cards]:
             if not Path(path).is_file():
                 raise FileNotFoundError(2, "no such file", path)
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if not 0 <= self.test_fraction < 1 or self.eval_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"data.test_fraction must be in [0, 1) and leave training data beside data.eval_fraction, "
+                f"got {self.test_fraction} and {self.eval_fraction}"
+            )
         if not self.eval and self.eval_fraction == 0:
             raise ValueError("no eval data: give data.eval files or a positive data.eval_fraction")
         if self.max_length < 3:
@@ -94,13 +106,13 @@ class DataSpec:
 
 def _records(
     paths: list[str], format: str | None, domain: str, on_invalid: str, max_records: int | None,
-    skipped: list[int], stamps,
+    skipped: list[int], stamps, column: str = "sequence",
 ):
     # `stamps` (size, mtime per file) is unused here but part of the arguments `datasets` hashes for
     # its cache fingerprint, so an edited file is read again instead of served stale from the cache.
     del stamps
     for source, path in enumerate(paths):
-        records = read_records(path, format, domain, on_invalid)
+        records = read_records(path, format, domain, on_invalid, column=column)
         kept = (record for number, record in enumerate(records, start=1) if number not in skipped)
         for record in itertools.islice(kept, max_records):
             yield {"source": source, "sequence": record.sequence}
@@ -119,6 +131,7 @@ def read_dataset(
         max_records=spec.max_records,
         skipped=tuple(sorted(skipped)),  # a tuple: `datasets` would shard over a list
         stamps=[(Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths],
+        column=spec.sequence_column,
     )
     if spec.streaming:
         return datasets.IterableDataset.from_generator(_records, gen_kwargs=kwargs)

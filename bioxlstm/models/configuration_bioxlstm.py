@@ -13,6 +13,15 @@ POSITION_EMBEDDINGS = ("none", "rotary")
 BLOCK_NAMES = {"mlstm": "mLSTM", "slstm": "sLSTM"}
 ROPE_PAIRINGS = ("half", "interleaved")
 ROPE_SPANS = ("head", "inner")
+# The Auto class that loads each head (the classes of modeling_bioxlstm.py); `auto_map` lists the ones
+# that make sense for a config, so that an export also loads for fine-tuning with the others.
+HEADS = {
+    "AutoModel": "BioXLSTMModel",
+    "AutoModelForCausalLM": "BioXLSTMForCausalLM",
+    "AutoModelForMaskedLM": "BioXLSTMForMaskedLM",
+    "AutoModelForSequenceClassification": "BioXLSTMForSequenceClassification",
+    "AutoModelForTokenClassification": "BioXLSTMForTokenClassification",
+}
 
 
 def _round_up(value: float, multiple: int) -> int:
@@ -73,6 +82,10 @@ class BioXLSTMConfig(PretrainedConfig):
             span) and average the hidden states, the second flipped back: every output is then
             invariant to the strand (token outputs up to the flip of positions). Not for LM heads,
             which must tell a base from its complement.
+        strand_delimiter_ids: tokens that `conjoin` leaves in place when it reverse-complements a
+            row, as a tokenizer writes them around either strand (`<cls> ACG <eos>` -> `<cls> CGT
+            <eos>`); None: `bos_token_id` and `eos_token_id`. DNA-xLSTM's conjoined models
+            reverse the whole row, its `[SEP]` included: [].
         pooling: how `BioXLSTMForSequenceClassification` pools the token states of each sequence,
             over valid tokens only: `"mean"`, `"max"`, `"first"` or `"last"`.
         classifier_dropout: dropout before the classification layers.
@@ -160,6 +173,7 @@ class BioXLSTMConfig(PretrainedConfig):
         rcps: bool = False,
         complement_map: list[int] | None = None,
         conjoin: bool = False,
+        strand_delimiter_ids: list[int] | None = None,
         pooling: str = "mean",
         classifier_dropout: float = 0.0,
         bidirectional_mode: str = "mixer",
@@ -212,13 +226,12 @@ class BioXLSTMConfig(PretrainedConfig):
         self.position_restart_token_id = position_restart_token_id
         # Not named max_position_embeddings: generate() caps its default max_length to that field.
         self.max_position_id = max_position_id
-        # Every saved head also loads as the bare backbone (feature extraction) from remote code.
-        kwargs.setdefault("auto_map", {"AutoModel": "modeling_bioxlstm.BioXLSTMModel"})
         self.bidirectional = bidirectional
         self.bidirectional_combine = bidirectional_combine
         self.rcps = rcps
         self.complement_map = None if complement_map is None else [int(i) for i in complement_map]
         self.conjoin = conjoin
+        self.strand_delimiter_ids = strand_delimiter_ids
         self.pooling = pooling
         self.classifier_dropout = classifier_dropout
         self.bidirectional_mode = bidirectional_mode
@@ -321,9 +334,47 @@ class BioXLSTMConfig(PretrainedConfig):
             raise ValueError("complement_map must be an involution on the token ids (the complement of a complement is the token)")
 
     @property
+    def strand_delimiters(self) -> list[int]:
+        """The token ids that conjoining keeps in place (see `strand_delimiter_ids`)."""
+        if self.strand_delimiter_ids is not None:
+            return list(self.strand_delimiter_ids)
+        return [i for i in (self.bos_token_id, self.eos_token_id) if i is not None]
+
+    @property
     def non_causal_settings(self) -> list[str]:
         """The settings, as `name=True`, that let a position see later ones (no recurrent decoding)."""
         return [f"{name}=True" for name in ("bidirectional", "rcps", "conjoin") if getattr(self, name)]
+
+    @property
+    def heads(self) -> dict[str, str]:
+        """The heads that make sense for this architecture, by the Auto class that loads them: the
+        backbone and both classifiers always; the causal LM only without a non-causal setting; the
+        masked LM only with one (a causal LM's head predicts the next token, so it would load as a
+        masked LM without complaint and fill in every mask with the token after it), and not with
+        `conjoin`, which cannot tell a base from its complement. A head the config was saved with
+        (`architectures`) is listed whatever the settings, so that it loads as itself."""
+        excluded = {"AutoModelForMaskedLM"} if not self.non_causal_settings else {"AutoModelForCausalLM"}
+        if self.conjoin:
+            excluded.add("AutoModelForMaskedLM")
+        saved_as = set(self.architectures or ())
+        return {auto: name for auto, name in HEADS.items() if auto not in excluded or name in saved_as}
+
+    # Derived from the settings instead of stored: a config built from another's dict, or whose
+    # settings changed after it was made, would otherwise advertise the other one's heads. What is
+    # assigned (a config.json's copy, transformers' save adding the saved head) is therefore ignored.
+    @property
+    def auto_map(self) -> dict[str, str]:
+        """Where remote code finds the config and every head in `heads` (the files save_pretrained
+        writes beside config.json)."""
+        classes = {auto: f"modeling_bioxlstm.{name}" for auto, name in self.heads.items()}
+        return {"AutoConfig": f"configuration_bioxlstm.{type(self).__name__}", **classes}
+
+    @auto_map.setter
+    def auto_map(self, value) -> None:
+        pass
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "auto_map": self.auto_map}
 
     @property
     def block_width(self) -> int:

@@ -1,8 +1,12 @@
 """The one place that chooses and calls recurrence kernels.
 
-The mLSTM kernels come from `mlstm_kernels` (NXAI Community License; see NOTICE): the chunkwise
-kernel for training and prompt prefill (linear in length, any length through the library's
-padding wrapper) and the step kernel for decoding, native PyTorch on CPU and Triton on CUDA.
+This module ships inside every exported model (remote code on plain `transformers`), so its CPU
+path imports nothing beyond torch: the chunkwise mLSTM (training and prompt prefill, linear in
+length) and the step (decoding) below are our own, written from the recurrence in DESIGN.md.
+`mlstm_kernels` (NXAI Community License; see NOTICE) is used only where it is installed and adds
+something ours lacks: its Triton kernels on CUDA, and on the CPU its custom-backward chunkwise kernel
+for fp32 training, which recomputes chunk states instead of keeping autograd graphs. Inference on a
+CPU always runs our kernels, so a model computes the same numbers with and without the library.
 The sLSTM is strictly sequential; its native scan below follows the reference semantics of the
 official `xlstm` package. Swapping an implementation means editing this module only.
 """
@@ -42,18 +46,36 @@ def triton_available() -> bool:
     return True
 
 
+@lru_cache(maxsize=None)
+def _mlstm_kernels():
+    """`mlstm_kernels.torch`, or None where it is not installed: an exported model runs where only
+    torch and transformers are. The import sits in a `try`, which transformers' scan of remote code
+    for required packages skips."""
+    try:
+        import mlstm_kernels.torch as library
+    except ImportError:
+        return None
+    return library
+
+
+def mlstm_kernels_available() -> bool:
+    return _mlstm_kernels() is not None
+
+
 def resolve_backend(kernel: str, device: torch.device) -> str:
     """Map `config.kernel` and the tensors' device to the backend that runs: native or triton."""
+    # torch on CUDA brings `triton` along, but the Triton mLSTM kernels come with `mlstm_kernels`.
+    triton_runs = device.type == "cuda" and triton_available() and mlstm_kernels_available()
     if kernel == "native":
         return "native"
     if kernel == "triton":
-        if device.type != "cuda" or not triton_available():
+        if not triton_runs:
             raise RuntimeError(
-                "kernel='triton' needs a CUDA device and the `triton` package; "
+                "kernel='triton' needs a CUDA device and the `triton` and `mlstm_kernels` packages; "
                 "use kernel='auto' or 'native' on this machine"
             )
         return "triton"
-    return "triton" if device.type == "cuda" and triton_available() else "native"
+    return "triton" if triton_runs else "native"
 
 
 def inference_segment_length(backend: str) -> int | None:
@@ -61,18 +83,13 @@ def inference_segment_length(backend: str) -> int | None:
     return NATIVE_INFERENCE_SEGMENT if backend == "native" else None
 
 
-@lru_cache(maxsize=None)
-def _mlstm_functions(backend: str, training: bool):
-    from mlstm_kernels.torch import get_mlstm_kernel, get_mlstm_step_kernel
-
+def _library_chunkwise(backend: str, dtype: torch.dtype):
+    """`mlstm_kernels`' chunkwise kernel where it is the one to run, else None (ours runs)."""
     if backend == "triton":
-        chunkwise = get_mlstm_kernel("chunkwise--triton_xl_chunk")
-        step = get_mlstm_step_kernel("triton")
-    else:
-        # The custom-backward kernel recomputes chunk states instead of storing autograd graphs.
-        chunkwise = get_mlstm_kernel("chunkwise--native_custbw" if training else "chunkwise--native_autograd")
-        step = mlstm_step_native
-    return chunkwise, step
+        return _mlstm_kernels().get_mlstm_kernel("chunkwise--triton_xl_chunk")
+    if torch.is_grad_enabled() and dtype == torch.float32 and mlstm_kernels_available():
+        return _mlstm_kernels().get_mlstm_kernel("chunkwise--native_custbw")
+    return None
 
 
 def mlstm_step_native(
@@ -131,41 +148,133 @@ def mlstm_recurrence(
 
     q, k, v: (B, NH, S, DH); igate, fgate: gate pre-activations (B, NH, S); state: (C, n, m) with
     shapes (B, NH, DH, DH), (B, NH, DH), (B, NH, 1), or None for a fresh sequence. One token uses
-    the step kernel; longer inputs the chunkwise kernel, padded to a multiple of the chunk size (on
-    Triton, to one of a few lengths: `compiled_length`).
+    the step kernel; longer inputs a chunkwise kernel, padded with no-op positions to a multiple of
+    the chunk size (on Triton, to one of a few lengths: `compiled_length`). The state is fp32 and
+    the outputs have the dtype of q.
     overwrite_state: the caller discards `state`, so a native step may write the new one into it.
     """
-    from mlstm_kernels.torch.kernel_wrappers import wrap_chunkwise__arbitrary_sequence_length_with_padding
-
-    chunkwise, step = _mlstm_functions(backend, torch.is_grad_enabled())
-    c, n, m = state if state is not None else (None, None, None)
     seq_len = q.shape[2]
-    if overwrite_state and seq_len == 1 and state is not None and step is mlstm_step_native:
-        h, state = step(q[:, :, 0], k[:, :, 0], v[:, :, 0], igate, fgate, c, n, m, overwrite_state=True)
+    if state is None:
+        state = fresh_mlstm_state(q, v)
+        overwrite_state = True
+    if seq_len == 1:
+        step = _mlstm_kernels().get_mlstm_step_kernel("triton") if backend == "triton" else mlstm_step_native
+        kwargs = {"overwrite_state": overwrite_state} if step is mlstm_step_native else {}
+        h, state = step(q[:, :, 0], k[:, :, 0], v[:, :, 0], igate, fgate, *state, eps=MLSTM_EPS, **kwargs)
         return h[:, :, None].to(q.dtype), state
-    # The chunkwise kernels need a multiple of the chunk size; a short prompt is one chunk.
-    chunk = chunk_size if seq_len >= chunk_size or backend == "triton" else max(seq_len, 1)
-    if backend == "triton" and seq_len > 1:
-        q, k, v, igate, fgate = padded_with_no_ops(compiled_length(seq_len, chunk), q, k, v, igate, fgate)
-    h, (c, n, m) = wrap_chunkwise__arbitrary_sequence_length_with_padding(
-        mlstm_chunkwise_kernel=chunkwise,
-        mlstm_sequence_kernel=None,
-        mlstm_step_kernel=step,
-        q=q,
-        k=k,
-        v=v,
-        f=fgate,
-        i=igate,
-        c_initial=c,
-        n_initial=n,
-        m_initial=m,
-        return_last_states=True,
-        eps=MLSTM_EPS,
-        autocast_kernel_dtype=torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32,
-        chunk_size=chunk,
-        dtype_state=torch.float32,
+    # A prompt shorter than a chunk is one chunk of its own length (no padding to compute).
+    chunk = chunk_size if seq_len >= chunk_size or backend == "triton" else seq_len
+    length = compiled_length(seq_len, chunk) if backend == "triton" else -(-seq_len // chunk) * chunk
+    padded = padded_with_no_ops(length, q, k, v, igate, fgate)
+    library = _library_chunkwise(backend, q.dtype)
+    if library is None:
+        h, state = mlstm_chunkwise_native(*padded, state, chunk)
+    else:
+        c, n, m = state
+        h, state = library(
+            *padded[:3], i=padded[3], f=padded[4], c_initial=c, n_initial=n, m_initial=m, return_last_states=True,
+            eps=MLSTM_EPS, chunk_size=chunk,
+            autocast_kernel_dtype=torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32,
+        )  # fmt: skip
+    return h[:, :, :seq_len].to(q.dtype), state
+
+
+def fresh_mlstm_state(q: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (C, n, m) state before the first token: all zeros, in fp32."""
+    batch, heads, _, qk_dim = q.shape
+    zeros = dict(device=q.device, dtype=torch.float32)
+    return (
+        torch.zeros(batch, heads, qk_dim, v.shape[-1], **zeros),
+        torch.zeros(batch, heads, qk_dim, **zeros),
+        torch.zeros(batch, heads, 1, **zeros),
     )
-    return h[:, :, :seq_len].to(q.dtype), (c, n, m)
+
+
+def mlstm_chunkwise_native(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    igate: torch.Tensor,
+    fgate: torch.Tensor,
+    state: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    chunk_size: int,
+    eps: float = MLSTM_EPS,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The mLSTM over a sequence whose length is a multiple of `chunk_size`, chunk by chunk.
+
+    Within a chunk every output is a weighted sum over the chunk's keys (a masked, gate-weighted
+    attention, computed for all chunks at once) plus the state carried in from the chunk's start;
+    only those start states are computed one chunk after the other. Each output divides by the
+    same stabiliser m_t as the step recurrence, so the two agree to float rounding, and the final
+    (C, n, m) is the state the step kernel continues from. Computes in fp32 (fp64 for fp64 inputs)
+    whatever the input dtype, bf16 included, and returns h (B, NH, S, DHV) in the dtype of q.
+    """
+    batch, heads, seq_len, qk_dim = q.shape
+    chunks, out_dtype = seq_len // chunk_size, q.dtype
+    compute_dtype = torch.promote_types(out_dtype, torch.float32)
+
+    def by_chunk(t: torch.Tensor) -> torch.Tensor:
+        return t.to(compute_dtype).reshape(batch, heads, chunks, chunk_size, *t.shape[3:])
+
+    # Scaling q (not k) keeps C in the convention of the step kernel, which continues from it.
+    q, k, v = by_chunk(q * qk_dim**-0.5), by_chunk(k), by_chunk(v)
+    igate = by_chunk(igate)
+    # log of the product of forget gates from the chunk's start up to and including each position
+    log_decay = F.logsigmoid(by_chunk(fgate)).cumsum(-1)
+    starts, final = _chunk_start_states(k, v, igate, log_decay, tuple(t.to(compute_dtype) for t in state))
+    h = _chunk_outputs(q, k, v, igate, log_decay, starts, eps)
+    return h.reshape(batch, heads, seq_len, -1).to(out_dtype), final
+
+
+def _chunk_start_states(k, v, igate, log_decay, state):
+    """(C, n, m) at the start of every chunk, stacked on dim 2, and the state after the last one.
+
+    A chunk adds sum_j exp(a_j - m) k_j v_j^T, a_j = (decay from j to the chunk's end) + i_j. The
+    sums are formed for all chunks at once, each under its own max(a_j) so that every exponent is
+    <= 0; the sequential part is then only a rescaled addition per chunk.
+    """
+    log_weight_at_end = log_decay[..., -1:] - log_decay + igate  # (B, NH, NC, L)
+    local_max = log_weight_at_end.amax(-1)  # (B, NH, NC)
+    weighted_k = k * torch.exp(log_weight_at_end - local_max[..., None])[..., None]
+    c_updates = weighted_k.transpose(-1, -2) @ v  # (B, NH, NC, DHQK, DHV)
+    n_updates = weighted_k.sum(-2)  # (B, NH, NC, DHQK)
+    chunk_decay = log_decay[..., -1]  # (B, NH, NC)
+    c, n, m = state
+    m = m[..., 0]
+    starts = ([], [], [])
+    for index in range(chunk_decay.shape[-1]):
+        for kept, value in zip(starts, (c, n, m)):
+            kept.append(value)
+        m_next = torch.maximum(chunk_decay[..., index] + m, local_max[..., index])
+        carried = torch.exp(chunk_decay[..., index] + m - m_next)[..., None]
+        added = torch.exp(local_max[..., index] - m_next)[..., None]
+        c = carried[..., None] * c + added[..., None] * c_updates[:, :, index]
+        n = carried * n + added * n_updates[:, :, index]
+        m = m_next
+    return tuple(torch.stack(kept, dim=2) for kept in starts), (c, n, m[..., None])
+
+
+def _chunk_outputs(q, k, v, igate, log_decay, starts, eps):
+    """h for every position of every chunk (B, NH, NC, L, DHV), from the chunk's keys and start state.
+
+    Key j reaches position t >= j of its chunk with log weight D_tj = (decay from j to t) + i_j and
+    the start state with log weight log_decay_t + m_start; m_t is the larger of the two maxima,
+    which is the step recurrence's stabiliser at t.
+    """
+    c_start, n_start, m_start = starts
+    chunk_size = q.shape[-2]
+    future = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=q.device).triu(1)
+    log_weights = (log_decay[..., :, None] - log_decay[..., None, :] + igate[..., None, :]).masked_fill(
+        future, float("-inf")
+    )  # (B, NH, NC, L, L)
+    log_weight_of_start = log_decay + m_start[..., None]  # (B, NH, NC, L)
+    m = torch.maximum(log_weight_of_start, log_weights.amax(-1))
+    scores = (q @ k.transpose(-1, -2)) * torch.exp(log_weights - m[..., None])
+    q_start = q * torch.exp(log_weight_of_start - m)[..., None]
+    numerator = q_start @ c_start + scores @ v
+    denominator = (q_start @ n_start[..., None])[..., 0] + scores.sum(-1)
+    denominator = torch.maximum(denominator.abs(), torch.exp(-m)) + eps
+    return numerator / denominator[..., None]
 
 
 def compiled_length(seq_len: int, chunk_size: int) -> int:
@@ -206,11 +315,15 @@ def slstm_scan(
     state: (B, 4, NH, DH) holding (h, c, n, m), or None for zeros; keep: (B, S) bool, False at
     positions that must leave the state untouched (padding); reset: (B, S) bool, True where a new
     sequence starts, which then sees a zero state.
-    Returns the hidden outputs (B, S, NH, DH) and the final state.
+    Returns the hidden outputs (B, S, NH, DH) in the dtype of `preacts` and the final state, in fp32
+    for a bf16 or fp16 model: like the mLSTM memory, the running sums c and n would otherwise round
+    at every step.
     """
     batch, seq_len, _, heads, head_dim = preacts.shape
-    if state is None:
-        state = preacts.new_zeros(batch, 4, heads, head_dim)
+    out_dtype = preacts.dtype
+    compute_dtype = torch.promote_types(out_dtype, torch.float32)
+    preacts, recurrent_kernel, bias = (t.to(compute_dtype) for t in (preacts, recurrent_kernel, bias))
+    state = preacts.new_zeros(batch, 4, heads, head_dim) if state is None else state.to(compute_dtype)
     h, c, n, m = state.unbind(1)
     kernel = recurrent_kernel.reshape(heads, head_dim, 4 * head_dim)
     bias = bias.transpose(0, 1)  # (4, NH, DH)
@@ -237,4 +350,4 @@ def slstm_scan(
             )
         h, c, n, m = h_new, c_new, n_new, m_new
         outputs.append(h)
-    return torch.stack(outputs, dim=1), torch.stack((h, c, n, m), dim=1)
+    return torch.stack(outputs, dim=1).to(out_dtype), torch.stack((h, c, n, m), dim=1)

@@ -142,8 +142,9 @@ class BioXLSTMPreTrainedModel(PreTrainedModel):
             if directory.is_dir() and pickled and not list(directory.glob("*.safetensors")):
                 raise OSError(
                     f"{directory}: holds only pickled weights ({', '.join(pickled)}); Bio-xLSTM loads "
-                    "safetensors only, since unpickling can run arbitrary code. If you trust these files, "
-                    "pass use_safetensors=False."
+                    "safetensors only, since unpickling can run arbitrary code. A published Prot-, DNA- or "
+                    "Chem-xLSTM checkpoint: `bioxlstm convert`; other files you trust: load them in Python "
+                    "with use_safetensors=False and save_pretrained them as safetensors."
                 )
             kwargs["use_safetensors"] = True
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
@@ -238,14 +239,25 @@ def _sequence_starts(seq_idx: torch.Tensor) -> torch.Tensor:
     return reset
 
 
-def conjoined(model_call: Callable, input_ids: torch.Tensor, keep: torch.Tensor | None, complement_map: list[int]):
+def conjoined(
+    model_call: Callable,
+    input_ids: torch.Tensor,
+    keep: torch.Tensor | None,
+    complement_map: list[int],
+    delimiter_ids: list[int] = (),
+):
     """Run `model_call(ids, keep)` once on the sequences and their reverse complements (one batch of
     2B rows) and average the two strands: every tensor it returns (2B, S, ...), alone or in nested
-    tuples, becomes the mean of the forward rows and the reverse-complement rows with their valid
-    positions reversed back (None stays None). The result for rc(x) is thus that for x with its
-    valid positions reversed, which makes any per-token or pooled output strand-invariant."""
+    tuples, becomes the mean of the forward rows and the reverse-complement rows with their bases
+    reversed back (None stays None). Delimiters (`delimiter_ids`, e.g. `<cls>`, `<eos>`) and padding
+    stay where they are, as a tokenizer writes them around either strand: the result for the tokens
+    of rc(x) is thus that for the tokens of x with their bases reversed, which makes any per-token
+    or pooled output strand-invariant."""
     keep = None if keep is None else keep.to(input_ids.device)
-    index = reversal_index(valid_positions(keep, input_ids))
+    bases = valid_positions(keep, input_ids)
+    if delimiter_ids:
+        bases = bases & ~torch.isin(input_ids, torch.tensor(list(delimiter_ids), device=input_ids.device))
+    index = reversal_index(bases)
     complement = torch.tensor(complement_map, device=input_ids.device)
     both_strands = torch.cat([input_ids, reverse_complement(input_ids, complement, index)])
     outputs = model_call(both_strands, None if keep is None else keep.repeat(2, 1))
@@ -340,6 +352,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             x, hidden_states = conjoined(
                 lambda ids, mask: self._run(ids, None, mask, None, both_rotary, states, output_hidden_states)[::2],
                 input_ids, keep, self.config.complement_map,
+                self.config.strand_delimiters,
             )
             new_states = sequences_started = next_positions = None
         else:
@@ -500,8 +513,12 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
         cache: BioXLSTMCache | None = None,
         attention_mask: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        generated_position_offset: int = 0,
         **kwargs,
     ) -> dict:
+        """generated_position_offset: added to the position id of every generated token (with
+        `position_ids` given to `generate`, which numbers new tokens on from the prompt's last). -1 for
+        fill-in-the-middle, where a span's first residue shares the position of its sentinel."""
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, cache=cache, attention_mask=attention_mask, use_cache=use_cache, **kwargs
         )
@@ -509,6 +526,10 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
             # After the prefill every new token is real: the mask carries no information, and
             # dropping it avoids a host sync per decoding step.
             model_inputs["attention_mask"] = None
+        # A cache that generate made itself has read the prompt: what is read now was generated.
+        if generated_position_offset and cache is not None and cache.owned_by_generation:
+            if model_inputs.get("position_ids") is not None:
+                model_inputs["position_ids"] = model_inputs["position_ids"] + generated_position_offset
         return model_inputs
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs: dict, *args, **kwargs) -> dict:

@@ -11,18 +11,25 @@ from .molecules import (
     sample_molecules,
 )
 from .likelihood import SequenceScore, score_records
+from .variant_benchmark import AssayResult, VariantScore, evaluate_variants, prepare_assay, score_assay
+from .downstream import classification_metrics, finetune_over_seeds, linear_probe, regression_metrics  # noqa: F401
 
 __all__ = [
     "POOLINGS",
+    "AssayResult",
     "GeneratedSequence",
     "InContextResult",
     "MoleculeSample",
     "SamplingReport",
     "SequenceScore",
+    "VariantScore",
     "embed_records",
     "evaluate_in_context",
+    "evaluate_variants",
     "generate_molecules",
     "generate_sequences",
+    "prepare_assay",
     "sample_molecules",
+    "score_assay",
     "score_records",
 ]

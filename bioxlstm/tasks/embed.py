@@ -1,6 +1,6 @@
 """Sequence embeddings for downstream assays: pooled or per-token, optionally strand-invariant."""
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ def embed_records(
     rc_invariant: bool = False,
     window: int = 4096,
     batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield `(record id, embedding)` for every record, in order.
 
@@ -65,6 +66,7 @@ def embed_records(
     layer: hidden-state index (0: token embeddings, -1: the model's final output).
     rc_invariant: DNA only; average the embeddings of the sequence and of its reverse complement
     (per-token embeddings of the reverse strand are flipped back onto forward positions first).
+    progress: told the number of tokens read after every model call.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
@@ -75,12 +77,18 @@ def embed_records(
         )
     if rc_invariant and not allows(model.config.domain, "has_strands"):
         raise ValueError(f"strand-symmetric embeddings need a DNA model; this one is for {model.config.domain}")
+    states = model.config.num_hidden_layers + 1  # the token embeddings, then the output of every block
+    if not -states <= layer < states:
+        raise ValueError(
+            f"layer {layer}: the model has {states} hidden states, 0 (token embeddings) to {states - 1} "
+            f"(the final output; also -1)"
+        )
 
     pools: dict[object, _Pool] = {}
     forward = None
     for piece in run_texts(
         model, tokenizer, ((record.id, record.sequence) for record in records), layer=layer, window=window,
-        batch_size=batch_size, complement=complement_map(tokenizer) if rc_invariant else None,
+        batch_size=batch_size, complement=complement_map(tokenizer) if rc_invariant else None, progress=progress,
     ):  # fmt: skip
         pool = pools.setdefault((piece.key, piece.strand), _Pool(pooling))
         pool.add(piece.hidden, piece.is_first)

@@ -1,10 +1,12 @@
 """Sampling new sequences from a causal language model."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..domains import DOMAINS
 from .likelihood import require_causal_lm
 from .sampling import check_sampling, sample_continuations
 
@@ -16,6 +18,20 @@ class GeneratedSequence:
     # of the generated tokens (and the final <eos>, if one was generated)
     log_likelihood: float = field(metadata={"format": ".4f"})
     finished: bool  # True when the model ended the sequence with <eos>
+
+
+def check_prompt(prompt: str, domain: str | None) -> None:
+    """Raise ValueError when `prompt` is not a valid start of a sequence of `domain`: a character
+    outside the alphabet would become an unknown token and silently vanish from the output."""
+    if domain not in DOMAINS or not prompt:
+        return
+    alphabet = DOMAINS[domain].alphabet
+    position = alphabet.invalid_position(prompt)
+    if position is not None:
+        raise ValueError(
+            f"prompt {prompt!r}: {prompt[position]!r} at position {position + 1} is not allowed "
+            f"(allowed: {alphabet.description})"
+        )
 
 
 @torch.no_grad()
@@ -31,14 +47,17 @@ def generate_sequences(
     seed: int | None = None,
     batch_size: int = 16,
     id_prefix: str = "generated",
+    progress: Callable[[int], None] | None = None,
 ) -> list[GeneratedSequence]:
     """Sample `n` sequences after `<cls>` + `prompt`, each scored by the model's own log-likelihood
     of what it generated (the unmodified distribution, not the tempered or truncated one).
 
     For a model of a known domain, only tokens of that domain's sequences (and `<eos>`) are sampled:
-    no gaps, sentinels or special tokens end up inside a generated sequence."""
+    no gaps, sentinels or special tokens end up inside a generated sequence. progress: told the
+    number of sequences of every batch once it is sampled."""
     require_causal_lm(model, "generation")
     check_sampling(n, max_new_tokens, batch_size, temperature)
+    check_prompt(prompt, model.config.domain)
     if seed is not None:
         torch.manual_seed(seed)
     prompt_ids = torch.tensor([tokenizer(prompt)["input_ids"]], dtype=torch.long, device=model.device)
@@ -48,7 +67,7 @@ def generate_sequences(
     results = []
     for sample in sample_continuations(
         model, tokenizer, prompt_ids, n, [tokenizer.eos_token_id], model.config.domain, batch_size,
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, progress=progress,
     ):  # fmt: skip
         results.append(
             GeneratedSequence(

@@ -12,7 +12,7 @@ are trained on.
 """
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,9 +30,9 @@ from .running import run_texts
 @dataclass
 class SequenceScore:
     id: str
-    length: int
+    length: int  # characters of the sequence (residues, bases; a SMILES string's characters)
     log_likelihood: float  # natural log, of the sequence and its end (<eos>)
-    perplexity: float  # per predicted token
+    perplexity: float  # per predicted token (a SMILES token such as Cl or [nH] is one)
 
 
 def require_causal_lm(model: PreTrainedModel, task: str) -> None:
@@ -103,17 +103,26 @@ def rc_invariant_log_likelihood(
 
 @torch.no_grad()
 def row_log_likelihoods(
-    model, rows: list[TokenRow], pad_id: int, cache=None, skip: int = 0, batch_size: int = 16
+    model,
+    rows: list[TokenRow],
+    pad_id: int,
+    cache=None,
+    skip: int = 0,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
 ) -> list[float]:
     """log p of every row (token ids with their positions) after its first token, `batch_size` rows
     at a time, each batch continuing from a copy of `cache` (one sequence's state) when given; the
-    first `skip` tokens of every row are read but not scored."""
+    first `skip` tokens of every row are read but not scored. progress: told the number of tokens
+    of every batch once it is scored."""
     results = []
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         input_ids, position_ids, mask = right_padded(batch, pad_id, model.device)
         state = None if cache is None else cache.repeat_interleave(len(batch))
         results += sequence_log_likelihood(model, input_ids, mask, position_ids, state, skip).tolist()
+        if progress is not None:
+            progress(sum(len(row) for row in batch))
     return results
 
 
@@ -137,6 +146,7 @@ def score_records(
     rc_invariant: bool = False,
     window: int = 4096,
     batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[SequenceScore]:
     """Yield the log-likelihood of every record: `<cls>` + sequence + `<eos>`, every token after
     `<cls>` predicted from the ones before it. Long sequences are scored window by window with
@@ -144,6 +154,7 @@ def score_records(
 
     rc_invariant: DNA only; the mean of the log-likelihoods of both strands, a strand-symmetric
     score for a causal model, which cannot see the other strand without seeing the future.
+    progress: told the number of tokens read after every model call.
     """
     require_causal_lm(model, "scoring")
     if rc_invariant and not allows(model.config.domain, "has_strands"):
@@ -151,13 +162,14 @@ def score_records(
     records = (((record.id, len(record.sequence)), record.sequence) for record in records)
     pieces = run_texts(
         model, tokenizer, records, window=window, batch_size=batch_size, logits=True, append_eos=True,
-        complement=token_complement_map(tokenizer) if rc_invariant else None,
+        complement=token_complement_map(tokenizer) if rc_invariant else None, progress=progress,
     )  # fmt: skip
-    total, previous_logits, strand_scores = 0.0, None, []
+    total, predicted, previous_logits, strand_scores = 0.0, 0, None, []
     for piece in pieces:
         if piece.is_first:
-            total = 0.0
-        else:  # the last logits of the previous window predict this window's first token
+            total, predicted = 0.0, -1  # <cls> is given, not predicted
+        predicted += len(piece.token_ids)
+        if not piece.is_first:  # the last logits of the previous window predict this window's first token
             total += token_log_probabilities(previous_logits, piece.token_ids[:1]).sum().item()
         total += token_log_probabilities(piece.logits[:-1], piece.token_ids[1:]).sum().item()
         previous_logits = piece.logits[-1:]
@@ -167,4 +179,4 @@ def score_records(
         if piece.strand == (1 if rc_invariant else 0):
             (record_id, length), log_likelihood = piece.key, sum(strand_scores) / len(strand_scores)
             strand_scores = []
-            yield SequenceScore(record_id, length, log_likelihood, perplexity(log_likelihood, length + 1))
+            yield SequenceScore(record_id, length, log_likelihood, perplexity(log_likelihood, predicted))

@@ -14,16 +14,15 @@ molecules cost one prefill plus k continuations, whatever k is.
 from __future__ import annotations
 
 import random
-import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..chem import canonicalize, frechet_chemnet_distance, is_valid
 from ..domains import MOLECULE_SEPARATOR, SMILES
+from ..progress import progress as progress_bar
 from ..tokenization import vocabulary_id
 from .likelihood import require_causal_lm
 from .sampling import check_sampling, sample_continuations
@@ -135,6 +134,7 @@ def sample_molecules(
     top_p: float | None = None,
     max_new_tokens: int = 256,
     seed: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> MoleculeSample:
     """Sample molecules from a SMILES model, unconditionally or like the `context` examples.
 
@@ -143,6 +143,7 @@ def sample_molecules(
     order found. When the cap stops it early, fewer than `n` come back and `report.cap_reached` says so.
     unique_valid=False: exactly `n` samples, as generated (invalid ones and repeats included).
     A sample that reaches `max_new_tokens` without ending is kept as it is.
+    progress: told the number of samples of every batch once it is drawn.
     """
     check_sampling(n, max_new_tokens, batch_size, temperature)
     max_draws = n if not unique_valid else (10 * n if max_draws is None else max_draws)
@@ -157,15 +158,15 @@ def sample_molecules(
     )  # fmt: skip
     report = SamplingReport(requested=n)
     drawn, distinct = [], {}
-    with tqdm(total=max_draws, desc="molecules", unit="mol", file=sys.stderr, disable=None) as progress:
-        while report.drawn < max_draws and (not unique_valid or report.unique < n):
-            batch = sampler.draw(min(batch_size, max_draws - report.drawn))
-            drawn += batch
-            for canonical in filter(None, map(canonicalize, batch)):
-                report.valid += 1
-                distinct.setdefault(canonical)
-            report.drawn, report.unique = len(drawn), len(distinct)
-            progress.update(len(batch))
+    while report.drawn < max_draws and (not unique_valid or report.unique < n):
+        batch = sampler.draw(min(batch_size, max_draws - report.drawn))
+        drawn += batch
+        for canonical in filter(None, map(canonicalize, batch)):
+            report.valid += 1
+            distinct.setdefault(canonical)
+        report.drawn, report.unique = len(drawn), len(distinct)
+        if progress is not None:
+            progress(len(batch))
     if not unique_valid:
         return MoleculeSample(drawn, report)
     report.cap_reached = report.unique < n
@@ -221,7 +222,7 @@ def evaluate_in_context(
         splits.append((shuffled[:n_context], shuffled[n_context:]))
     unconditional = generate_molecules(model, tokenizer, None, n_generate, seed=seed, **options)
     results = []
-    for index, (context, rest) in enumerate(tqdm(splits, desc="domains", file=sys.stderr, disable=None), start=1):
+    for index, (context, rest) in enumerate(progress_bar(splits, desc="domains", unit="domain"), start=1):
         in_context = generate_molecules(model, tokenizer, context, n_generate, seed=seed + index, **options)
         results.append(
             InContextResult(

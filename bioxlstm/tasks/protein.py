@@ -8,28 +8,20 @@ computed once; every continuation (a mutant, a new family member, a fill) starts
 
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from Bio.Align import PairwiseAligner, substitution_matrices
-from transformers import (
-    LogitsProcessorList,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    SuppressTokensLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..data.protein import TokenRow, context_row, fill_in_the_middle, sentinel_ids, undo_fill_in_the_middle
 from ..io import Record, read_records
 from ..domains import PROTEIN, allows
-from .likelihood import perplexity, require_causal_lm, row_log_likelihoods, token_log_probabilities
-from .sampling import check_sampling, never_sampled, sample_continuations
+from .likelihood import perplexity, require_causal_lm, row_log_likelihoods
+from .sampling import check_sampling, sample_continuations
 
 ContextSource = str | Path | Iterable[str | Record] | None
 
@@ -118,12 +110,13 @@ def sequence_log_likelihoods(
     context: Sequence[str] = (),
     reuse_context_state: bool = True,
     batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
 ) -> list[float]:
     """log p(residues + `<eos>` | context, `<cls>`) of every sequence (natural log).
 
     reuse_context_state: read the context once and start every sequence from a copy of its state;
     False reads context + sequence from scratch for every sequence (same numbers, for checking and
-    benchmarking)."""
+    benchmarking). progress: told the number of tokens scored after every batch."""
     require_protein_model(model, "scoring with homologs")
     rows = [
         TokenRow([tokenizer.cls_token_id, *ids, tokenizer.eos_token_id], list(range(len(ids) + 2)), [])
@@ -131,10 +124,12 @@ def sequence_log_likelihoods(
     ]
     if reuse_context_state:
         cache = context_state(model, tokenizer, context)[0]
-        return row_log_likelihoods(model, rows, tokenizer.pad_token_id, cache, batch_size=batch_size)
+        return row_log_likelihoods(model, rows, tokenizer.pad_token_id, cache, batch_size=batch_size, progress=progress)
     context_tokens = _context_row(tokenizer, context)
     rows = [context_tokens + row for row in rows]
-    return row_log_likelihoods(model, rows, tokenizer.pad_token_id, skip=len(context_tokens), batch_size=batch_size)
+    return row_log_likelihoods(
+        model, rows, tokenizer.pad_token_id, skip=len(context_tokens), batch_size=batch_size, progress=progress
+    )
 
 
 @dataclass
@@ -189,30 +184,50 @@ def held_out_perplexity(
 # --- variant effects -------------------------------------------------------------------------------
 
 
+class MutantError(ValueError):
+    """A mutant code that cannot be applied to the wild type; `kind` says why, in a few words."""
+
+    NOT_A_CODE = "not a substitution code"
+    MISMATCH = "does not match the wild type"
+    REPEATED_POSITION = "changes one position twice"
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 def apply_mutant(wildtype: str, mutant: str) -> str:
     """The sequence of `mutant`: ProteinGym-style substitutions (`A24C`, several joined by `:`,
     1-based positions, each naming the wild-type residue) or a full sequence of the wild type's
-    length. Raises ValueError naming the code and what does not match."""
+    length. Raises MutantError naming the code and what does not match."""
     code = mutant.strip().upper()
     if PROTEIN.alphabet.invalid_position(code) is None and len(code) == len(wildtype):
         return code
-    residues = list(wildtype)
+    residues, changed = list(wildtype), set()
     for substitution in code.split(":"):
         match = _SUBSTITUTION.fullmatch(substitution)
         if match is None:
-            raise ValueError(
+            raise MutantError(
                 f"mutant {mutant!r}: {substitution!r} is neither a substitution like A24C nor a full sequence of "
-                f"length {len(wildtype)}"
+                f"length {len(wildtype)}",
+                MutantError.NOT_A_CODE,
             )
         before, position, after = match[1], int(match[2]), match[3]
         if not 1 <= position <= len(wildtype):
-            raise ValueError(f"mutant {mutant!r}: position {position} is outside the wild type (1..{len(wildtype)})")
+            raise MutantError(
+                f"mutant {mutant!r}: position {position} is outside the wild type (1..{len(wildtype)})",
+                MutantError.MISMATCH,
+            )
         if wildtype[position - 1] != before:
-            raise ValueError(
-                f"mutant {mutant!r}: the wild type has {wildtype[position - 1]} at position {position}, not {before}"
+            raise MutantError(
+                f"mutant {mutant!r}: the wild type has {wildtype[position - 1]} at position {position}, not {before}",
+                MutantError.MISMATCH,
             )
         if PROTEIN.alphabet.invalid_position(after) is not None:
-            raise ValueError(f"mutant {mutant!r}: {after!r} is not an amino acid")
+            raise MutantError(f"mutant {mutant!r}: {after!r} is not an amino acid", MutantError.NOT_A_CODE)
+        if position in changed:
+            raise MutantError(f"mutant {mutant!r}: changes position {position} twice", MutantError.REPEATED_POSITION)
+        changed.add(position)
         residues[position - 1] = after
     return "".join(residues)
 
@@ -226,35 +241,25 @@ def score_variants(
     reuse_context_state: bool = True,
     max_context_tokens: int | None = None,
     batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Variant-effect scores: log p(mutant | context) - log p(wild type | context), one per mutant,
     in order. Mutants are ProteinGym codes (`A24C:D30E`) or full sequences (see `apply_mutant`);
     every code is checked before anything is scored, and the first that does not match the wild
     type raises ValueError. The context (homologs, see `load_context`) is read once and its state
-    reused for every mutant unless `reuse_context_state=False`."""
+    reused for every mutant unless `reuse_context_state=False`. progress: as for
+    `sequence_log_likelihoods`."""
+    require_protein_model(model, "variant-effect scoring")
     wildtype = wildtype.upper()
     sequences = [apply_mutant(wildtype, mutant) for mutant in mutants]
     homologs = load_context(context, max_tokens=max_context_tokens)
     log_likelihoods = sequence_log_likelihoods(
-        model, tokenizer, [wildtype, *sequences], homologs, reuse_context_state, batch_size
+        model, tokenizer, [wildtype, *sequences], homologs, reuse_context_state, batch_size, progress
     )
     return [value - log_likelihoods[0] for value in log_likelihoods[1:]]
 
 
 # --- sampling --------------------------------------------------------------------------------------
-
-
-def _logits_processors(
-    suppressed: list[int], temperature: float, top_k: int | None, top_p: float | None, device
-) -> LogitsProcessorList:
-    processors = LogitsProcessorList([SuppressTokensLogitsProcessor(suppressed, device=device)])
-    if temperature != 1.0:
-        processors.append(TemperatureLogitsWarper(temperature))
-    if top_k:
-        processors.append(TopKLogitsWarper(top_k))
-    if top_p is not None and top_p < 1.0:
-        processors.append(TopPLogitsWarper(top_p))
-    return processors
 
 
 @dataclass
@@ -294,36 +299,32 @@ def inpaint(
     if not spans:
         raise ValueError("give at least one span to fill")
     sentinels = sentinel_ids(tokenizer)
-    residues = _residue_ids(tokenizer, sequence)
-    query = fill_in_the_middle(tokenizer.cls_token_id, tokenizer.eos_token_id, residues, spans, sentinels)
+    query = fill_in_the_middle(tokenizer.cls_token_id, tokenizer.eos_token_id, _residue_ids(tokenizer, sequence), spans, sentinels)
     masked = query.infill.index(True)
-    first_sentinel = TokenRow(query.input_ids[masked : masked + 1], query.position_ids[masked : masked + 1], [True])
     prompt = _context_row(tokenizer, load_context(context, max_tokens=max_context_tokens)) + TokenRow(
         query.input_ids[:masked], query.position_ids[:masked], query.infill[:masked]
     )
-    logits, cache = _read(model, prompt + first_sentinel)
+    cache = _read(model, prompt)[1]
     if seed is not None:
         torch.manual_seed(seed)
     suffix, fills, finished, total = [], [], [], 0.0
     for index, (start, _) in enumerate(spans):
+        # A span opens with its sentinel at the position of its first residue, which shares it.
+        opening = TokenRow([sentinels[index]], [start + 1], [True])
         closing = sentinels[index + 1] if index + 1 < len(spans) else tokenizer.eos_token_id
-        if index:  # open the span: its sentinel, at the position of its first residue
-            logits, cache = _read(model, TokenRow([sentinels[index]], [start + 1], [True]), cache)
-        processors = _logits_processors(
-            never_sampled(tokenizer, model.config.vocab_size, PROTEIN.name, [closing]), max(temperature, 1e-5),
-            top_k, top_p, model.device,
-        )
-        fill = []
-        while True:
-            token = _choose(processors, logits, temperature)
-            total += token_log_probabilities(logits[0], torch.tensor(token, device=logits.device)).item()
-            if token == closing or len(fill) == max_fill_length:
-                break
-            fill.append(token)
-            logits, cache = _read(model, TokenRow([token], [start + len(fill)], [True]), cache)
-        finished.append(token == closing)
+        (sample,) = sample_continuations(
+            model, tokenizer, _tensor(opening.input_ids, model), 1, [closing], PROTEIN.name, 1,
+            max_new_tokens=max_fill_length + 1, temperature=temperature, top_k=top_k, top_p=top_p, cache=cache,
+            position_ids=_tensor(opening.position_ids, model), generated_position_offset=-1,
+        )  # fmt: skip
+        # One token more than the longest fill lets a fill of full length close itself.
+        fill = sample.body[:max_fill_length]
+        total += sum(sample.token_log_likelihoods[: len(fill) + sample.finished])
+        finished.append(sample.finished)
         fills.append(fill)
         suffix += [sentinels[index], *fill]
+        if index + 1 < len(spans):
+            cache = _read(model, opening + TokenRow(fill, [start + 1 + i for i in range(len(fill))], [True] * len(fill)), cache)[1]
     restored = undo_fill_in_the_middle(query.input_ids[1:masked] + suffix, sentinels)
     return Inpainting(
         sequence=tokenizer.decode(restored),
@@ -332,13 +333,6 @@ def inpaint(
         finished=finished,
         log_likelihood=total,
     )
-
-
-def _choose(processors: LogitsProcessorList, logits: torch.Tensor, temperature: float) -> int:
-    scores = processors(None, logits.float())
-    if temperature == 0:
-        return int(scores.argmax(dim=-1))
-    return int(torch.multinomial(scores.softmax(dim=-1), 1))
 
 
 # --- family generation -----------------------------------------------------------------------------
@@ -372,13 +366,14 @@ def generate_family(
     seed: int | None = None,
     batch_size: int = 16,
     id_prefix: str = "generated",
+    progress: Callable[[int], None] | None = None,
 ) -> list[FamilyMember]:
     """Sample `n` new members of the family whose homologs are `context` (a file or sequences; the
     first `context_sequences`, within `max_context_tokens`). Each is sampled with
     `transformers`' `generate` after the homologs and a fresh `<cls>`, with positions continuing
     the new sequence's own numbering, amino acids only, until `<eos>` (or a `<cls>` that would begin
     another homolog) or `max_new_tokens`. Each comes with its log-likelihood, perplexity and
-    similarity to the context."""
+    similarity to the context. progress: told the number of members of every batch once it is sampled."""
     require_protein_model(model, "family generation")
     check_sampling(n, max_new_tokens, batch_size, temperature)
     homologs = load_context(context, context_sequences, max_context_tokens)
@@ -391,7 +386,7 @@ def generate_family(
     members = []
     for sample in sample_continuations(
         model, tokenizer, prompt_ids, n, [tokenizer.eos_token_id, tokenizer.cls_token_id], PROTEIN.name, batch_size, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        position_ids=prompt_positions,
+        position_ids=prompt_positions, progress=progress,
     ):  # fmt: skip
         residues = tokenizer.decode(sample.tokens, skip_special_tokens=True)
         identity, hamming = identity_to_context(residues, homologs)

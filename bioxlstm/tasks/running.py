@@ -5,7 +5,9 @@ window by window with the recurrent state carried from one window to the next, s
 needs the memory of one window. Consumers receive pieces of per-token outputs and reduce them.
 """
 
-from collections.abc import Iterable, Iterator
+import contextlib
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -27,16 +29,30 @@ class Piece:
 
 
 def pick_device(name: str) -> torch.device:
+    """The device `name` names (auto: CUDA when present), or ValueError when there is no such device here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if available == 0:
+            raise ValueError(f"device {name!r}: this machine has no CUDA device; use cpu (or auto)")
+        if device.index is not None and device.index >= available:
+            raise ValueError(f"device {name!r}: this machine has {available} CUDA device(s), cuda:0 to cuda:{available - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: this machine has no Apple GPU; use cpu (or auto)")
+    elif device.type not in ("cpu", "mps"):
+        raise ValueError(f"device {name!r}: not supported; use auto, cpu, cuda or mps")
+    return device
 
 
 def is_bidirectional(model: PreTrainedModel) -> bool:
     return bool(getattr(model.config, "bidirectional", False))
 
 
-@torch.no_grad()
 def run_texts(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -47,6 +63,7 @@ def run_texts(
     logits: bool = False,
     append_eos: bool = False,
     complement: list[int] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Iterator[Piece]:
     """Yield the outputs of `model` over `(key, text)` pairs as pieces, in input order.
 
@@ -58,7 +75,22 @@ def run_texts(
     complement: a complement map of token ids; every text is followed by its reverse complement
     (pieces with `strand` 1), special tokens in place.
     A bidirectional model sees each sequence whole: it cannot carry a state across windows.
+    progress: told the number of tokens of every piece as it is yielded.
     """
+    pieces = _run_texts(model, tokenizer, texts, layer, window, batch_size, logits, append_eos, complement)
+    if progress is None:
+        return pieces
+    return _reporting(pieces, progress)
+
+
+def _reporting(pieces: Iterator[Piece], progress: Callable[[int], None]) -> Iterator[Piece]:
+    for piece in pieces:
+        progress(len(piece.token_ids))
+        yield piece
+
+
+@torch.no_grad()  # on the generator itself: it runs the model only while it is iterated
+def _run_texts(model, tokenizer, texts, layer, window, batch_size, logits, append_eos, complement) -> Iterator[Piece]:
     if is_bidirectional(model):
         window = None
     eos = [tokenizer.eos_token_id] if append_eos else []
@@ -121,6 +153,28 @@ def _outputs(model, ids, attention_mask, cache, layer, logits):
     return hidden, None, getattr(out, "cache", None)
 
 
+@contextlib.contextmanager
+def _enough_memory(model, tokens: int, rows: int):
+    """Turn the allocator's failure on a too-long input into one line that says what was asked for
+    and what to do instead."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as error:
+        if not (isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(error)):
+            raise
+        asked = re.search(r"allocate (\d+(?:\.\d+)? ?[KMG]?i?B|\d+ bytes)", str(error))
+        what = f" (one allocation alone of {asked[1]})" if asked else ""
+        advice = (
+            "a bidirectional model reads every sequence whole and cannot carry a state between windows: "
+            "split the sequence into shorter pieces"
+            if is_bidirectional(model)
+            else "use a smaller window or batch size"
+        )
+        raise ValueError(
+            f"not enough memory for {rows} sequence(s) of up to {tokens:,} tokens at once{what}; {advice}"
+        ) from None
+
+
 def _run_batch(model, batch, layer, logits) -> Iterator[Piece]:
     if not batch:
         return
@@ -130,7 +184,8 @@ def _run_batch(model, batch, layer, logits) -> Iterator[Piece]:
     for row, (*_, token_ids) in enumerate(batch):
         ids[row, : len(token_ids)] = torch.tensor(token_ids)
         mask[row, : len(token_ids)] = 1
-    hidden, lm_logits, _ = _outputs(model, ids, mask, None, layer, logits)
+    with _enough_memory(model, width, len(batch)):
+        hidden, lm_logits, _ = _outputs(model, ids, mask, None, layer, logits)
     for row, (key, strand, token_ids) in enumerate(batch):
         n = len(token_ids)
         yield Piece(
@@ -150,7 +205,8 @@ def _run_windows(model, key, strand: int, windows: Iterator[list[int]], layer, l
     while upcoming is not None:
         chunk = torch.tensor(upcoming)
         upcoming = next(windows, None)
-        hidden, lm_logits, cache = _outputs(model, chunk[None], None, cache, layer, logits)
+        with _enough_memory(model, len(chunk), 1):
+            hidden, lm_logits, cache = _outputs(model, chunk[None], None, cache, layer, logits)
         yield Piece(
             key,
             chunk,

@@ -1,7 +1,7 @@
 """Sampling continuations from a causal language model: every generation task samples through
 `sample_continuations`, one call of `transformers`' `generate` per batch."""
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -15,8 +15,12 @@ from .likelihood import token_log_probabilities
 class Continuation:
     index: int  # 0-based, counted over all batches
     tokens: list[int]  # the new tokens, up to and including the one that ended it
-    log_likelihood: float  # of those tokens, under the unmodified distribution
+    token_log_likelihoods: list[float]  # of each of those tokens, under the unmodified distribution
     finished: bool  # ended by one of the end tokens (else it reached max_new_tokens)
+
+    @property
+    def log_likelihood(self) -> float:
+        return sum(self.token_log_likelihoods)
 
     @property
     def body(self) -> list[int]:
@@ -55,6 +59,7 @@ def sample_continuations(
     top_k: int | None,
     top_p: float | None,
     cache=None,
+    progress: Callable[[int], None] | None = None,
     **generate_options,
 ) -> Iterator[Continuation]:
     """`n` continuations of `prompt_ids` (1, P), sampled `batch_size` at a time with `generate`,
@@ -64,9 +69,14 @@ def sample_continuations(
 
     cache: the model's state after all but the last prompt token (e.g. a context read once): every
     batch continues from a copy of it, so the prompt is read once for all samples.
+    progress: told the number of continuations of every batch once it is sampled.
     `generate_options` go to `generate` as they are (e.g. `position_ids`). The arguments are
     checked by the tasks, with `check_sampling`, before they read any prompt."""
     suppressed = never_sampled(tokenizer, model.config.vocab_size, domain, ends)
+    if temperature == 0:  # the likeliest token at every step
+        choice = dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+    else:
+        choice = dict(do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
     for start in range(0, n, batch_size):
         rows = min(batch_size, n - start)
         if cache is None:
@@ -77,10 +87,7 @@ def sample_continuations(
         out = model.generate(
             inputs,
             attention_mask=torch.ones_like(inputs),
-            do_sample=True,
-            temperature=temperature,
-            top_k=top_k or 0,
-            top_p=top_p or 1.0,
+            **choice,
             max_new_tokens=max_new_tokens,
             eos_token_id=ends,
             pad_token_id=tokenizer.pad_token_id,
@@ -92,8 +99,10 @@ def sample_continuations(
         )
         new_tokens = out.sequences[:, inputs.shape[1] :]
         token_log_probs = token_log_probabilities(torch.stack(out.logits, dim=1), new_tokens)
+        if progress is not None:
+            progress(rows)
         for row in range(rows):
             tokens = new_tokens[row].tolist()
             end = next((i for i, token in enumerate(tokens) if token in ends), None)
             length = len(tokens) if end is None else end + 1
-            yield Continuation(start + row, tokens[:length], token_log_probs[row, :length].sum().item(), end is not None)
+            yield Continuation(start + row, tokens[:length], token_log_probs[row, :length].tolist(), end is not None)

@@ -1,14 +1,14 @@
 """`bioxlstm evaluate`: the field's evaluation protocols, one module per evaluation."""
 
-from . import chem, in_context
+from . import chem, finetune, in_context, probe, variants
 
 # In the order `evaluate --help` lists them.
-EVALUATIONS = (chem, in_context)
+EVALUATIONS = (chem, in_context, variants, finetune, probe)
 
 
 def add_parser(commands) -> None:
     evaluate = commands.add_parser(
-        "evaluate", help="the field's evaluation protocols: generated molecules, in-context generation",
+        "evaluate", help="the field's evaluation protocols: molecules (MOSES), variant effects, fine-tuning, probes",
         description="Measure generated sequences and models the way the field reports them.",
     )
     evaluations = evaluate.add_subparsers(dest="evaluation", metavar="EVALUATION", required=True)

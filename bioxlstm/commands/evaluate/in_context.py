@@ -3,12 +3,12 @@
 import argparse
 
 from ...domains import SMILES
-from ..options import load_model, model_options
+from ..options import load_model, model_options, positive_int, sampling_options
 
 
 def add_parser(evaluations) -> None:
     in_context = evaluations.add_parser(
-        "chem-in-context", parents=[model_options()],
+        "chem-in-context", parents=[model_options(), sampling_options(batch_size=64, seed=0)],
         help="FCD of in-context versus unconditional samples on held-out molecular domains",
         description=(
             "The in-context protocol: for each domain (a line of molecules joined by '.', the ICST format), "
@@ -22,14 +22,9 @@ def add_parser(evaluations) -> None:
         "--lines", type=_line_numbers, default=None, metavar="1,3,4",
         help="which domains (1-based line numbers) to evaluate; default: all",
     )
-    in_context.add_argument("--n-context", type=int, default=20, help="molecules of a domain placed in context")
-    in_context.add_argument("--n-generate", type=int, default=100, help="molecules sampled per domain, and unconditionally")
-    in_context.add_argument("--temperature", type=float, default=1.0)
-    in_context.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
-    in_context.add_argument("--top-p", type=float, default=None, help="sample within this probability mass")
-    in_context.add_argument("--max-new-tokens", type=int, default=256, help="longest molecule, in tokens")
-    in_context.add_argument("--batch-size", type=int, default=64, help="molecules sampled at once")
-    in_context.add_argument("--seed", type=int, default=0, help="chooses the context molecules and the samples")
+    in_context.add_argument("--n-context", type=positive_int, default=20, help="molecules of a domain placed in context")
+    in_context.add_argument("--n-generate", type=positive_int, default=100, help="molecules sampled per domain, and unconditionally")
+    in_context.add_argument("--max-new-tokens", type=positive_int, default=256, help="longest molecule, in tokens")
     in_context.add_argument("--json", action="store_true", help="print one JSON object per domain instead of a table")
     in_context.set_defaults(run=run)
 
