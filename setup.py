@@ -2,4 +2,4 @@
 
 from setuptools import find_packages, setup
 
-setup(packages=[*find_packages(include=["bioxlstm*"]), "bioxlstm.tokenizer_files"])
+setup(packages=[*find_packages(include=["bioxlstm*"]), "bioxlstm.tokenizer_files", "bioxlstm.moses_data"])

@@ -12,7 +12,7 @@ from .molecules import (
 )
 from .likelihood import SequenceScore, score_records
 from .variant_benchmark import AssayResult, VariantScore, evaluate_variants, prepare_assay, score_assay
-from .downstream import classification_metrics, finetune_over_seeds, linear_probe, regression_metrics  # noqa: F401
+from .downstream import classification_metrics, finetune_over_seeds, linear_probe, regression_metrics
 
 __all__ = [
     "POOLINGS",
@@ -23,12 +23,16 @@ __all__ = [
     "SamplingReport",
     "SequenceScore",
     "VariantScore",
+    "classification_metrics",
     "embed_records",
     "evaluate_in_context",
     "evaluate_variants",
+    "finetune_over_seeds",
     "generate_molecules",
     "generate_sequences",
+    "linear_probe",
     "prepare_assay",
+    "regression_metrics",
     "sample_molecules",
     "score_assay",
     "score_records",

@@ -1,7 +1,9 @@
-"""`bioxlstm evaluate chem`: chemistry metrics of a file of generated molecules."""
+"""`bioxlstm evaluate chem`: chemistry metrics of a file of generated molecules, or the MOSES metric set
+(`--benchmark moses`)."""
 
 import argparse
-import sys
+import gzip
+import zlib
 
 from ...domains import SMILES
 
@@ -15,7 +17,10 @@ def add_parser(evaluations) -> None:
             "ones. novelty: fraction of those not in --train. internal diversity: 1 - mean pairwise Tanimoto "
             "similarity of Morgan fingerprints (radius 2, 2048 bits) of the valid ones. FCD: Frechet ChemNet "
             "Distance between the valid generated and the --reference molecules, both canonicalised; lower is "
-            "closer. Undefined values (e.g. no valid molecule) show as n/a, or null in JSON."
+            "closer. Undefined values (e.g. no valid molecule) show as n/a, or null in JSON. "
+            "With --benchmark moses: the MOSES metric set (valid, unique@1k/10k, FCD, SNN, Frag and Scaf against "
+            "the MOSES test and scaffold-test sets, IntDiv, IntDiv2, Filters, Novelty against the MOSES training "
+            "set) as the MOSES paper and code define them; see bioxlstm/moses.py and data_cards/moses.md."
         ),
     )
     chem.add_argument(
@@ -23,37 +28,75 @@ def add_parser(evaluations) -> None:
         help="generated SMILES, one per line (.smi, .txt; .gz ok) or a --column of a CSV/TSV/Parquet file; "
         "invalid ones are counted, not rejected",
     )
-    chem.add_argument("--reference", required=True, help="reference molecules for FCD, e.g. data/chembl31_valid_50k.smi.gz")
-    chem.add_argument("--train", help="the training molecules, for novelty (left out without it)")
+    chem.add_argument(
+        "--reference", help="reference molecules for FCD, e.g. data/chembl31_valid_50k.smi.gz (required unless "
+        "--benchmark moses; there it replaces the MOSES test set)",
+    )
+    chem.add_argument(
+        "--train", help="the training molecules, for novelty (left out without it; with --benchmark moses it "
+        "replaces the MOSES training set)",
+    )
+    chem.add_argument(
+        "--benchmark", choices=["moses"],
+        help="moses: the MOSES metric set against the MOSES test, scaffold-test and training sets",
+    )
+    chem.add_argument(
+        "--moses-dir", help="directory of the MOSES sets: test.csv.gz and test_scaffolds.csv.gz (column SMILES), "
+        "train_canonical.smi.gz or train.csv.gz, and optionally their precomputed statistics (*_fcd.npz, "
+        "*_counts.json.gz; computed when absent). Default: the copy bundled with bioxlstm (data/moses in a "
+        "source checkout; see data_cards/moses.md)",
+    )
+    chem.add_argument(
+        "--workers", type=int, default=1, help="processes for the per-molecule RDKit work of --benchmark moses",
+    )
     chem.add_argument("--column", default="sequence", help="SMILES column of CSV/TSV/Parquet inputs")
     chem.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     chem.set_defaults(run=run)
 
 def _molecules(path: str, column: str) -> list[str]:
     """The molecules of a reference or training file, each of which must be valid."""
-    from tqdm import tqdm
+    from ...progress import progress
 
     from ...chem import is_valid
     from ...io import InputError, read_records
 
     molecules = []
-    for record in tqdm(read_records(path, domain=SMILES.name, column=column), desc=path, unit="mol", file=sys.stderr, disable=None):
+    for record in progress(read_records(path, domain=SMILES.name, column=column), desc=path, unit="mol"):
         if not is_valid(record.sequence):
             raise InputError(f"{path}: record {record.id!r} is not a valid molecule: {record.sequence!r}")
         molecules.append(record.sequence)
     return molecules
 
 
+def _generated(path: str, column: str) -> list[str]:
+    """The generated entries, as they are: RDKit judges them, and empty ones (skipped by the reader)
+    are generated molecules too, invalid ones."""
+    from ...io import read_records
+
+    try:
+        reader = read_records(path, on_invalid="skip", column=column)
+        generated = [record.sequence for record in reader] + [""] * reader.summary.skipped
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as error:
+        # Raised by the decoders, without the file name: a binary, corrupt or truncated file.
+        raise ValueError(f"{path}: not a readable SMILES file ({error})") from error
+    if not generated:
+        raise ValueError(f"{path}: no generated SMILES to evaluate")
+    return generated
+
+
 def run(args: argparse.Namespace) -> None:
     import json
 
     from ...chem import chem_metrics
-    from ...io import read_records
 
-    # Generated entries are taken as they are: RDKit judges them, and empty ones (skipped by the
-    # reader) are generated molecules too, invalid ones.
-    reader = read_records(args.generated, on_invalid="skip", column=args.column)
-    generated = [record.sequence for record in reader] + [""] * reader.summary.skipped
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {args.workers}")
+    if args.benchmark == "moses":
+        _run_moses(args)
+        return
+    if args.reference is None:
+        raise ValueError("--reference is required (or --benchmark moses)")
+    generated = _generated(args.generated, args.column)
     metrics = chem_metrics(
         generated,
         reference=_molecules(args.reference, args.column),
@@ -79,3 +122,52 @@ def run(args: argparse.Namespace) -> None:
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def _run_moses(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from ... import moses
+
+    generated = _generated(args.generated, args.column)
+    directory = Path(args.moses_dir) if args.moses_dir else moses.bundled_moses_directory()
+    if not directory.is_dir():
+        raise ValueError(f"--moses-dir {directory}: no such directory")
+    # The filter rules belong to the metric, not to the data: a directory without them uses the bundled ones.
+    filters = directory if (directory / moses.FILTER_FILES[0]).is_file() else moses.bundled_moses_directory()
+    # Every input file is read before the long work starts, so that a bad one fails at once.
+    test_override = None if args.reference is None else _molecules(args.reference, args.column)
+    train_override = None if args.train is None else _molecules(args.train, args.column)
+    references = {
+        suffix: moses.reference_set(suffix, test_override, args.workers)
+        if suffix == "Test" and test_override is not None
+        else moses.load_reference_set(directory, name, args.workers)
+        for suffix, name in moses.REFERENCE_SETS.items()
+    }
+    if train_override is not None:
+        training = moses.training_set(train_override, args.workers)
+    else:
+        training = moses.load_training_set(directory, args.workers)
+    metrics = moses.moses_metrics(generated, references, training, filters, args.workers)
+    if args.json:
+        print(json.dumps(metrics.as_dict()))
+        return
+    sources = {"Test": args.reference or f"{directory}/test.csv.gz", "TestSF": f"{directory}/test_scaffolds.csv.gz"}
+    print(f"{'generated':<12}{metrics.generated:>10}  {args.generated}")
+    print(f"{'molecules':<12}{metrics.valid:>10}  valid, {metrics.distinct} of them distinct")
+    for column, value in metrics.as_dict().items():
+        if column in moses.COLUMNS:
+            note = f"to {sources[column.split('/')[1]]}" if "/" in column else MOSES_NOTES.get(column, "")
+            print(f"{column:<12}{_number(value):>10}  {note}".rstrip())
+
+
+MOSES_NOTES = {
+    "valid": "valid / generated",
+    "unique@1k": "distinct among the first 1,000 valid",
+    "unique@10k": "distinct among the first 10,000 valid",
+    "IntDiv": "1 - mean Tanimoto to the whole set",
+    "IntDiv2": "1 - mean root-mean-square Tanimoto to the whole set",
+    "Filters": "pass MCF, PAINS, atom, charge and ring rules",
+    "Novelty": "distinct valid ones not in the training set",
+}
