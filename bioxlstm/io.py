@@ -102,10 +102,8 @@ class RecordReader(Iterator[Record]):
         if _is_standard_stream(self.path):
             if format is None or format == "parquet":
                 raise InputError("standard input: name its text format explicitly (e.g. --format fasta)")
-        elif self.path.is_dir():
-            raise InputError(f"{self.path}: is a directory, not a sequence file")
-        elif not self.path.is_file():
-            raise InputError(f"{self.path}: no such file")
+        else:
+            require_file(self.path, "a sequence file")
         self.format = format or format_from_path(self.path)
         if self.format not in FORMATS:
             raise InputError(f"{self.path}: unknown format {self.format!r}; supported: {', '.join(FORMATS)}")
@@ -177,7 +175,7 @@ class RecordReader(Iterator[Record]):
         return "".join(pieces)
 
     def _parsed_records(self) -> Iterator[Record]:
-        try:
+        with parse_errors(self.path, self.format):
             if self.format == "parquet":
                 yield from self._table_records(self._parquet_batches())
                 return
@@ -190,16 +188,6 @@ class RecordReader(Iterator[Record]):
                     yield from _smiles_lines(handle)
                 else:
                     yield from self._table_records(self._csv_batches(handle))
-        except (EOFError, gzip.BadGzipFile) as error:
-            raise InputError(f"{self.path}: truncated gzip stream (file ends early)") from error
-        except UnicodeDecodeError as error:
-            raise InputError(f"{self.path}: not a text file ({error.reason} at byte {error.start})") from error
-        except (ValueError, pa.ArrowException, csv.Error) as error:
-            if isinstance(error, InputError):
-                raise
-            # Parsers explain at length; the first paragraph, on one line, names the problem.
-            reason = " ".join(str(error).split("\n\n")[0].split())
-            raise InputError(f"{self.path}: not valid {self.format}: {reason}") from error
 
     def _require_columns(self, available: list[str]) -> list[str]:
         if self.id_column is None and "id" in available and self.column != "id":
@@ -233,6 +221,32 @@ class RecordReader(Iterator[Record]):
             for offset, sequence in enumerate(sequences):
                 row += 1
                 yield Record(f"row_{row}" if ids is None else str(ids.iat[offset]), str(sequence))
+
+
+def require_file(path: Path, what: str) -> None:
+    """InputError unless `path` is an existing file: a directory or a missing path, said as such."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not {what}")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+
+
+@contextlib.contextmanager
+def parse_errors(path: Path, format: str, also: tuple[type[Exception], ...] = ()):
+    """Turn what a parser raises on a broken file into one InputError line that names the file.
+    also: further exception types that mean a broken file for this reader."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile) as error:
+        raise InputError(f"{path}: truncated gzip stream (file ends early)") from error
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not a text file ({error.reason} at byte {error.start})") from error
+    except (ValueError, pa.ArrowException, csv.Error, *also) as error:
+        if isinstance(error, InputError):
+            raise
+        # Parsers explain at length; the first paragraph, on one line, names the problem.
+        reason = " ".join(str(error).split("\n\n")[0].split())
+        raise InputError(f"{path}: not valid {format}: {reason}") from error
 
 
 def format_from_path(path: str | Path) -> str:
@@ -435,14 +449,19 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def require_new_directory(path: Path) -> None:
+    """FileExistsError unless `path` is absent or an empty directory: an output never replaces one."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path}: exists and is not empty; choose a new directory")
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
     """A temporary directory beside `path` to fill; it becomes `path` (absent or empty, else
     FileExistsError) only when the block ends without an error, so a failure or Ctrl-C halfway
     leaves no partial directory behind."""
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"{path}: exists and is not empty; choose a new directory")
+    require_new_directory(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -486,29 +505,17 @@ def read_variant_table(path: str | Path) -> pd.DataFrame:
     line. A row with more or fewer fields than the header (e.g. an unquoted `M1A,K2Q`) raises
     InputError; so does a file without a header. A header without rows gives an empty table."""
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, not a table")
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    require_file(path, "a table")
     format = format_from_path(path)
     if format not in TABLE_FORMATS:
         raise InputError(f"{path}: a variant table is CSV, TSV or Parquet, not {format}")
-    try:
+    with parse_errors(path, format, also=(OSError,)):
         if format == "parquet":
             table = pd.read_parquet(path)
             table.index = range(2, len(table) + 2)
             return table.astype(object).where(table.notna(), "").astype(str)
         with _open_text(path) as handle:
             return _delimited_rows(path, csv.reader(handle, delimiter=_TABLE_SEPARATORS[format]))
-    except UnicodeDecodeError as error:
-        raise InputError(f"{path}: not a text file ({error.reason} at byte {error.start})") from error
-    except (EOFError, gzip.BadGzipFile) as error:
-        raise InputError(f"{path}: truncated gzip stream (file ends early)") from error
-    except (ValueError, pa.ArrowException, OSError, csv.Error) as error:
-        if isinstance(error, InputError):
-            raise
-        reason = " ".join(str(error).split("\n\n")[0].split())
-        raise InputError(f"{path}: not valid {format}: {reason}") from error
 
 
 def _delimited_rows(path: Path, reader) -> pd.DataFrame:
@@ -650,8 +657,7 @@ def read_embeddings(path: str | Path):
     import numpy as np
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    require_file(path, "a Parquet file of embeddings")
     try:
         table = pq.read_table(path)
     except pa.ArrowException as error:

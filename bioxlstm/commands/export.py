@@ -41,11 +41,10 @@ def run(args: argparse.Namespace) -> None:
     import json
 
     from ..export import CARD_INFO_FILE, LOSS_CURVE_FILE, CardInfo, export
-    from ..io import atomic_directory
+    from ..io import atomic_directory, require_new_directory
     from ..pretrained import load_pretrained, resolve_model
 
-    if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
-        raise FileExistsError(f"{args.output}: exists and is not empty; choose a new directory")
+    require_new_directory(args.output)  # before the model loads
     source = resolve_model(args.model)  # a bundled model's name is not a path
     card = CardInfo.from_file(source / CARD_INFO_FILE) if (source / CARD_INFO_FILE).is_file() else CardInfo()
     if args.data_card:

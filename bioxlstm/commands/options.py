@@ -37,6 +37,32 @@ def temperature(text: str) -> float:
     return value
 
 
+def png_path(text: str):
+    """An argparse type: a path for a plot written as PNG."""
+    from pathlib import Path
+
+    if not text.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"{text}: the plot is written as PNG; name it .png")
+    return Path(text)
+
+
+def print_json(value) -> None:
+    """Print `value` as one line of JSON, an undefined number (NaN) as null: JSON has no NaN."""
+    import json
+
+    print(json.dumps(_nan_as_none(value)))
+
+
+def _nan_as_none(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _nan_as_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_as_none(item) for item in value]
+    return value
+
+
 def sampling_options(batch_size: int | None = 16, greedy: bool = False, seed: int | None = None) -> argparse.ArgumentParser:
     """The options of every sampling command. greedy: temperature 0 picks the likeliest token."""
     options = argparse.ArgumentParser(add_help=False)

@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..options import positive_int
+from ..options import png_path, positive_int, print_json
 
 
 def add_parser(evaluations) -> None:
@@ -28,20 +28,17 @@ def add_parser(evaluations) -> None:
     finetune.add_argument("--seeds", type=positive_int, default=5, help="how many seeds (0, 1, ...)")
     finetune.add_argument("--output-dir", type=Path, help="keep each run's log.csv and loss curve in OUTPUT_DIR/seed-N")
     finetune.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    finetune.add_argument("--plot", type=Path, help="PNG: the metrics per seed (and, for regression, predicted vs measured)")
+    finetune.add_argument("--plot", type=png_path, help="PNG: the metrics per seed (and, for regression, predicted vs measured)")
     finetune.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
     import contextlib
-    import json
 
     from ...progress import progress
     from ...tasks.downstream import METRICS, finetune_over_seeds, plot_metrics
     from ...training import load_recipe
 
-    if args.plot is not None and args.plot.suffix.lower() != ".png":
-        raise ValueError(f"{args.plot}: the plot is written as PNG; name it .png")
     recipe = load_recipe(args.recipe, args.overrides)
     # One bar over the seeds; the trainer's own bars would interleave with it.
     recipe.training.setdefault("disable_tqdm", True)
@@ -55,13 +52,13 @@ def run(args: argparse.Namespace) -> None:
         plot_metrics(rows, "seed", result.task, args.plot, f"{recipe.name}: {len(rows)} seeds, test n={result.test_size}",
                      measured=result.measured, predicted=result.runs[-1].predicted)  # fmt: skip
     if args.json:
-        print(json.dumps({
+        print_json({
             "recipe": recipe.name, "objective": result.objective, "task": result.task, "classes": result.classes,
             "test_sequences": result.test_size, "test_examples": result.runs[0].metrics.count,
             "averaging": result.runs[0].metrics.averaging,
             "runs": [{**row, **result.runs[i].metrics.as_dict()} for i, row in enumerate(rows)],
-            "mean": _json_numbers(summary.mean), "std": _json_numbers(summary.std),
-        }))  # fmt: skip
+            "mean": summary.mean, "std": summary.std,
+        })  # fmt: skip
         return
     print_table(rows, "seed", METRICS[result.task], summary)
     first = result.runs[0].metrics
@@ -73,10 +70,6 @@ def run(args: argparse.Namespace) -> None:
 
 def positive_note(classes: list[str], averaging: str) -> str:
     return f"binary: F1 and AUROC of the positive class, {classes[1]}" if len(classes) == 2 else averaging
-
-
-def _json_numbers(values: dict) -> dict:
-    return {name: None if value != value else value for name, value in values.items()}
 
 
 def print_table(rows: list[dict], key: str, names: tuple[str, ...], summary) -> None:

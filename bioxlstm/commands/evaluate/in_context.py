@@ -3,7 +3,7 @@
 import argparse
 
 from ...domains import SMILES
-from ..options import load_model, model_options, positive_int, sampling_options
+from ..options import load_model, model_options, positive_int, print_json, sampling_options
 
 
 def add_parser(evaluations) -> None:
@@ -40,9 +40,6 @@ def _line_numbers(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> None:
-    import json
-    import math
-
     from ...io import read_records
     from ...tasks import evaluate_in_context
 
@@ -59,8 +56,7 @@ def run(args: argparse.Namespace) -> None:
     )  # fmt: skip
     if args.json:
         for line, result in zip(lines, results):
-            values = {key: None if isinstance(v, float) and math.isnan(v) else v for key, v in vars(result).items()}
-            print(json.dumps({"line": line, **values}))
+            print_json({"line": line, **vars(result)})
         return
     print(f"{'line':>5} {'context':>8} {'reference':>10} {'valid':>6} {'FCD in-context':>15} {'FCD unconditional':>18}")
     for line, r in zip(lines, results):

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from ..options import positive_int
+from ..options import png_path, positive_int, print_json
 from .finetune import positive_note, print_table
 
 
@@ -31,19 +31,15 @@ def add_parser(evaluations) -> None:
     probe.add_argument("--label-column", default="label", help="the labels' label column (default label)")
     probe.add_argument("--positive", help="classification with two classes: the positive class (default: the second, sorted)")
     probe.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    probe.add_argument("--plot", type=Path, help="PNG: the metrics per fold (and, for regression, predicted vs measured)")
+    probe.add_argument("--plot", type=png_path, help="PNG: the metrics per fold (and, for regression, predicted vs measured)")
     probe.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    import json
-
     from ...io import read_embeddings, read_labels
     from ...progress import progress
     from ...tasks.downstream import METRICS, linear_probe, matched_labels, plot_metrics
 
-    if args.plot is not None and args.plot.suffix.lower() != ".png":
-        raise ValueError(f"{args.plot}: the plot is written as PNG; name it .png")
     ids, embeddings = read_embeddings(args.embeddings)
     labels = read_labels(args.labels, label_column=args.label_column, id_column=args.id_column)
     try:
@@ -63,13 +59,12 @@ def run(args: argparse.Namespace) -> None:
                      measured=result.measured if predicted is not None else None, predicted=predicted)  # fmt: skip
     averaging = result.folds[0].metrics.averaging
     if args.json:
-        print(json.dumps({
+        print_json({
             "embeddings": str(args.embeddings), "labels": str(args.labels), "task": args.task, "records": len(ids),
             "width": result.width, "classes": result.classes, "averaging": averaging,
             "folds": [{**row, **fold.metrics.as_dict()} for row, fold in zip(rows, result.folds)],
-            "mean": {k: None if v != v else v for k, v in summary.mean.items()},
-            "std": {k: None if v != v else v for k, v in summary.std.items()},
-        }))  # fmt: skip
+            "mean": summary.mean, "std": summary.std,
+        })  # fmt: skip
         return
     print_table(rows, "fold", METRICS[args.task], summary)
     note = f"{len(ids)} records, {result.width}-dimensional embeddings, {args.folds}-fold cross-validation"

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ...domains import PROTEIN
-from ..options import load_model, model_options, positive_int
+from ..options import load_model, model_options, positive_int, print_json
 
 # The columns of ProteinGym's reference file (reference_files/DMS_substitutions.csv) that are read.
 REFERENCE_ID, REFERENCE_FILE, REFERENCE_SEQUENCE, REFERENCE_MSA = "DMS_id", "DMS_filename", "target_seq", "MSA_filename"
@@ -192,16 +192,10 @@ def _check_outputs(args: argparse.Namespace, inputs: list[str]) -> None:
             raise ValueError(f"{output}: is also an input; write the results to another file")
 
 
-def _value(value: float) -> float | None:
-    return None if math.isnan(value) else value
-
-
 def _print_json(results, means) -> None:
-    import json
     from dataclasses import asdict
 
-    assays = [{k: _value(v) if isinstance(v, float) else v for k, v in asdict(r).items()} for r in results]
-    print(json.dumps({"assays": assays, "mean": {k: _value(v) for k, v in means.items()}, "assay_count": len(results)}))
+    print_json({"assays": [asdict(r) for r in results], "mean": means, "assay_count": len(results)})
 
 
 def _print_table(results, means) -> None:
