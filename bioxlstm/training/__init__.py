@@ -1,0 +1,57 @@
+"""Recipes -> `transformers.Trainer`: how every Bio-xLSTM model is trained and fine-tuned.
+
+A recipe is a YAML file with these sections (see `recipes/`):
+
+    name, description   what it trains
+    domain              dna | protein | smiles: the tokenizer, and the model's domain
+    objective           a name in OBJECTIVES (clm, mlm, fim-icl, molecule-icl; on labeled data
+                        sequence-classification, sequence-regression, token-classification): the
+                        model head, the collator and the data settings it needs
+    data                the fields of `bioxlstm.data.DataSpec`; paths relative to the recipe file
+    init_from           optional: a saved model directory (relative to the recipe) or bundled model name
+                        to fine-tune instead of starting from random weights
+    init_blocks         optional, with init_from: the blocks of the model to train, each the index of one of
+                        init_from's blocks or `mlstm` / `slstm` for a new block, e.g. [0, 1, slstm, 2, 3];
+                        the model grows deeper and starts out computing what init_from does (`grown_model`)
+    model               fields of `BioXLSTMConfig` (vocabulary and special tokens come from the tokenizer);
+                        with init_from, only what may change on a trained model (e.g. dropout)
+    training            fields of `transformers.TrainingArguments` (output_dir comes from the command)
+
+`load_recipe(path, ["training.max_steps=20", ...])` applies key=value overrides (values parsed as
+YAML) and rejects unknown keys and values of the wrong type; `train(recipe, output_dir, resume)` runs
+it. The same call runs on one CPU or, under `torchrun --nproc_per_node N` / `accelerate launch`, as DDP
+(or, on GPUs, FSDP through `training.fsdp_config`), because `Trainer` reads the launcher's environment;
+when the processes or the sharding the Trainer ends up with differ from what was asked, it refuses.
+
+What a run leaves in its output directory: `checkpoint-N/` every `save_steps` (each appears
+complete or not at all), TensorBoard events (with `report_to: [tensorboard]`), `log.csv` (every
+logged train and eval number), `loss_curve.png`, and `model/`, the final model exported with
+`bioxlstm.export` (weights, code, tokenizer and a card with held-out loss and perplexity).
+
+Labeled-data objectives (`bioxlstm.data.labeled`) read a label with every record, train a
+classification or regression head on `init_from`'s backbone (any model: causal, bidirectional,
+RC-PS, or conjoined with `model: {conjoin: true}`), report accuracy / MCC / F1 / AUROC or
+Spearman / Pearson / R² on the validation split, and hold the test split out for
+`bioxlstm.tasks.downstream.finetune_over_seeds`.
+
+Modules: `objectives` (what each objective trains and how it batches), `recipes` (reading and
+checking recipe files), `runs` (building the Trainer, running, exporting), `trainer` (the Trainer
+and its log files), `launchers` (what a launcher asked for against what runs).
+"""
+
+from .launchers import distribution
+from .objectives import OBJECTIVES, Objective
+from .recipes import Recipe, load_recipe
+from .runs import build_trainer, grown_model, starting_model, train
+
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "Recipe",
+    "build_trainer",
+    "distribution",
+    "grown_model",
+    "load_recipe",
+    "starting_model",
+    "train",
+]
