@@ -24,7 +24,6 @@ import argparse
 import gzip
 import json
 import os
-import random
 from collections import Counter
 from multiprocessing import get_context
 from pathlib import Path
@@ -38,9 +37,9 @@ from scipy import stats  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from bioxlstm import moses  # noqa: E402
+from moses_train_row import PUBLISHED_TRAIN_ROW, training_molecules, training_sample  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "moses_sample_size.csv"
-PUBLISHED = {"FCD/Test": 0.007976462128127082, "FCD/TestSF": 0.4755338128709923, "Scaf/Test": 0.9907434796042832}
 
 
 def gaussian_statistics(mean: np.ndarray, covariance: np.ndarray, size: int, rng: np.random.Generator):
@@ -64,24 +63,6 @@ def fcd_floor(directory: Path, size: int, reference_size: int, repeats: int, see
         for _ in range(repeats)
     ]
     return float(np.mean(values)), float(np.std(values))
-
-
-def chemnet_statistics_in_chunks(smiles: list[str], chunk: int = 20000) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of the ChemNet activations of `smiles`, accumulated chunk by chunk in float64
-    (the activations of all 1.6M training molecules would take 3 GB, their covariance as numpy
-    computes it several times that)."""
-    import fcd
-
-    model = fcd.load_ref_model()
-    total, outer = np.zeros(512), np.zeros((512, 512))
-    with tqdm(total=len(smiles), desc="ChemNet (whole training set)", unit="mol") as bar:
-        for start in range(0, len(smiles), chunk):
-            activations = fcd.get_predictions(model, smiles[start : start + chunk], n_jobs=1).astype(np.float64)
-            total += activations.sum(axis=0)
-            outer += activations.T @ activations
-            bar.update(len(activations))
-    mean = total / len(smiles)
-    return mean, (outer - len(smiles) * np.outer(mean, mean)) / (len(smiles) - 1)
 
 
 def _scaffolds_of_chunk(chunk: list[str]) -> list[str | None]:
@@ -109,9 +90,8 @@ def main() -> None:
     parser.add_argument("--whole-set-fcd", action="store_true", help="also the FCD of the whole training set (ChemNet over 1.6M molecules: about an hour on 2 CPU cores)")
     args = parser.parse_args()
     directory = moses.bundled_moses_directory()
-    with gzip.open(directory / moses.TRAIN_CANONICAL, "rt") as handle:
-        training = [line.rstrip("\n") for line in handle]
-    sample = random.Random(args.seed).sample(training, args.sample)
+    training = training_molecules(directory)
+    sample = training_sample(training, args.sample, args.seed)
 
     test_size = len(moses.read_smiles_column(directory / "test.csv.gz"))
 
@@ -126,13 +106,13 @@ def main() -> None:
         rows.append({"quantity": "Scaf/Test", "molecules": len(molecules),
                      "value": moses.cosine_similarity(counts, test_scaffolds), "spread": float("nan")})  # fmt: skip
     if args.whole_set_fcd:
-        statistics = chemnet_statistics_in_chunks(training)
+        statistics = moses.chemnet_statistics(training)
         for suffix, name in moses.REFERENCE_SETS.items():
             reference = np.load(directory / f"{name}_fcd.npz")
             value = moses.frechet_distance(statistics, (reference["mean"], reference["covariance"]))
             rows.append({"quantity": f"FCD/{suffix}", "molecules": len(training), "value": value, "spread": float("nan")})
     for row in rows:
-        row["published Train"] = PUBLISHED[row["quantity"].split(" ")[0]]
+        row["published Train"] = PUBLISHED_TRAIN_ROW[row["quantity"].split(" ")[0]]
     RESULTS.parent.mkdir(exist_ok=True)
     pd.DataFrame(rows).to_csv(RESULTS, index=False)
     print("| quantity | molecules | value | published Train |\n| --- | ---: | ---: | ---: |")

@@ -47,10 +47,14 @@ PUBLISHED_TRAIN_ROW = {
 }  # fmt: skip
 
 
-def training_sample(directory: Path, size: int, seed: int) -> list[str]:
-    """`size` molecules of the MOSES training set, drawn without replacement with `seed`."""
+def training_molecules(directory: Path) -> list[str]:
+    """The MOSES training set (RDKit-canonical SMILES) in `directory`, in file order."""
     with gzip.open(directory / moses.TRAIN_CANONICAL, "rt") as handle:
-        training = [line.rstrip("\n") for line in handle]
+        return [line.rstrip("\n") for line in handle]
+
+
+def training_sample(training: list[str], size: int, seed: int) -> list[str]:
+    """`size` of the `training` molecules, drawn without replacement with `seed`."""
     return random.Random(seed).sample(training, size)
 
 
@@ -70,7 +74,7 @@ def main() -> None:
     directory = args.moses_dir or moses.bundled_moses_directory()
 
     started = time.perf_counter()
-    generated = training_sample(directory, args.sample, args.seed)
+    generated = training_sample(training_molecules(directory), args.sample, args.seed)
     references = {suffix: moses.load_reference_set(directory, name, args.workers) for suffix, name in moses.REFERENCE_SETS.items()}
     training = moses.load_training_set(directory)
     loaded = time.perf_counter()
