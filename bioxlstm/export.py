@@ -8,6 +8,7 @@ a model card: `README.md` with the Hub's metadata, built and checked with `huggi
 """
 
 import json
+import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 
 from .domains import DOMAINS
+from .io import UMASK
 from .models.configuration_bioxlstm import BLOCK_NAMES
-from .pretrained import supported_heads
+from .pretrained import default_model_names, supported_heads
 
 # Written beside a trained model (by training or by hand): what the card reports about it.
 CARD_INFO_FILE = "bioxlstm_card.json"
@@ -70,10 +72,41 @@ def export(
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)
         drop_tokenizer_loader_settings(output_dir)
+        if isinstance(model, GenerationMixin):
+            pad_prompts_on_the_left(output_dir)
     if loss_curve is not None and Path(loss_curve).resolve() != (output_dir / LOSS_CURVE_FILE).resolve():
         shutil.copyfile(loss_curve, output_dir / LOSS_CURVE_FILE)
     write_card(model, output_dir, card or CardInfo())
+    with_ordinary_permissions(output_dir)
     return output_dir
+
+
+def checked_base_model(name: str) -> str:
+    """`name` if it can be a card's base model: a Hub model id (owner/name), the name of a bundled
+    model, or a saved model's directory; else ValueError."""
+    if HUB_MODEL_ID.match(name) or name in default_model_names() or (Path(name) / "config.json").is_file():
+        return name
+    raise ValueError(
+        f"base model {name!r}: not a Hub model id (owner/name), a bundled model ({', '.join(default_model_names())}) "
+        "or a directory holding a saved model"
+    )
+
+
+def pad_prompts_on_the_left(directory: Path) -> None:
+    """Make the saved tokenizer pad on the left: `generate` continues every row from its last
+    column, so prompts of different lengths batched with right padding would continue from padding."""
+    path = Path(directory) / "tokenizer_config.json"
+    settings = json.loads(path.read_text())
+    if settings.get("padding_side") != "left":
+        path.write_text(json.dumps({**settings, "padding_side": "left"}, indent=2, ensure_ascii=False) + "\n")
+
+
+def with_ordinary_permissions(directory: Path) -> None:
+    """Give every file of `directory` the permissions the umask gives a new file: transformers writes
+    the weights readable by their owner alone, which a shared or served model directory cannot use."""
+    for path in Path(directory).iterdir():
+        if path.is_file():
+            os.chmod(path, 0o666 & ~UMASK)
 
 
 def write_card(model: PreTrainedModel, directory: Path, card: CardInfo, bundled_name: str | None = None) -> ModelCard:

@@ -15,7 +15,12 @@ def add_parser(commands) -> None:
             "installed), the tokenizer and a model card (README.md with YAML metadata)."
         ),
     )
-    export.add_argument("--model", required=True, help="directory of a saved Bio-xLSTM model")
+    export.add_argument(
+        "--model", required=True,
+        help="the model to export: a bundled default's name (dna, protein, chem, chem-icl), a saved model "
+        "directory (save_pretrained, `bioxlstm convert`, a run's model/) or a training checkpoint "
+        "(a run's checkpoint-N/)",
+    )
     export.add_argument("--output", required=True, type=Path, help="directory to create (must not exist or be empty)")
     export.add_argument(
         "--data-card", action="append", type=Path, default=[], metavar="FILE",
@@ -28,7 +33,8 @@ def add_parser(commands) -> None:
     export.add_argument("--description", default=None, help="a paragraph describing the model for its card")
     export.add_argument(
         "--base-model", metavar="ID",
-        help="the Hub id (owner/name) of the model this one was fine-tuned from, for the card's base_model; "
+        help="the model this one was fine-tuned from: a Hub id (owner/name), which goes into the card's "
+        "base_model, or a bundled model's name or a model directory, which the card names in its text; "
         "default: what the model's own card records",
     )
     export.add_argument(
@@ -40,7 +46,7 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> None:
     import json
 
-    from ..export import CARD_INFO_FILE, LOSS_CURVE_FILE, CardInfo, export
+    from ..export import CARD_INFO_FILE, LOSS_CURVE_FILE, CardInfo, checked_base_model, export
     from ..io import atomic_directory, require_new_directory
     from ..pretrained import load_pretrained, resolve_model
 
@@ -60,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
     if args.description:
         card.description = args.description
     if args.base_model:
-        card.base_model = args.base_model
+        card.base_model = checked_base_model(args.base_model)
     if args.license:
         card.license = args.license
     model, tokenizer = load_pretrained(source)

@@ -22,6 +22,12 @@ from .rc import ReverseComplementEmbedding, ReverseComplementLMHead, ReverseComp
 from .sequence_ops import reversal_index, reverse_complement, reverse_positions, valid_positions
 
 
+NO_ROLLBACK = (
+    "a recurrent state cannot be cropped back to an earlier token, which assisted (speculative) decoding "
+    "needs; generate without assistant_model or prompt_lookup_num_tokens"
+)
+
+
 class BioXLSTMCache:
     """Recurrent state of every block: constant size, whatever the number of tokens seen.
 
@@ -34,13 +40,27 @@ class BioXLSTMCache:
     themselves (`config.position_restart_token_id`); None for other models.
     """
 
-    # transformers' generate asks these of a cache passed in: a recurrent state is not one of its static
-    # caches, and has no per-token entries, so generate must not cut the input to the tokens the cache lacks.
+    # The cache protocol of transformers' `generate` (5.24 onwards), which reads these of every cache:
+    # a recurrent state is not one of its static (compilable) caches, and it cannot be cropped back
+    # to an earlier token, since nothing of the tokens it has read is kept but their sum.
     is_compileable = False
+    is_croppable = False
 
     @property
     def is_linear(self) -> list[bool]:
         return [True] * len(self.states)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """The number of positions this state has read (padding included). `generate` uses it to
+        cut a prompt that repeats the tokens already read down to the new ones; a caller that
+        passes only the new tokens gives an attention mask over all of them, read and new."""
+        return self.seen_tokens
+
+    def crop(self, max_length: int) -> None:
+        raise ValueError(NO_ROLLBACK)
+
+    def activate_past_recording(self, **kwargs) -> None:
+        raise ValueError(NO_ROLLBACK)
 
     def __init__(
         self,
@@ -507,6 +527,12 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
         self.lm_head = LanguageModelHead(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def generate(self, *args, **kwargs):
+        # transformers refuses it in its own words, which differ from version to version.
+        if kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens"):
+            raise ValueError(NO_ROLLBACK)
+        return super().generate(*args, **kwargs)
+
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
@@ -518,11 +544,22 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
     ) -> dict:
         """generated_position_offset: added to the position id of every generated token (with
         `position_ids` given to `generate`, which numbers new tokens on from the prompt's last). -1 for
-        fill-in-the-middle, where a span's first residue shares the position of its sentinel."""
+        fill-in-the-middle, where a span's first residue shares the position of its sentinel.
+
+        A cache passed to `generate` follows transformers' protocol: the prompt is either the whole
+        sequence, whose first `cache.get_seq_length()` tokens the cache has read (an attention mask,
+        if any, as long as the prompt), or only the new tokens (a mask over the read and the new ones)."""
+        first_call_on_given_cache = cache is not None and not cache.owned_by_generation
+        if first_call_on_given_cache and kwargs.get("inputs_embeds") is None:
+            # transformers 5.25 cuts the prompt itself, 5.24 never for a recurrent cache: decided here, the
+            # same on both. A prompt no longer than what the cache read can only be new tokens.
+            if attention_mask is None or attention_mask.shape[1] == input_ids.shape[1]:
+                new_tokens = input_ids.shape[1] - cache.get_seq_length()
+                kwargs["next_sequence_length"] = new_tokens if new_tokens > 0 else None
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, cache=cache, attention_mask=attention_mask, use_cache=use_cache, **kwargs
         )
-        if cache is not None:
+        if cache is not None and cache.owned_by_generation:
             # After the prefill every new token is real: the mask carries no information, and
             # dropping it avoids a host sync per decoding step.
             model_inputs["attention_mask"] = None
