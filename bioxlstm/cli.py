@@ -50,7 +50,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         # A mistake on the command line is a user error like any other: one line, status 1.
-        self.exit(1, f"bioxlstm: error: {message} (see: {self.prog} --help)\n")
+        self.exit(1, f"bioxlstm: error: {message} (see: {self.prog} --help)\n" if reports_errors() else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         args.run(args)
     except KeyboardInterrupt:
         # Every output is written to a temporary file and renamed at the end: nothing half-written remains.
-        print("bioxlstm: interrupted; no output file was left half-written", file=sys.stderr)
+        if reports_errors():
+            print("bioxlstm: interrupted; no output file was left half-written", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
         # The reader of our output (e.g. `head`) has had enough; that is not an error.
@@ -94,8 +95,15 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as error:
         if args.debug:
             raise
-        print(f"bioxlstm: error: {one_line(error)}", file=sys.stderr)
+        if reports_errors():
+            print(f"bioxlstm: error: {one_line(error)}", file=sys.stderr)
         sys.exit(1)
+
+
+def reports_errors() -> bool:
+    """Whether this process tells the user about their mistake: under `torchrun` every process makes
+    the same one, and one line says it; the others only exit with the same status."""
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 def one_line(error: Exception) -> str:

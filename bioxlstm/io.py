@@ -104,7 +104,7 @@ class RecordReader(Iterator[Record]):
                 raise InputError("standard input: name its text format explicitly (e.g. --format fasta)")
         else:
             require_file(self.path, "a sequence file")
-        self.format = format or format_from_path(self.path)
+        self.format = format or format_from_path(self.path, otherwise="or name the format with --format")
         if self.format not in FORMATS:
             raise InputError(f"{self.path}: unknown format {self.format!r}; supported: {', '.join(FORMATS)}")
         if domain is not None and domain not in ALPHABETS:
@@ -134,6 +134,8 @@ class RecordReader(Iterator[Record]):
                     "ids name the results, so they must be unique"
                 )
             try:
+                if not record.sequence and self.format in TABLE_FORMATS:
+                    raise EmptyRecordError(self._empty_row(number))
                 record = self._checked(record)
             except InputError as problem:
                 if self.on_invalid != "skip":
@@ -145,6 +147,13 @@ class RecordReader(Iterator[Record]):
             yield record
         if not found_any:
             raise InputError(f"{self.path}: no {self.format} records found")
+
+    def _empty_row(self, number: int) -> str:
+        # A table's blank line is an empty record, refused like an empty FASTA record or SMILES line,
+        # not dropped: dropping it would silently renumber the row_N ids of the rows after it.
+        if self.format == "parquet":
+            return f"{self.path}: row {number} has no sequence in column {self.column!r}"
+        return f"{self.path}: line {number + 1} has no sequence in column {self.column!r} (a blank line is an empty record)"
 
     def _checked(self, record: Record) -> Record:
         where = f"{self.path}: record {record.id!r}"
@@ -204,7 +213,8 @@ class RecordReader(Iterator[Record]):
         handle.seek(0)
         columns = self._require_columns(header)
         yield from pd.read_csv(
-            handle, sep=separator, usecols=columns, dtype=str, keep_default_na=False, chunksize=65536
+            handle, sep=separator, usecols=columns, dtype=str, keep_default_na=False, chunksize=65536,
+            skip_blank_lines=False,
         )
 
     def _parquet_batches(self) -> Iterator[pd.DataFrame]:
@@ -249,8 +259,9 @@ def parse_errors(path: Path, format: str, also: tuple[type[Exception], ...] = ()
         raise InputError(f"{path}: not valid {format}: {reason}") from error
 
 
-def format_from_path(path: str | Path) -> str:
-    """The format named by a file's extension, looking through a trailing `.gz`."""
+def format_from_path(path: str | Path, otherwise: str = "") -> str:
+    """The format named by a file's extension, looking through a trailing `.gz`. otherwise: what the
+    user can do instead, appended to the error for an unknown extension."""
     path = Path(path)
     suffixes = [suffix.lower() for suffix in path.suffixes]
     if suffixes[-1:] == [".gz"]:
@@ -259,8 +270,8 @@ def format_from_path(path: str | Path) -> str:
     if extension not in FORMAT_BY_EXTENSION:
         known = ", ".join(sorted(FORMAT_BY_EXTENSION))
         raise InputError(
-            f"{path}: unknown file extension {extension or '(none)'!r}; known: {known} "
-            "(optionally .gz), or pass format= explicitly"
+            f"{path}: unknown file extension {extension or '(none)'!r}; known: {known} (optionally .gz)"
+            + (f", {otherwise}" if otherwise else "")
         )
     return FORMAT_BY_EXTENSION[extension]
 
@@ -276,6 +287,10 @@ def _open_text(path: Path):
         return contextlib.nullcontext(sys.stdin)
     with open(path, "rb") as probe:
         compressed = probe.read(2) == _GZIP_MAGIC
+    if not compressed and path.suffix.lower() == ".gz":
+        # A name that promises gzip over other bytes is a mislabelled or broken file; read as text it
+        # would be blamed on its format ("not valid fasta") or read as something it may not be.
+        raise InputError(f"{path}: not a gzip file (it lacks the gzip signature), although its name ends in .gz")
     return gzip.open(path, "rt") if compressed else open(path)
 
 
@@ -383,8 +398,11 @@ def write_results(results: Sequence, path: str | Path, format: str | None = None
         write_table(pd.DataFrame(rows, columns=[f.name for f in shown]), path, format)
         return
     extra = [f for f in shown if f.name not in ("id", "sequence")]
-    if kind is not None and len(extra) == len(shown):
-        raise ValueError(f"{path}: results without sequences are written as a table: {', '.join(TABLE_FORMATS)}")
+    if kind is not None and "sequence" not in {f.name for f in shown}:
+        raise ValueError(
+            f"{path}: these results have no sequences to write as {format}; write them as a table: "
+            f"{', '.join('.' + name for name in RESULT_TABLE_FORMATS)}"
+        )
     records = (
         Record(r.id, r.sequence, " ".join(f"{f.name}={_result_value(getattr(r, f.name), f)}" for f in extra))
         for r in results
@@ -428,8 +446,18 @@ def _json_rows(table: pd.DataFrame) -> Iterator[dict]:
         yield {key: value.item() if hasattr(value, "item") else value for key, value in row.items()}
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)
+os.umask(UMASK)
+
+
+def require_writable_file(path: str | Path) -> None:
+    """An OSError naming `path` unless a file can be written there: a command checks its output
+    before the work, and the error names the user's path, where mkstemp's would name our temporary file."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory; name a file to write the output to")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: cannot be written: the directory {path.parent} does not exist")
 
 
 @contextlib.contextmanager
@@ -438,12 +466,13 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     without an error, so an existing file is never left half-written or emptied by a bad record or
     Ctrl-C halfway (the temporary file is removed then)."""
     path = Path(path)
+    require_writable_file(path)
     descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     os.close(descriptor)
     temporary = Path(name)
     try:
         yield temporary
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes it private; an output is an ordinary file
+        os.chmod(temporary, 0o666 & ~UMASK)  # mkstemp makes it private; an output is an ordinary file
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -466,7 +495,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield staging
-        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes it private; an output is an ordinary directory
+        os.chmod(staging, 0o777 & ~UMASK)  # mkdtemp makes it private; an output is an ordinary directory
         if path.exists():
             path.rmdir()
         staging.rename(path)

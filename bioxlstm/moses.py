@@ -306,6 +306,8 @@ def chemnet_statistics(canonical: Sequence[str], chunk: int = 50000) -> tuple[np
     molecules would take 3 GB, and numpy's covariance of them several times that."""
     import fcd
 
+    from .chem import fcd_warnings_silenced
+
     if len(canonical) < 2:
         raise ValueError("FCD needs at least two valid molecules")
     model = fcd.load_ref_model()
@@ -315,7 +317,8 @@ def chemnet_statistics(canonical: Sequence[str], chunk: int = 50000) -> tuple[np
         part = list(canonical[start : start + chunk])
         # fcd's n_jobs is a DataLoader's worker count: a worker process costs seconds to start, which
         # only a large set earns back by encoding SMILES beside the network.
-        activations = fcd.get_predictions(model, part, n_jobs=1 if len(part) > 5000 else 0).astype(np.float64)
+        with fcd_warnings_silenced():
+            activations = fcd.get_predictions(model, part, n_jobs=1 if len(part) > 5000 else 0).astype(np.float64)
         total = activations.sum(axis=0) if total is None else total + activations.sum(axis=0)
         outer = activations.T @ activations if outer is None else outer + activations.T @ activations
         progress.update(len(part))
@@ -328,7 +331,10 @@ def frechet_distance(statistics: tuple[np.ndarray, np.ndarray], reference: tuple
     """The Fréchet distance of two Gaussians given as (mean, covariance)."""
     import fcd
 
-    return float(fcd.calculate_frechet_distance(mu1=statistics[0], sigma1=statistics[1], mu2=reference[0], sigma2=reference[1]))
+    from .chem import fcd_warnings_silenced
+
+    with fcd_warnings_silenced():
+        return float(fcd.calculate_frechet_distance(mu1=statistics[0], sigma1=statistics[1], mu2=reference[0], sigma2=reference[1]))
 
 
 # ---------------------------------------------------------------------------------------------

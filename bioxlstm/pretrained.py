@@ -6,6 +6,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 from transformers import AutoConfig, PreTrainedTokenizerFast
+from transformers.utils import logging as transformers_logging
 
 from . import models
 from .tokenization import load_tokenizer
@@ -53,15 +54,42 @@ def load_pretrained(name_or_path: str | Path, **kwargs):
     model_class = getattr(models, architecture, None)
     if model_class is None:
         raise ModelNotFoundError(f"{directory}: unknown Bio-xLSTM architecture {architecture!r}")
+    checked = not {"ignore_mismatched_sizes", "output_loading_info"} & set(kwargs)
+    if checked:
+        # transformers would print a table of mismatched tensors and raise, or fill missing ones with
+        # random numbers and only warn; either way the user is owed one line that names the problem.
+        kwargs = dict(kwargs, ignore_mismatched_sizes=True, output_loading_info=True)
+    verbosity = transformers_logging.get_verbosity()
     try:
-        model = model_class.from_pretrained(directory, **kwargs).eval()
+        if checked:
+            transformers_logging.set_verbosity_error()
+        loaded = model_class.from_pretrained(directory, **kwargs)
     except SafetensorError as error:
         # The Rust error names neither the file nor what to do; a half-copied download is the usual cause.
         raise OSError(f"{directory}: its weights cannot be read ({error}); the file may be truncated: copy it again") from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    if checked:
+        loaded, info = loaded
+        _require_matching_weights(directory, info)
+    model = loaded.eval()
     tokenizer = saved_tokenizer(directory)
     if tokenizer is None and config.domain:
         tokenizer = load_tokenizer(config.domain)
     return model, tokenizer
+
+
+def _require_matching_weights(directory: Path, info: dict) -> None:
+    """ValueError naming the first tensor where config.json and the saved weights disagree."""
+    problems = [
+        f"{name} is {tuple(saved)} in the weights but {tuple(expected)} by config.json"
+        for name, saved, expected in sorted(info.get("mismatched_keys") or ())
+    ]
+    problems += [f"config.json asks for {name}, which the weights lack" for name in sorted(info.get("missing_keys") or ())]
+    problems += [f"the weights hold {name}, which config.json has no place for" for name in sorted(info.get("unexpected_keys") or ())]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(f"{directory}: config.json does not match the weights: {problems[0]}{more}")
 
 
 def saved_tokenizer(directory: Path) -> PreTrainedTokenizerFast | None:

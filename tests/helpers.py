@@ -48,7 +48,7 @@ def perturbed(model: torch.nn.Module, perturb: float) -> torch.nn.Module:
 
 
 def mlstm_reference(q, k, v, igate, fgate, eps=1e-6):
-    """The mLSTM recurrence of DESIGN.md, one time step after the other, in float64.
+    """The mLSTM recurrence of docs/recurrences.md, one time step after the other, in float64.
 
     q, k, v: (B, NH, S, DH); igate, fgate: (B, NH, S). Returns h (B, NH, S, DH).
     """

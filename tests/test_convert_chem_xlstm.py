@@ -6,6 +6,7 @@ ids its encoding gave; they were written by scripts/reference_fixtures/chem_xlst
 """
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +178,48 @@ def test_cli_score_is_the_reference_log_likelihood(converted, tmp_path):
     assert result.returncode == 0, result.stderr
     (score,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert score["log_likelihood"] == pytest.approx(reference, abs=1e-3)
+
+
+def reference_log_likelihoods(input_ids: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chem-xLSTM's `compute_molecule_loglikelihoods` on [BEG] + SMILES + [END] rows: every token
+    after [BEG] predicted, [END] included; [PAD] targets (padding, and tokens outside its vocabulary,
+    which it encodes as [PAD]) left out of the sum and the count. It reports the mean; the sum and
+    the count are returned here."""
+    targets = input_ids[:, 1:]
+    log_probs = torch.log_softmax(logits[:, :-1].double(), dim=-1).gather(-1, targets[..., None])[..., 0]
+    counted = targets != 0
+    return (log_probs * counted).sum(dim=1), counted.sum(dim=1)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_score_is_the_reference_log_likelihood_of_every_input(case, converted):
+    from bioxlstm.io import Record
+    from bioxlstm.tasks.likelihood import score_records
+
+    tensors, metadata = expected(case)
+    reference, counted = reference_log_likelihoods(tensors["input_ids"], tensors["logits"])
+    tokenizer = AutoTokenizer.from_pretrained(converted[case])
+    records = [Record(str(i), smiles) for i, smiles in enumerate(json.loads(metadata["inputs"]))]
+    scores = list(score_records(load(converted[case]), tokenizer, records))
+    assert [s.log_likelihood for s in scores] == pytest.approx(reference.tolist(), abs=1e-3)
+    assert [s.perplexity for s in scores] == pytest.approx((-reference / counted).exp().tolist(), rel=1e-4)
+
+
+def test_score_leaves_out_tokens_outside_the_vocabulary_as_the_reference_does(converted):
+    """The reference encodes an unknown token as [PAD] and its mask drops that target; the model's
+    logits are the reference's (the parity tests above), so its rule applies to them."""
+    from bioxlstm.io import Record
+    from bioxlstm.tasks.likelihood import score_records
+
+    model, tokenizer = load(converted["xlstm_chembl"]), AutoTokenizer.from_pretrained(converted["xlstm_chembl"])
+    smiles = "C[Si](C)(C)OC1CC[Sn]CC1"
+    ids = torch.tensor([tokenizer(smiles)["input_ids"] + [tokenizer.eos_token_id]])
+    assert (ids == tokenizer.pad_token_id).sum() == 1  # Si is not in this vocabulary (Sn reads as S, n)
+    with torch.no_grad():
+        reference, counted = reference_log_likelihoods(ids, model(ids).logits)
+    (score,) = score_records(model, tokenizer, [Record("organosilicon", smiles)])
+    assert score.log_likelihood == pytest.approx(reference.item(), abs=1e-6)
+    assert score.perplexity == pytest.approx(math.exp(-reference.item() / counted.item()), rel=1e-6)
 
 
 def test_a_checkpoint_of_another_model_class_is_refused(tmp_path):

@@ -139,13 +139,39 @@ def test_converted_configs_say_what_the_reference_computes(converted):
 
 
 def test_tokenizer_encodes_as_the_reference_pipeline(converted):
+    """Neither kind of model reads a special token: the hg38 data's [SEP] is dropped from the input
+    of both (`seq[:-1]`, `mlm_getitem(contains_eos=True)`); it is only a causal model's last target."""
     masked = AutoTokenizer.from_pretrained(converted["mlm_bidir_slstm"])
     causal = AutoTokenizer.from_pretrained(converted["clm_slstm"])
-    assert masked("ACGTN")["input_ids"] == [7, 8, 9, 10, 11, 1]  # [SEP] appended, as the hg38 data
+    assert masked("ACGTN")["input_ids"] == [7, 8, 9, 10, 11]
     assert causal("ACGTN")["input_ids"] == [7, 8, 9, 10, 11]
     assert masked("AC[MASK]a", add_special_tokens=False)["input_ids"] == [7, 8, 3, 6]  # lower case is [UNK]
     assert (masked.pad_token_id, masked.mask_token_id, masked.eos_token_id, masked.cls_token_id, masked.unk_token_id) == (4, 3, 1, 0, 6)
     assert len(masked) == 12
+
+
+@pytest.mark.parametrize("case", CAUSAL)
+def test_score_counts_what_the_reference_loss_counts(converted, case):
+    """The reference's hg38 data reads the bases and predicts every base after the first, then the
+    [SEP] it appended (`add_eos`), with [PAD] ignored (`ignore_index: 4`); `score` gives that sum."""
+    from bioxlstm.io import Record
+    from bioxlstm.tasks.likelihood import score_records
+
+    tensors = expected(case)
+    ids, logits = tensors["input_ids"], tensors["logits"].double()
+    targets = torch.cat([ids[:, 1:], torch.full((len(ids), 1), dna_xlstm.SEP_ID)], dim=1)
+    token_log_probs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+    counted = targets != dna_xlstm.PAD_ID
+    reference = (token_log_probs * counted).sum(dim=1)
+    reference_mean_loss = -reference / counted.sum(dim=1)
+
+    model = BioXLSTMForCausalLM.from_pretrained(converted[case]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(converted[case])
+    records = [Record(f"row{i}", "".join(dna_xlstm.VOCAB[t] for t in row)) for i, row in enumerate(ids.tolist())]
+    scores = list(score_records(model, tokenizer, records))
+    assert [s.length for s in scores] == [ids.shape[1]] * len(ids)
+    assert [s.log_likelihood for s in scores] == pytest.approx(reference.tolist(), abs=1e-3)
+    assert [s.perplexity for s in scores] == pytest.approx(reference_mean_loss.exp().tolist(), rel=1e-4)
 
 
 def test_fill_mask_pipeline_and_auto_class(converted):
@@ -234,9 +260,7 @@ def test_a_converted_masked_lm_fine_tunes_as_a_conjoined_classifier(converted, t
     ids = torch.tensor([tokenizer("ACGGTACCAT")["input_ids"]])
     rc = torch.tensor([tokenizer("ATGGTACCGT")["input_ids"]])
     with torch.no_grad():
-        # [SEP] closes both, so the reversal within the span moves it: compare on the bases alone
-        forward = model(ids[:, :-1]).logits
-        reverse = model(rc[:, :-1]).logits
+        forward, reverse = model(ids).logits, model(rc).logits
     torch.testing.assert_close(forward, reverse, rtol=1e-5, atol=1e-5)
 
 

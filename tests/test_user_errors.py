@@ -40,6 +40,14 @@ def files(tmp_path):
         "no_end.sto": "# STOCKHOLM 1.0\nquery MKVLA\nhomolog MKILA\n",
         "table.csv": "id,sequence\nfirst,ACGT\nsecond,ACGA\n",
         "named.csv": "name,sequence\nfirst,ACGT\nsecond,ACGA\n",
+        "blank_row.csv": "id,sequence\nfirst,ACGT\n\nsecond,ACGA\n",
+        "blank_line.smi": "CCO\n\nCCN\n",
+        "plain.fa.gz": ">a\nACGT\n",
+        "seqs.xyz": ">a\nACGT\n",
+        "iron.smi": "CCO\nC[Fe]\n",
+        "long_wt.fa": ">titanic\n" + "M" * 150_000 + "\n",
+        "long_mutants.csv": "mutant,DMS_score\nM1A,0.5\n",
+        "twice.csv": "mutant,DMS_score\nM1A,0.5\nK2Q,0.1\nM1A,0.9\n",
         "out.csv": KEEP,
     }
     for name, text in texts.items():
@@ -66,7 +74,15 @@ BAD_INPUTS = [
     (["generate", "--model", "dna", "--top-p", "1.5"], "not '1.5'"),
     (["generate", "--model", "dna", "--top-p", "nan"], "not 'nan'"),
     (["generate", "--model", "dna", "--top-k", "0"], "argument --top-k: expected a whole number of at least 1, not '0'"),
-    (["generate", "--model", "dna", "--temperature", "inf"], "argument --temperature: expected a finite temperature"),
+    (["generate", "--model", "dna", "--temperature", "inf"], "argument --temperature: expected a temperature above 0 and at most 100, not 'inf'"),
+    (["generate", "--model", "dna", "--temperature", "1e308"], "argument --temperature: expected a temperature above 0 and at most 100, not '1e308'"),
+    (["generate", "--model", "dna", "--temperature", "nan"], "not 'nan'"),
+    # generate samples; only inpaint's greedy fill takes 0, and the message says the rule it applies
+    (["generate", "--model", "dna", "--temperature", "0"], "argument --temperature: expected a temperature above 0 and at most 100, not '0'"),
+    (["inpaint", "--model", "protein", "--input", str(GLOBINS), "--span", "2-5", "--temperature", "-1"],
+     "argument --temperature: expected a temperature from 0 to 100, not '-1'"),
+    (["generate", "--model", "dna", "--max-new-tokens", "99999999999999999999"],
+     "argument --max-new-tokens: expected a whole number from 1 to 1,000,000, not '99999999999999999999'"),
     (["generate", "--model", "dna", "--batch-size", "0"], "argument --batch-size: expected a whole number of at least 1"),
     (["generate", "--model", "dna", "--bogus"], "unrecognized arguments: --bogus"),
     (["inpaint", "--model", "protein", "--input", str(GLOBINS), "--span", "2-5", "--max-fill-length", "-4"],
@@ -76,10 +92,28 @@ BAD_INPUTS = [
      f"--span 150-160: {GLOBINS}: record 'MYG_ESCGI' has 153 residues, so a span ends at 153 at most"),
     (["inpaint", "--model", "protein", "--input", str(GLOBINS), "--span", "10-20", "--span", "15-25"],
      "--span 10-20 and --span 15-25 overlap"),
+    (["inpaint", "--model", "protein", "--input", str(GLOBINS), "--span", "20-10"],
+     "--span '20-10': the start 20 is after the end 10; write START-END, e.g. 10-20"),
+    (["inpaint", "--model", "protein", "--input", str(GLOBINS), "--span", "0-5"],
+     "--span '0-5': positions start at 1 (the first residue), not 0"),
     (["score", "--model", "dna", "--input", "{d}/ok.fa", "--window", "-5"], "argument --window: expected a whole number"),
     (["score", "--model", "dna", "--input", "{d}/ok.fa", "--device", "bogus"], "device 'bogus': not a device name"),
     (["score", "--model", "dna", "--input", "{d}/ok.fa", "--device", "cuda:7"], "device 'cuda:7': this machine has"),
     (["score", "--model", "dna", "--input", "{d}"], "{d}: is a directory, not a sequence file"),
+    (["score", "--model", "dna", "--input", "{d}/plain.fa.gz"],
+     "{d}/plain.fa.gz: not a gzip file (it lacks the gzip signature), although its name ends in .gz"),
+    (["score", "--model", "dna", "--input", "{d}/seqs.xyz"], "or name the format with --format"),
+    (["score", "--model", "dna", "--input", "{d}/blank_row.csv"],
+     "{d}/blank_row.csv: line 3 has no sequence in column 'sequence' (a blank line is an empty record)"),
+    (["score", "--model", "chem", "--input", "{d}/blank_line.smi"], "{d}/blank_line.smi: record 'line_2' is empty"),
+    (["score", "--model", "chem", "--input", "{d}/iron.smi"],
+     "{d}/iron.smi: record 'line_2': token '[Fe]' at position 2 is not in the model's vocabulary"),
+    (["evaluate", "variants", "--model", "protein", "--assay", "{d}/long_mutants.csv", "--wildtype", "{d}/long_wt.fa"],
+     "{d}/long_wt.fa: record 'titanic': the wild type has 150,000 residues; variants are scored as whole sequences of at most 100,000"),
+    (["score", "--model", "protein", "--wildtype", "{d}/long_wt.fa", "--mutants", "{d}/long_mutants.csv"],
+     "{d}/long_wt.fa: record 'titanic': the wild type has 150,000 residues"),
+    (["evaluate", "variants", "--model", "protein", "--assay", "{d}/twice.csv", "--wildtype", "{d}/wt.fa"],
+     "{d}/twice.csv: lines 2 and 4 hold the same mutant 'M1A' (measured 0.5 and 0.9); keep one row per variant"),
     (["score", "--model", "dna", "--input", "{d}/duplicate_ids.fa"],
      "{d}/duplicate_ids.fa: records 1 and 3 share the id 'x'"),
     (["score", "--model", "dna", "--input", "{d}/no_header.fa"],
@@ -232,3 +266,113 @@ def test_a_broken_metrics_file_is_named_with_its_line_and_column(tmp_path, capsy
     error = fails(["export", "--model", "dna", "--output", str(tmp_path / "out"), "--metrics", str(tmp_path / "metrics.json")], capsys)
     assert error == f"bioxlstm: error: {tmp_path / 'metrics.json'}: not valid JSON (Expecting property name enclosed in double quotes at line 2, column 2)"
     assert not (tmp_path / "out").exists()
+
+
+# --- issue 31: outputs, models, checkpoints and inputs that used to end in a traceback or silence ----
+
+
+def test_scores_are_refused_as_fasta_before_anything_is_scored(files, capsys):
+    output = files / "scores.fa"
+    output.write_text(KEEP)
+    error = fails(["score", "--model", "dna", "--input", str(files / "ok.fa"), "--output", str(output)], capsys)
+    assert error == f"bioxlstm: error: --output {output}: scores are a table; name the file .csv, .tsv, .parquet, .jsonl (or give --json)"
+    assert output.read_text() == KEEP
+
+
+def test_an_output_in_a_missing_directory_or_onto_a_directory_names_the_users_path(files, capsys):
+    arguments = ["score", "--model", "dna", "--input", str(files / "ok.fa"), "--output"]
+    missing = files / "nodir" / "x.csv"
+    error = fails([*arguments, str(missing)], capsys)
+    assert error == f"bioxlstm: error: {missing}: cannot be written: the directory {missing.parent} does not exist"
+    directory = files / "outdir.csv"
+    directory.mkdir()
+    (directory / "kept.txt").write_text(KEEP)
+    error = fails([*arguments, str(directory)], capsys)
+    assert error == f"bioxlstm: error: {directory}: is a directory; name a file to write the output to"
+    assert [path.name for path in directory.iterdir()] == ["kept.txt"]
+    assert not [path.name for path in files.iterdir() if path.name.startswith(".")]  # no temporary file left, none named
+
+
+def test_a_model_whose_config_does_not_fit_its_weights_is_one_line_naming_the_tensor(tmp_path, capsys):
+    import shutil
+
+    from bioxlstm.pretrained import resolve_model
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model("dna"), model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "hidden_size": config["hidden_size"] // 2}))
+    error = fails(["score", "--model", str(model), "--input", str(GLOBINS)], capsys)
+    assert error.startswith(f"bioxlstm: error: {model}: config.json does not match the weights: backbone.")
+    assert f"is ({config['hidden_size'] * 2},) in the weights but ({config['hidden_size']},) by config.json" in error
+    (model / "config.json").write_text(json.dumps({**config, "num_hidden_layers": config["num_hidden_layers"] + 1}))
+    error = fails(["score", "--model", str(model), "--input", str(GLOBINS)], capsys)
+    assert f"config.json asks for backbone.blocks.{config['num_hidden_layers']}." in error  # not random weights
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_foreign_checkpoint_holding_an_object_is_refused_as_such_not_as_truncated(tmp_path, protocol):
+    import shutil
+
+    import torch
+
+    source, output = tmp_path / "checkpoint", tmp_path / "converted"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "reference" / "prot_xlstm" / "homologs", source)
+    weights = source / "pytorch_model.bin"
+    state = torch.load(weights, weights_only=True)
+    torch.save({**state, "optimizer": Exception("an object")}, weights, pickle_protocol=protocol)
+    result = subprocess.run(
+        [sys.executable, "cli.py", "convert", str(source), "--output", str(output)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr  # no pickle-protocol warning from torch
+    assert f"{weights}: holds pickled objects other than tensors (" in result.stderr
+    assert "Exception" in result.stderr and "never loaded here" in result.stderr and "truncated" not in result.stderr
+    assert not output.exists()
+
+
+def test_a_checkpoint_of_tensors_in_a_newer_pickle_protocol_converts(tmp_path):
+    import shutil
+
+    import torch
+
+    source, output = tmp_path / "checkpoint", tmp_path / "converted"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "reference" / "prot_xlstm" / "homologs", source)
+    weights = source / "pytorch_model.bin"
+    torch.save(torch.load(weights, weights_only=True), weights, pickle_protocol=4)
+    result = subprocess.run(
+        [sys.executable, "cli.py", "convert", str(source), "--output", str(output)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pickle protocol" not in result.stderr and (output / "config.json").is_file()
+
+
+def test_molecule_scores_flag_what_rdkit_cannot_read(files, capsys):
+    (files / "molecules.smi").write_text("C1CC ring\nCCO ethanol\n")
+    main(["score", "--model", "chem", "--input", str(files / "molecules.smi"), "--json"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(row["id"], row["valid"]) for row in rows] == [("ring", "no"), ("ethanol", "yes")]
+
+
+def test_training_for_zero_steps_is_refused_and_writes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    error = fails(["train", str(ROOT / "recipes" / "chem-clm-tiny.yaml"), "--output-dir", str(run), "training.max_steps=0"], capsys)
+    assert error.endswith("chem-clm-tiny.yaml: training.max_steps must be at least 1 (or -1 to train for num_train_epochs), got 0")
+    assert not run.exists()
+
+
+def test_a_regression_probe_names_the_file_row_and_record_of_a_label_that_is_no_number(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = [f"seq{i}" for i in range(6)]
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array([float(i % 3) for i in range(12)], pa.float32()), 2)
+    pq.write_table(pa.table({"id": ids, "embedding": vectors}), tmp_path / "embeddings.parquet")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\n" + "".join(f"{i},{'high' if i == 'seq3' else 1.5}\n" for i in ids))
+    error = fails(["evaluate", "probe", "--embeddings", str(tmp_path / "embeddings.parquet"), "--labels", str(labels),
+                   "--task", "regression", "--folds", "2"], capsys)  # fmt: skip
+    assert error == (
+        f"bioxlstm: error: {labels}: row 4: record 'seq3': label 'high' in 'label' is not a finite number, "
+        "which --task regression needs"
+    )

@@ -53,8 +53,12 @@ def _spans(texts: list[str], path: str, record) -> list[tuple[int, int]]:
     spans = {}
     for text in texts:
         start, separator, end = text.partition("-")
-        if not (separator and start.isdigit() and end.isdigit() and 1 <= int(start) <= int(end)):
+        if not (separator and start.isdigit() and end.isdigit()):
             raise ValueError(f"--span {text!r}: expected START-END, 1-based and inclusive, e.g. 10-20")
+        if int(start) < 1:
+            raise ValueError(f"--span {text!r}: positions start at 1 (the first residue), not {int(start)}")
+        if int(start) > int(end):
+            raise ValueError(f"--span {text!r}: the start {int(start)} is after the end {int(end)}; write START-END, e.g. {end}-{start}")
         if int(end) > len(record.sequence):
             raise ValueError(
                 f"--span {text}: {path}: record {record.id!r} has {len(record.sequence)} residues, "

@@ -27,13 +27,38 @@ def probability_mass(text: str) -> float:
 
 
 def temperature(text: str) -> float:
-    """An argparse type: a finite sampling temperature of 0 or more."""
+    """An argparse type: a sampling temperature from 0 (the likeliest token) to MAX_TEMPERATURE."""
+    from ..tasks.sampling import MAX_TEMPERATURE
+
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite temperature of 0 or more, not {text!r}")
+    if not 0 <= value <= MAX_TEMPERATURE:
+        raise argparse.ArgumentTypeError(f"expected a temperature from 0 to {MAX_TEMPERATURE:g}, not {text!r}")
+    return value
+
+
+def positive_temperature(text: str) -> float:
+    """An argparse type: a sampling temperature above 0 and at most MAX_TEMPERATURE."""
+    from ..tasks.sampling import MAX_TEMPERATURE
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_TEMPERATURE:
+        raise argparse.ArgumentTypeError(f"expected a temperature above 0 and at most {MAX_TEMPERATURE:g}, not {text!r}")
+    return value
+
+
+def new_token_count(text: str) -> int:
+    """An argparse type: how many tokens to sample, from 1 to MAX_NEW_TOKENS."""
+    from ..tasks.sampling import MAX_NEW_TOKENS
+
+    value = positive_int(text)
+    if value > MAX_NEW_TOKENS:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to {MAX_NEW_TOKENS:,}, not {text!r}")
     return value
 
 
@@ -67,7 +92,7 @@ def sampling_options(batch_size: int | None = 16, greedy: bool = False, seed: in
     """The options of every sampling command. greedy: temperature 0 picks the likeliest token."""
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument(
-        "--temperature", type=temperature, default=1.0,
+        "--temperature", type=temperature if greedy else positive_temperature, default=1.0,
         help="divides the logits before sampling" + ("; 0 picks the likeliest token" if greedy else " (above 0)"),
     )
     options.add_argument("--top-k", type=positive_int, default=None, help="sample among the k likeliest tokens")

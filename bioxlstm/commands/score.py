@@ -33,10 +33,12 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..io import write_results
+    from ..io import InputError, write_results
     from ..progress import token_progress
     from ..tasks import SequenceScore, score_records
+    from ..tasks.likelihood import MoleculeScore, UnknownTokenError
 
+    _check_output(args)
     if args.wildtype or args.mutants:
         _variant_scoring(args)
         return
@@ -49,11 +51,33 @@ def run(args: argparse.Namespace) -> None:
     if args.rc_invariant and not allows(model.config.domain, "has_strands"):
         raise ValueError(f"--rc-invariant needs a DNA model; this one is for {model.config.domain}")
     with token_progress("scoring") as bar:
-        scores = list(score_records(
-            model, tokenizer, input_records(args, model), rc_invariant=args.rc_invariant,
-            window=args.window, batch_size=args.batch_size, progress=bar.update,
-        ))  # fmt: skip
-    write_results(scores, args.output, format=_table_format(args), kind=SequenceScore)
+        try:
+            scores = list(score_records(
+                model, tokenizer, input_records(args, model), rc_invariant=args.rc_invariant,
+                window=args.window, batch_size=args.batch_size, progress=bar.update,
+            ))  # fmt: skip
+        except UnknownTokenError as error:
+            raise InputError(f"{args.input}: {error}") from error
+    kind = MoleculeScore if allows(model.config.domain, "molecule_sets") else SequenceScore
+    write_results(scores, args.output, format=_table_format(args), kind=kind)
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """Refuse an --output that cannot hold a table of scores before anything is scored."""
+    from ..io import RESULT_TABLE_FORMATS, STANDARD_STREAM, format_from_path, require_writable_file
+
+    if args.output == STANDARD_STREAM:
+        return
+    require_writable_file(args.output)
+    if args.json:
+        return
+    try:
+        format = format_from_path(args.output)
+    except ValueError:
+        format = None
+    if format not in RESULT_TABLE_FORMATS:
+        formats = ", ".join(f".{name}" for name in RESULT_TABLE_FORMATS)
+        raise ValueError(f"--output {args.output}: scores are a table; name the file {formats} (or give --json)")
 
 
 def _table_format(args: argparse.Namespace) -> str | None:
@@ -86,6 +110,7 @@ def _variant_scoring(args: argparse.Namespace) -> None:
     from ..io import InputError, read_records, read_variant_table, write_table
     from ..progress import token_progress
     from ..tasks.protein import apply_mutant, score_variants
+    from ..tasks.variant_benchmark import check_wildtype_length
 
     if not (args.wildtype and args.mutants):
         raise ValueError("variant-effect scoring needs both --wildtype and --mutants")
@@ -93,6 +118,7 @@ def _variant_scoring(args: argparse.Namespace) -> None:
     if len(wildtypes) != 1:
         raise InputError(f"{args.wildtype}: expected one wild-type sequence, found {len(wildtypes)}")
     wildtype = wildtypes[0].sequence
+    check_wildtype_length(wildtype, f"{args.wildtype}: record {wildtypes[0].id!r}")
     table = read_variant_table(args.mutants)
     if args.mutant_column not in table.columns:
         raise InputError(

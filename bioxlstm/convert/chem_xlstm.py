@@ -19,7 +19,9 @@ into characters (`[C@@H]` -> `[`, `C`, `@`, `@`, `H`, `]`), characters the patte
 are dropped as its `findall` drops them, and a token outside `token2label` becomes `[PAD]` (0),
 as the project's data loader encodes it. A sequence starts with `[BEG]`; like every tokenizer of
 ours it appends no end token (scoring and training append `[END]`, the eos token), so the project's
-`[BEG] ... [END]` is `tokenizer(smiles).input_ids + [eos_token_id]`.
+`[BEG] ... [END]` is `tokenizer(smiles).input_ids + [eos_token_id]`. Scoring then counts what the
+project's `compute_molecule_loglikelihoods` counts: every token after `[BEG]`, `[END]` included, and
+no `[PAD]` (an unknown token) among the predictions.
 """
 
 import re

@@ -10,6 +10,7 @@ not fit the config) is a `ConversionError` with a one-line message naming the fi
 import json
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -55,19 +56,41 @@ def load_torch_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns of every pickle protocol above 2 and then fails on it; the fallback below reads
+            # such files, so the warning would only mislead.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if unsafe:
             raise ConversionError(
                 f"{path}: holds pickled objects other than tensors ({unsafe.group(1)}), which are never loaded here"
             ) from None
-        raise ConversionError(f"{path}: not a complete PyTorch checkpoint (truncated or another format)") from None
+        if not zipfile.is_zipfile(path):
+            raise ConversionError(f"{path}: not a complete PyTorch checkpoint (truncated or another format)") from None
+        # torch's weights-only reader knows only the opcodes of pickle protocol 2; a checkpoint saved
+        # with a newer protocol is read by our restricted unpickler, which also names what is not a tensor.
+        state = _restricted_state(path)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConversionError(f"{path}: not a complete PyTorch checkpoint (truncated or another format: {reason})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConversionError(f"{path}: expected a mapping of parameter names to tensors")
+    return dict(state)
+
+
+def _restricted_state(path: Path) -> dict[str, torch.Tensor]:
+    from .safe_pickle import load_archive, non_tensor_entries
+
+    state = load_archive(path)
+    if not isinstance(state, Mapping):
+        raise ConversionError(f"{path}: expected a mapping of parameter names to tensors")
+    bad = non_tensor_entries(state)
+    if bad:
+        raise ConversionError(
+            f"{path}: holds pickled objects other than tensors ({', '.join(bad[:5])}), which are never loaded here"
+        )
     return dict(state)
 
 

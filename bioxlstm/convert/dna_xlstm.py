@@ -22,7 +22,7 @@ vanilla layout), and the reference's config hard-codes "cuda", so that is the la
 
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, processors
+from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
 from ..domains import DNA
@@ -226,17 +226,18 @@ def _our_state(state: dict, config: BioXLSTMConfig, path: Path) -> dict:
     return ours
 
 
-def build_tokenizer(masked: bool) -> PreTrainedTokenizerFast:
-    """The reference's 12 token ids. Like its pretraining pipeline, a sequence encodes to one id
-    per character, case-sensitive (lower case is [UNK], as in the reference), with [SEP] appended
-    for masked LMs (its hg38 dataset's `add_eos`) and nothing added for causal LMs, whose prompts
-    must stay open for generation."""
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The reference's 12 token ids; a sequence encodes to one id per character, case-sensitive
+    (lower case is [UNK], as in the reference), with no special token added, for both model kinds.
+
+    That is what the reference's models read. Its hg38 dataset (`add_eos`) appends [SEP] to every
+    window, but the input drops it again: a causal model reads `seq[:-1]` and is trained to predict
+    the [SEP] after the last base, a masked model reads what `mlm_getitem(contains_eos=True)` keeps,
+    the window without its [SEP]; the downstream datasets add nothing (`add_eos: False`). Scoring
+    appends the eos token, [SEP], so a causal model's log-likelihood counts that prediction as the
+    reference's loss does."""
     tokenizer = Tokenizer(models.BPE({token: i for i, token in enumerate(VOCAB)}, [], unk_token="[UNK]"))
     tokenizer.add_special_tokens(SPECIAL_TOKENS)
-    if masked:
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single="$A [SEP]", pair="$A [SEP] $B:1 [SEP]:1", special_tokens=[("[SEP]", SEP_ID)]
-        )
     tokenizer.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
@@ -264,7 +265,8 @@ def convert(source: Path) -> Converted:
     notes = [
         f"Token ids are those of DNA-xLSTM's character tokenizer ({' '.join(VOCAB)}); the tokenizer is "
         "case-sensitive like the reference's (lower-case bases encode as [UNK]); "
-        + ("it appends [SEP] as the pretraining data did." if masked else "it adds no special tokens, as the pretraining data had none before the sequence.")
+        + "it adds no special tokens, as the models read none in pretraining (the hg38 data's [SEP] is only a target, "
+        "of causal models: scoring appends it, so a log-likelihood counts what the reference's loss counts)."
         + " The reference's hg38 pretraining data turned N into [PAD] (ignored by the loss); the tokenizer keeps N.",
         "12 logits: the reference computes a vocabulary padded to a multiple of 8 but never applies it; its tie_weights is ignored too.",
         "sLSTM cells read from the cuda backend's parameter layout, which the published models were trained with.",
@@ -299,7 +301,7 @@ def convert(source: Path) -> Converted:
         )
     return Converted(
         model=model.eval(),
-        tokenizer=build_tokenizer(masked),
+        tokenizer=build_tokenizer(),
         source=SOURCE,
         homepage=HOMEPAGE,
         license=LICENSE,

@@ -146,6 +146,31 @@ def load_lightning_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The `state_dict` of a Lightning checkpoint (or of any `torch.save` archive of a dict that has
     one), as a dict of CPU tensors; no code from the file runs and no module it names is imported."""
     path = Path(path)
+    checkpoint = load_archive(path)
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        found = f"keys {sorted(map(str, checkpoint))[:8]}" if isinstance(checkpoint, Mapping) else repr(checkpoint)[:80]
+        raise ConversionError(f"{path}: no state_dict in the checkpoint (found {found})")
+    state = checkpoint["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ConversionError(f"{path}: state_dict is {state!r:.80}, not a mapping of names to tensors")
+    bad = non_tensor_entries(state)
+    if bad:
+        raise ConversionError(f"{path}: state_dict holds entries that are not tensors ({', '.join(bad[:5])})")
+    return dict(state)
+
+
+def non_tensor_entries(state: Mapping) -> list[str]:
+    """`'key': what` of every entry of `state` that is not a tensor under a string key; an object of
+    a class the file names is shown by that name (it was never loaded)."""
+    return [f"{key!r}: {value!r:.60}" if isinstance(value, _Inert) else f"{key!r}: {type(value).__name__}"
+            for key, value in state.items()
+            if not isinstance(key, str) or not isinstance(value, torch.Tensor)]
+
+
+def load_archive(path: Path):
+    """What a `torch.save` zip archive holds, any pickle protocol, with tensors rebuilt and every
+    other class replaced by an inert placeholder; ConversionError for a file that is not one."""
+    path = Path(path)
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     with open(path, "rb") as file:
@@ -179,15 +204,4 @@ def load_lightning_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # a damaged or hostile pickle can fail in many ways; all mean the same here
         reason = str(error).splitlines()[0][:200] if str(error) else ""
         raise ConversionError(f"{path}: unreadable checkpoint ({type(error).__name__}: {reason})") from None
-    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
-        found = f"keys {sorted(map(str, checkpoint))[:8]}" if isinstance(checkpoint, Mapping) else repr(checkpoint)[:80]
-        raise ConversionError(f"{path}: no state_dict in the checkpoint (found {found})")
-    state = checkpoint["state_dict"]
-    if not isinstance(state, Mapping):
-        raise ConversionError(f"{path}: state_dict is {state!r:.80}, not a mapping of names to tensors")
-    bad = [f"{key!r}: {value!r:.60}" if isinstance(value, _Inert) else f"{key!r}: {type(value).__name__}"
-           for key, value in state.items()
-           if not isinstance(key, str) or not isinstance(value, torch.Tensor)]
-    if bad:
-        raise ConversionError(f"{path}: state_dict holds entries that are not tensors ({', '.join(bad[:5])})")
-    return dict(state)
+    return checkpoint

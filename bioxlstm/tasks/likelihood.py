@@ -5,7 +5,8 @@ Numbers: log-softmax in float32, the log-probabilities summed in float64, whatev
 length or window: a float32 sum over thousands of tokens is good only to ~1e-4, and a sequence
 scored window by window must get the number it gets in one pass.
 Perplexity: exp of the mean negative log-likelihood per predicted token. A sequence of L residues
-read as `<cls>` + residues + `<eos>` predicts L + 1 tokens.
+read as `<cls>` + residues + `<eos>` predicts L + 1 tokens. A padding token inside a sequence is read
+but not predicted: it counts in neither the log-likelihood nor the number of tokens.
 Reverse complements are taken on token ids (a complement map, `bioxlstm.complement_map`); special
 tokens stay where they are, so `<cls> ACG <eos>` pairs with `<cls> CGT <eos>`, the form DNA models
 are trained on.
@@ -33,6 +34,15 @@ class SequenceScore:
     length: int  # characters of the sequence (residues, bases; a SMILES string's characters)
     log_likelihood: float  # natural log, of the sequence and its end (<eos>)
     perplexity: float  # per predicted token (a SMILES token such as Cl or [nH] is one)
+
+
+@dataclass
+class MoleculeScore(SequenceScore):
+    valid: bool  # RDKit reads the SMILES as a molecule; an invalid one still has a likelihood, flagged here
+
+
+class UnknownTokenError(ValueError):
+    """A record holds a token outside the model's vocabulary, which it would read as `<unk>`."""
 
 
 def require_causal_lm(model: PreTrainedModel, task: str) -> None:
@@ -159,24 +169,61 @@ def score_records(
     require_causal_lm(model, "scoring")
     if rc_invariant and not allows(model.config.domain, "has_strands"):
         raise ValueError(f"strand-symmetric scoring needs a model of double-stranded sequences; this one is for {model.config.domain}")
-    records = (((record.id, len(record.sequence)), record.sequence) for record in records)
+    molecules = allows(model.config.domain, "molecule_sets")
+    if molecules:
+        from ..chem import is_valid
+
+        records = (
+            ((record.id, len(record.sequence), is_valid(record.sequence)), record.sequence)
+            for record in _in_vocabulary(records, tokenizer)
+        )
+    else:
+        records = (((record.id, len(record.sequence), None), record.sequence) for record in records)
     pieces = run_texts(
         model, tokenizer, records, window=window, batch_size=batch_size, logits=True, append_eos=True,
         complement=token_complement_map(tokenizer) if rc_invariant else None, progress=progress,
     )  # fmt: skip
+    pad_id = tokenizer.pad_token_id
+
+    def scored(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+        # A [PAD] inside a sequence is a token the vocabulary lacks (converted Chem-xLSTM tokenizers
+        # encode those so, as their project does), and that project leaves it out of its sum and count.
+        counted = targets != pad_id if pad_id is not None else torch.ones_like(targets, dtype=torch.bool)
+        return (token_log_probabilities(logits, targets) * counted).sum().item(), int(counted.sum())
+
     total, predicted, previous_logits, strand_scores = 0.0, 0, None, []
     for piece in pieces:
         if piece.is_first:
-            total, predicted = 0.0, -1  # <cls> is given, not predicted
-        predicted += len(piece.token_ids)
+            total, predicted = 0.0, 0  # <cls> is given, not predicted
         if not piece.is_first:  # the last logits of the previous window predict this window's first token
-            total += token_log_probabilities(previous_logits, piece.token_ids[:1]).sum().item()
-        total += token_log_probabilities(piece.logits[:-1], piece.token_ids[1:]).sum().item()
+            value, count = scored(previous_logits, piece.token_ids[:1])
+            total, predicted = total + value, predicted + count
+        value, count = scored(piece.logits[:-1], piece.token_ids[1:])
+        total, predicted = total + value, predicted + count
         previous_logits = piece.logits[-1:]
         if not piece.is_last:
             continue
         strand_scores.append(total)
         if piece.strand == (1 if rc_invariant else 0):
-            (record_id, length), log_likelihood = piece.key, sum(strand_scores) / len(strand_scores)
+            (record_id, length, valid), log_likelihood = piece.key, sum(strand_scores) / len(strand_scores)
             strand_scores = []
-            yield SequenceScore(record_id, length, log_likelihood, perplexity(log_likelihood, predicted))
+            score = SequenceScore(record_id, length, log_likelihood, perplexity(log_likelihood, predicted))
+            yield MoleculeScore(**vars(score), valid=valid) if molecules else score
+
+
+def _in_vocabulary(records: Iterable[Record], tokenizer: PreTrainedTokenizerBase) -> Iterator[Record]:
+    """The records, each refused with UnknownTokenError if it holds a token the vocabulary lacks:
+    the alphabet check passes any bracket atom, and `<unk>` would get a likelihood that means nothing.
+    A tokenizer whose unknown token is its padding (converted Chem-xLSTM) leaves such tokens out of
+    the score, as its project does, so there is nothing to refuse."""
+    unknown = tokenizer.unk_token_id
+    for record in records:
+        if unknown is not None and unknown != tokenizer.pad_token_id:
+            encoding = tokenizer(record.sequence, add_special_tokens=False, return_offsets_mapping=True)
+            if unknown in encoding["input_ids"]:
+                start, end = encoding["offset_mapping"][encoding["input_ids"].index(unknown)]
+                raise UnknownTokenError(
+                    f"record {record.id!r}: token {record.sequence[start:end]!r} at position {start + 1} is not in "
+                    "the model's vocabulary, so the model cannot score it"
+                )
+        yield record

@@ -34,6 +34,10 @@ SCORE_COLUMNS = ("DMS_score", "score")  # tried in order when no score column is
 BINARY_COLUMN = "DMS_score_bin"
 MUTANT_COLUMN, SEQUENCE_COLUMN = "mutant", "mutated_sequence"
 METRICS = ("spearman", "auc", "mcc", "ndcg", "top_recall")
+# Every variant is scored as a whole sequence, so memory grows with the wild type's length times the
+# batch; the longest known protein (titin) has about 35,000 residues, and a far longer "wild type"
+# is a genome or a concatenation that would only exhaust memory after minutes, without a word.
+MAX_WILDTYPE_RESIDUES = 100_000
 
 
 
@@ -218,6 +222,30 @@ class AssayResult:
         return {name: getattr(self, name) for name in METRICS}
 
 
+def check_wildtype_length(wildtype: str, where: str) -> None:
+    """InputError for a wild type longer than MAX_WILDTYPE_RESIDUES; `where` names its source."""
+    if len(wildtype) > MAX_WILDTYPE_RESIDUES:
+        raise InputError(
+            f"{where}: the wild type has {len(wildtype):,} residues; variants are scored as whole sequences of "
+            f"at most {MAX_WILDTYPE_RESIDUES:,} residues (the longest known protein has about 35,000)"
+        )
+
+
+def _duplicate_variants(path: Path, variants: list[Variant], by_code: bool) -> None:
+    """InputError naming the lines of the first variant measured twice: its two scores would count as
+    two variants, and a ranking metric cannot tell which measurement the model should match."""
+    seen = {}
+    for variant in variants:
+        # A1C:D2E and D2E:A1C are one variant; full sequences are compared as written.
+        key = ":".join(sorted(part.strip() for part in variant.mutant.split(":"))) if by_code else variant.mutant.strip().upper()
+        first = seen.setdefault(key, variant)
+        if first is not variant:
+            raise InputError(
+                f"{path}: lines {first.line} and {variant.line} hold the same mutant {variant.mutant!r} "
+                f"(measured {first.measured:g} and {variant.measured:g}); keep one row per variant"
+            )
+
+
 def _choose_column(table, path: Path, wanted: str | None, candidates: Sequence[str], what: str) -> str:
     names = [wanted] if wanted else list(candidates)
     for name in names:
@@ -295,6 +323,7 @@ def prepare_assay(
     if table.empty:
         raise InputError(f"{path}: no variants (a header and no rows)")
     wildtype = wildtype.strip().upper()
+    check_wildtype_length(wildtype, str(path))
     binaries = table[BINARY_COLUMN] if BINARY_COLUMN in table.columns else [None] * len(table)
     checks_sequence = mutant_column == MUTANT_COLUMN and SEQUENCE_COLUMN in table.columns
     sequences = table[SEQUENCE_COLUMN] if checks_sequence else [""] * len(table)
@@ -306,6 +335,7 @@ def prepare_assay(
     if skipped and not skip_invalid:
         more = f" ({len(skipped) - 1} more rows cannot be scored)" if len(skipped) > 1 else ""
         raise InvalidVariantError(f"{path}: line {skipped[0].line}: {skipped[0].detail}{more}")
+    _duplicate_variants(path, variants, by_code=mutant_column == MUTANT_COLUMN)
     if not variants:
         reasons = ", ".join(f"{count} {kind}" for kind, count in Counter(s.reason for s in skipped).items())
         raise InputError(f"{path}: none of its {len(skipped)} variants can be scored ({reasons})")

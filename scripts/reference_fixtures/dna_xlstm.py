@@ -182,12 +182,13 @@ def write_checkpoint(path: Path, state: dict, hyper_parameters) -> None:
 
 
 def input_ids(seq_len: int, mlm: bool, generator: torch.Generator) -> torch.Tensor:
-    """Two rows as the reference pipeline feeds them: bases (and an N), an [SEP] at the end of an
-    MLM sequence, [MASK] at some positions."""
+    """Two rows: bases (and an N), [MASK] at some positions of an MLM row, and an [SEP] ending an
+    MLM row. The hg38 pipeline reads N as [PAD] and never feeds [SEP] (`mlm_getitem` drops the one
+    `add_eos` appends); these rows only need to be inputs the model accepts."""
     ids = torch.randint(7, 11, (2, seq_len), generator=generator)
     ids[1, 5] = 11  # N
     if mlm:
-        ids[:, -1] = 1  # [SEP], appended by the hg38 dataset (add_eos)
+        ids[:, -1] = 1  # [SEP]: a special token at a position the parity covers too
         ids[0, [3, 10, 17]] = 3  # [MASK]
         ids[1, [2, 8]] = 3
     return ids

@@ -3,7 +3,7 @@
 import argparse
 
 from ...domains import SMILES
-from ..options import load_model, model_options, positive_int, print_json, sampling_options
+from ..options import load_model, model_options, new_token_count, positive_int, print_json, sampling_options
 
 
 def add_parser(evaluations) -> None:
@@ -24,7 +24,7 @@ def add_parser(evaluations) -> None:
     )
     in_context.add_argument("--n-context", type=positive_int, default=20, help="molecules of a domain placed in context")
     in_context.add_argument("--n-generate", type=positive_int, default=100, help="molecules sampled per domain, and unconditionally")
-    in_context.add_argument("--max-new-tokens", type=positive_int, default=256, help="longest molecule, in tokens")
+    in_context.add_argument("--max-new-tokens", type=new_token_count, default=256, help="longest molecule, in tokens")
     in_context.add_argument("--json", action="store_true", help="print one JSON object per domain instead of a table")
     in_context.set_defaults(run=run)
 

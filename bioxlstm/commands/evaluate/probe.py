@@ -35,6 +35,22 @@ def add_parser(evaluations) -> None:
     probe.set_defaults(run=run)
 
 
+def _require_numbers(labels: list[tuple[str, str]], args: argparse.Namespace) -> None:
+    """A regression probe's labels are finite numbers; the first that is not is named with its row."""
+    import math
+
+    for row, (record_id, label) in enumerate(labels, start=1):
+        try:
+            value = float(label)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(
+                f"{args.labels}: row {row}: record {record_id!r}: label {label!r} in {args.label_column!r} is not a "
+                "finite number, which --task regression needs"
+            )
+
+
 def run(args: argparse.Namespace) -> None:
     from ...io import read_embeddings, read_labels
     from ...progress import progress
@@ -42,6 +58,8 @@ def run(args: argparse.Namespace) -> None:
 
     ids, embeddings = read_embeddings(args.embeddings)
     labels = read_labels(args.labels, label_column=args.label_column, id_column=args.id_column)
+    if args.task == "regression":
+        _require_numbers(labels, args)
     try:
         matched = matched_labels(ids, labels)
     except ValueError as error:

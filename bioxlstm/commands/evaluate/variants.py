@@ -109,10 +109,12 @@ def _prepare(path, wildtype: str, args: argparse.Namespace, name: str | None = N
 
 def _wildtype(path: str) -> str:
     from ...io import InputError, read_records
+    from ...tasks.variant_benchmark import check_wildtype_length
 
     records = list(read_records(path, domain=PROTEIN.name))
     if len(records) != 1:
         raise InputError(f"{path}: expected one wild-type sequence, found {len(records)}")
+    check_wildtype_length(records[0].sequence, f"{path}: record {records[0].id!r}")
     return records[0].sequence
 
 
