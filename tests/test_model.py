@@ -20,7 +20,7 @@ GLOBINS = Path(__file__).resolve().parents[1] / "data" / "globins45.fa"
 @pytest.mark.parametrize("seq_len", [1, 5, 16, 37, 64])
 def test_mlstm_kernel_matches_stepwise_reference(seq_len):
     """Chunkwise (any length, padded to the chunk) and step kernels compute the recurrence of
-    DESIGN.md, and a sequence split in two with the state carried gives the same outputs."""
+    docs/recurrences.md, and a sequence split in two with the state carried gives the same outputs."""
     q, k, v = (torch.randn(2, 3, seq_len, 8) for _ in range(3))
     igate, fgate = torch.randn(2, 3, seq_len), torch.randn(2, 3, seq_len) + 2
     expected = mlstm_reference(q, k, v, igate, fgate)
@@ -152,8 +152,8 @@ def test_from_xlstm_matches_reference_logits(xlstm_pair, seq_len):
 
 
 def test_from_xlstm_matches_reference_gradients(xlstm_pair):
-    """The training path (chunkwise kernel with its custom backward) differentiates like the
-    reference's parallel formulation."""
+    """The training path (our chunkwise kernel under autograd) differentiates like the reference's
+    parallel formulation."""
     reference, model = xlstm_pair
     tokens = torch.randint(0, 20, (2, 80))
 
@@ -373,6 +373,7 @@ def test_beam_search_reorders_the_recurrent_state():
     assert torch.allclose(recomputed, beams.sequences_scores, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_cache_has_constant_size_during_long_generation():
     model = tiny_model()
     shapes = []
@@ -391,6 +392,7 @@ def test_cache_has_constant_size_during_long_generation():
     assert all(s == shapes[0] for s in shapes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("segment", [kernels.NATIVE_INFERENCE_SEGMENT, 32768], ids=["in segments", "one pass"])
 def test_long_sequence_forward_is_finite(monkeypatch, segment):
     """Also with the whole sequence in one chunkwise call (as on a GPU); that variant is mLSTM-only,

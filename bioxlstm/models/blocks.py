@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from .kernels import FORGET_GATE_CLOSED, FORGET_GATE_OPEN, INPUT_GATE_CLOSED, mlstm_recurrence, resolve_backend, slstm_scan
+from .kernels import FORGET_GATE_CLOSED, FORGET_GATE_OPEN, INPUT_GATE_CLOSED, mlstm_recurrence, resolve_backend, slstm_recurrence
 from .configuration_bioxlstm import BioXLSTMConfig
 from .positions import apply_rotary
 from .sequence_ops import reversal_index, reverse_positions, valid_positions
@@ -211,6 +211,7 @@ class SLSTMLayer(nn.Module):
         super().__init__()
         dim, heads = config.block_width, config.slstm_heads
         self.num_heads = heads
+        self.kernel = config.kernel
         self.layer_idx = layer_idx  # the forget-gate initialisation depends on depth
         self.conv1d = CausalConv1d(dim, config.slstm_conv_size) if config.slstm_conv_size > 0 else None
         self.igate = HeadwiseLinear(dim, heads, bias=False)
@@ -244,13 +245,14 @@ class SLSTMLayer(nn.Module):
         else:
             x_conv = x
         preacts = torch.stack([self.igate(x_conv), self.fgate(x_conv), self.zgate(x), self.ogate(x)], dim=2)
-        h, cell_state = slstm_scan(
+        h, cell_state = slstm_recurrence(
             preacts.view(batch, seq_len, 4, self.num_heads, dim // self.num_heads),
             self.recurrent_kernel,
             self.bias,
             cell_state,
             keep,
             reset,
+            resolve_backend(self.kernel, x.device),
         )
         h = self.dropout(h)
         if head_flip_rows is not None:

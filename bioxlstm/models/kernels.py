@@ -2,15 +2,19 @@
 
 This module ships inside every exported model (remote code on plain `transformers`), so its CPU
 path imports nothing beyond torch: the chunkwise mLSTM (training and prompt prefill, linear in
-length) and the step (decoding) below are our own, written from the recurrence in DESIGN.md.
+length) and the step (decoding) below are our own, written from the recurrences in
+docs/recurrences.md.
 `mlstm_kernels` (NXAI Community License; see NOTICE) is used only where it is installed and adds
-something ours lacks: its Triton kernels on CUDA, and on the CPU its custom-backward chunkwise kernel
-for fp32 training, which recomputes chunk states instead of keeping autograd graphs. Inference on a
-CPU always runs our kernels, so a model computes the same numbers with and without the library.
+something ours lacks: its Triton kernels on CUDA, for prefill and decoding. Training differentiates
+ours on every device (`_library_chunkwise` says why), and a CPU always runs ours, so a model computes
+the same numbers and gradients with and without the library.
 The sLSTM is strictly sequential; its native scan below follows the reference semantics of the
-official `xlstm` package. Swapping an implementation means editing this module only.
+official `xlstm` package, with a hand-written backward (one reverse loop over stored states); on
+CUDA, flashrnn's fused Triton kernel runs it where installed (the last section). Swapping an
+implementation means editing this module only.
 """
 
+import os
 from functools import lru_cache
 
 import torch
@@ -62,17 +66,28 @@ def mlstm_kernels_available() -> bool:
     return _mlstm_kernels() is not None
 
 
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1, which triton reads when
+    a kernel is defined, so it must be set before triton is imported): on the CPU, with numpy."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def resolve_backend(kernel: str, device: torch.device) -> str:
-    """Map `config.kernel` and the tensors' device to the backend that runs: native or triton."""
+    """Map `config.kernel` and the tensors' device to the backend that runs: native or triton.
+
+    kernel="triton" on a CPU is allowed only under the Triton interpreter (`triton_interpreted`), so
+    that the test suite runs every Triton path without a GPU (tests/test_triton_interpreter.py);
+    kernel="auto" on a CPU stays native even there, since interpreted kernels are slow."""
     # torch on CUDA brings `triton` along, but the Triton mLSTM kernels come with `mlstm_kernels`.
     triton_runs = device.type == "cuda" and triton_available() and mlstm_kernels_available()
     if kernel == "native":
         return "native"
     if kernel == "triton":
-        if not triton_runs:
+        interpreted = device.type == "cpu" and triton_interpreted() and triton_available() and mlstm_kernels_available()
+        if not (triton_runs or interpreted):
             raise RuntimeError(
-                "kernel='triton' needs a CUDA device and the `triton` and `mlstm_kernels` packages; "
-                "use kernel='auto' or 'native' on this machine"
+                "kernel='triton' needs a CUDA device (or TRITON_INTERPRET=1 on a CPU) and the `triton` and "
+                "`mlstm_kernels` packages; use kernel='auto' or 'native' on this machine"
             )
         return "triton"
     return "triton" if triton_runs else "native"
@@ -83,12 +98,18 @@ def inference_segment_length(backend: str) -> int | None:
     return NATIVE_INFERENCE_SEGMENT if backend == "native" else None
 
 
-def _library_chunkwise(backend: str, dtype: torch.dtype):
-    """`mlstm_kernels`' chunkwise kernel where it is the one to run, else None (ours runs)."""
+def _library_chunkwise(backend: str, needs_grad: bool | None = None):
+    """`mlstm_kernels`' chunkwise kernel where it is the one to run, else None (ours runs).
+
+    needs_grad: whether the outputs will be differentiated (default: whether autograd records)."""
+    needs_grad = torch.is_grad_enabled() if needs_grad is None else needs_grad
     if backend == "triton":
-        return _mlstm_kernels().get_mlstm_kernel("chunkwise--triton_xl_chunk")
-    if torch.is_grad_enabled() and dtype == torch.float32 and mlstm_kernels_available():
-        return _mlstm_kernels().get_mlstm_kernel("chunkwise--native_custbw")
+        # Training on CUDA differentiates ours: mlstm_kernels' custom backwards (the Triton one and
+        # native_custbw alike) hold the normaliser max(|q.n|, exp(-m)) and the stabiliser m constant,
+        # so their q, k and gate gradients differ from the mLSTM's wherever |q.n| is the larger
+        # (docs/mlstm_triton_backward.md). Ours is autograd through the recurrence's own arithmetic.
+        # The same holds for its CPU native_custbw, which a CPU therefore never trains with either.
+        return None if needs_grad else _mlstm_kernels().get_mlstm_kernel("chunkwise--triton_xl_chunk")
     return None
 
 
@@ -157,16 +178,19 @@ def mlstm_recurrence(
     if state is None:
         state = fresh_mlstm_state(q, v)
         overwrite_state = True
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, igate, fgate, *state))
     if seq_len == 1:
-        step = _mlstm_kernels().get_mlstm_step_kernel("triton") if backend == "triton" else mlstm_step_native
+        # The Triton step kernel has no backward; a differentiated step runs ours.
+        triton_step = backend == "triton" and not needs_grad
+        step = _mlstm_kernels().get_mlstm_step_kernel("triton") if triton_step else mlstm_step_native
         kwargs = {"overwrite_state": overwrite_state} if step is mlstm_step_native else {}
         h, state = step(q[:, :, 0], k[:, :, 0], v[:, :, 0], igate, fgate, *state, eps=MLSTM_EPS, **kwargs)
         return h[:, :, None].to(q.dtype), state
     # A prompt shorter than a chunk is one chunk of its own length (no padding to compute).
     chunk = chunk_size if seq_len >= chunk_size or backend == "triton" else seq_len
-    length = compiled_length(seq_len, chunk) if backend == "triton" else -(-seq_len // chunk) * chunk
+    length = _triton_chunkwise_length(seq_len, chunk) if backend == "triton" else -(-seq_len // chunk) * chunk
     padded = padded_with_no_ops(length, q, k, v, igate, fgate)
-    library = _library_chunkwise(backend, q.dtype)
+    library = _library_chunkwise(backend, needs_grad)
     if library is None:
         h, state = mlstm_chunkwise_native(*padded, state, chunk)
     else:
@@ -291,6 +315,15 @@ def compiled_length(seq_len: int, chunk_size: int) -> int:
     return -(-seq_len // step) * step
 
 
+def _triton_chunkwise_length(seq_len: int, chunk_size: int) -> int:
+    """The length mlstm_kernels' Triton chunkwise kernel runs `seq_len` tokens at: `compiled_length`,
+    except that below 128 tokens the kernel takes only a power of two of at least 16 (as one chunk of
+    that length; its `kernel_param_heuristics` assert it), so 37 tokens run at 64, not at 48."""
+    if seq_len < 128:
+        return max(16, 1 << (seq_len - 1).bit_length())
+    return compiled_length(seq_len, chunk_size)
+
+
 def padded_with_no_ops(length: int, q, k, v, igate, fgate) -> tuple[torch.Tensor, ...]:
     """The mLSTM inputs with no-op positions appended up to `length`: the state passes them unchanged."""
     pad = length - q.shape[2]
@@ -298,6 +331,11 @@ def padded_with_no_ops(length: int, q, k, v, igate, fgate) -> tuple[torch.Tensor
         return q, k, v, igate, fgate
     q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
     return q, k, v, F.pad(igate, (0, pad), value=INPUT_GATE_CLOSED), F.pad(fgate, (0, pad), value=FORGET_GATE_OPEN)
+
+
+# Steps whose gate coefficients the sLSTM backward computes at once (its memory is ~32 floats per
+# state element per step of a chunk); also the steps whose inputs inference holds at a time.
+SLSTM_CHUNK = 128
 
 
 def slstm_scan(
@@ -318,36 +356,466 @@ def slstm_scan(
     Returns the hidden outputs (B, S, NH, DH) in the dtype of `preacts` and the final state, in fp32
     for a bf16 or fp16 model: like the mLSTM memory, the running sums c and n would otherwise round
     at every step.
+
+    Each step is a handful of operations on tensors too small to amortise their call cost, so the
+    number of operations per step is what the scan keeps low: 13 forward, 6 backward (a hand-written
+    reverse loop over the stored states, `_SLSTMScan`), where autograd through the plain loop ran
+    about 25 forward, twice that backward, and a graph node for each. Everything that does not
+    depend on the previous step (input contributions and bias, the backward's per-step coefficients)
+    is computed for a chunk of steps at once. Without gradients no history is kept: memory is the
+    outputs plus one chunk of inputs, whatever the length.
     """
-    batch, seq_len, _, heads, head_dim = preacts.shape
     out_dtype = preacts.dtype
     compute_dtype = torch.promote_types(out_dtype, torch.float32)
     preacts, recurrent_kernel, bias = (t.to(compute_dtype) for t in (preacts, recurrent_kernel, bias))
-    state = preacts.new_zeros(batch, 4, heads, head_dim) if state is None else state.to(compute_dtype)
+    if state is None:
+        batch, _, _, heads, head_dim = preacts.shape
+        state = preacts.new_zeros(batch, 4, heads, head_dim)
+    else:
+        state = state.to(compute_dtype)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (preacts, recurrent_kernel, bias, state)):
+        h, final = _SLSTMScan.apply(preacts, recurrent_kernel, bias, state, keep, reset)
+    elif preacts.shape[1] == 1:
+        h, final = _slstm_decoding_step(preacts, recurrent_kernel, bias, state, keep, reset)
+    else:
+        h, final, _ = _slstm_forward(preacts, recurrent_kernel, bias, state, keep, reset, keep_history=False)
+    return h.to(out_dtype), final
+
+
+def _slstm_decoding_step(preacts, kernel, bias, state, keep, reset):
+    """One step without gradients: the recurrence without the buffers and views that pay off over
+    many steps (for one they cost more than the step)."""
+    batch, _, _, heads, head_dim = preacts.shape
     h, c, n, m = state.unbind(1)
-    kernel = recurrent_kernel.reshape(heads, head_dim, 4 * head_dim)
-    bias = bias.transpose(0, 1)  # (4, NH, DH)
-    outputs = []
-    for t in range(seq_len):
-        if reset is not None:
-            fresh = ~reset[:, t, None, None]
-            h, c, n, m = (v * fresh for v in (h, c, n, m))
-        recurrent = torch.bmm(h.transpose(0, 1), kernel)  # (NH, B, 4*DH)
-        recurrent = recurrent.view(heads, batch, 4, head_dim).permute(1, 2, 0, 3)
-        i_raw, f_raw, z_raw, o_raw = (preacts[:, t] + recurrent + bias).unbind(1)
-        log_f_plus_m = m + F.logsigmoid(f_raw)
-        # A sequence's first step (n == 0) starts its stabiliser at the input gate, as the reference does.
-        m_new = torch.where(n == 0, i_raw, torch.maximum(i_raw, log_f_plus_m))
-        i_act = torch.exp(i_raw - m_new).clamp(max=1.0)
-        f_act = torch.exp(log_f_plus_m - m_new).clamp(max=1.0)
-        c_new = f_act * c + i_act * torch.tanh(z_raw)
-        n_new = f_act * n + i_act
-        h_new = torch.sigmoid(o_raw) * c_new / n_new
+    if reset is not None:
+        fresh = ~reset[:, 0, None, None]
+        h, c, n, m = (v * fresh for v in (h, c, n, m))
+    recurrent = torch.bmm(h.transpose(0, 1), kernel.reshape(heads, head_dim, 4 * head_dim))
+    gates = (preacts[:, 0] + bias.transpose(0, 1)).add_(recurrent.view(heads, batch, 4, head_dim).permute(1, 2, 0, 3))
+    i, f, z, o = gates.unbind(1)
+    log_f_plus_m = m + F.softplus(f, -1.0)  # log sigmoid(f), as in `_slstm_forward`
+    m_new = torch.where(n == 0, i, torch.maximum(i, log_f_plus_m))
+    i_act, f_act = torch.exp(torch.stack([i, log_f_plus_m]) - m_new).clamp_(max=1.0).unbind(0)
+    c_new = torch.addcmul(f_act * c, i_act, torch.tanh(z))
+    n_new = torch.addcmul(i_act, f_act, n)
+    h_new = torch.sigmoid(o) * c_new / n_new
+    new = torch.stack([h_new, c_new, n_new, m_new], dim=1)
+    if keep is not None:
+        new = torch.where(keep[:, 0, None, None, None], new, torch.stack([h, c, n, m], dim=1))
+    return new[:, 0, None], new
+
+
+def _slstm_step_flags(preacts: torch.Tensor, keep, reset) -> torch.Tensor | list | None:
+    """Per step: (may a row start from n == 0, does a row reset, does a row keep its old state), as
+    rows of a (S, 3) bool tensor on the CPU; None without masks (then only step 0 starts anew).
+
+    n == 0 (the first-step rule, and the clamps it makes necessary) is possible only where a row has
+    not had a real step since its sequence started: n after a real step is at least min(n, 1) > 0,
+    since one of the two stabilised gates is exactly exp(0) = 1. The first step of every call counts
+    as a start (a given state may hold zeros). Knowing this per step spares three operations on all
+    other steps; it costs one read of the masks.
+    """
+    seq_len = preacts.shape[1]
+    if keep is None and reset is None:
+        return None
+    if seq_len == 1:  # a decoding step: the extra operations cost less than reading the masks
+        return [[True, reset is not None, keep is not None]]
+    batch = preacts.shape[0]
+    device = keep.device if keep is not None else reset.device
+    position = torch.arange(seq_len, device=device).expand(batch, seq_len)
+    keep = torch.ones(batch, seq_len, dtype=torch.bool, device=device) if keep is None else keep.bool()
+    reset = torch.zeros(batch, seq_len, dtype=torch.bool, device=device) if reset is None else reset.bool()
+    starts = reset.clone()
+    starts[:, 0] = True
+    last_start = torch.where(starts, position, -1).cummax(1).values
+    last_real = torch.where(keep, position, -1).cummax(1).values
+    last_real_before = torch.cat([last_real.new_full((batch, 1), -1), last_real[:, :-1]], dim=1)
+    fresh = last_real_before < last_start
+    return torch.stack([fresh.any(0), reset.any(0), (~keep).any(0)], dim=1).cpu()
+
+
+def _chunk_flags(flags, start: int, stop: int) -> list:
+    """`_slstm_step_flags` for steps start to stop, as Python lists: one read per chunk of steps."""
+    if flags is None:
+        return [(step == 0, False, False) for step in range(start, stop)]
+    return flags[start:stop] if isinstance(flags, list) else flags[start:stop].tolist()
+
+
+def _slstm_forward(preacts, kernel, bias, state, keep, reset, keep_history: bool):
+    """The sLSTM scan in the dtype of its inputs (fp32 or fp64), without autograd.
+
+    Works head-major and gate-major: a step's gates are (4, NH, B, DH), so the recurrent contribution
+    is one batched matmul over heads and every elementwise operation runs over contiguous memory.
+    Each step computes in one work buffer, whose views are made once: a view costs about as much as
+    an operation. Returns h (B, S, NH, DH), the final state (B, 4, NH, DH) and, with keep_history,
+    what the backward reads: h (S + 1, NH, B, DH) before every step and after the last, (c, n)
+    (S + 1, 2, NH, B, DH), m (S + 1, NH, B, DH) and the gates (S, 4, NH, B, DH) as the step left
+    them: i, log f + m, z, sigmoid(o).
+    """
+    batch, seq_len, _, heads, head_dim = preacts.shape
+    flags = _slstm_step_flags(preacts, keep, reset)
+    kernel = kernel.reshape(heads, head_dim, 4 * head_dim)
+    kept_steps = seq_len + 1 if keep_history else 2  # without history, the state alternates between two slots
+    h_all = preacts.new_empty(seq_len + 1, heads, batch, head_dim)
+    cn_all = preacts.new_empty(kept_steps, 2, heads, batch, head_dim)
+    m_all = preacts.new_empty(kept_steps, heads, batch, head_dim)
+    initial = state.permute(1, 2, 0, 3)  # (4, NH, B, DH)
+    h_all[0], cn_all[0], m_all[0] = initial[0], initial[1:3], initial[3]
+    inputs = preacts.new_empty(min(seq_len, SLSTM_CHUNK), 4, heads, batch, head_dim)
+    gates = preacts.new_empty(seq_len, 4, heads, batch, head_dim) if keep_history else None
+    recurrent = preacts.new_empty(heads, batch, 4 * head_dim)
+    work = preacts.new_empty(4, heads, batch, head_dim)
+    z_and_one = preacts.new_ones(2, heads, batch, head_dim)  # [tanh(z), 1]: times i, the update of (c, n)
+    exps = preacts.new_empty(2, heads, batch, head_dim)  # exp of (i, log f + m) less the new m
+    with torch.inference_mode():  # no autograd bookkeeping in the loop: its tensors stay inside
+        recurrent_by_gate = recurrent.view(heads, batch, 4, head_dim).permute(2, 0, 1, 3)
+        i_gate, log_f_plus_m, z_gate, o_act = work.unbind(0)
+        i_and_log_f, i_exp, f_exp, z_act = work[:2], exps[:1], exps[1:], z_and_one[0]
         if keep is not None:
-            keep_t = keep[:, t, None, None]
-            h_new, c_new, n_new, m_new = (
-                torch.where(keep_t, new, old) for new, old in ((h_new, h), (c_new, c), (n_new, n), (m_new, m))
+            keep_all = keep.bool().t()[:, None, None, :, None]  # (1, 1, B, 1) per step
+        if reset is not None:
+            fresh_all = (~reset.bool()).t().to(preacts.dtype)[:, None, None, :, None]
+        if not keep_history:  # two slots, alternating
+            cn_steps, m_steps = cn_all.unbind(0), m_all.unbind(0)
+            c_steps, n_steps = cn_all[:, 0].unbind(0), cn_all[:, 1].unbind(0)
+        # Views of one chunk of steps at a time: a view is a few hundred bytes, which for every step
+        # of a long input would add up to more than the outputs.
+        for start in range(0, seq_len, SLSTM_CHUNK):
+            stop = min(start + SLSTM_CHUNK, seq_len)
+            chunk = inputs[: stop - start]
+            torch.add(preacts[:, start:stop].permute(1, 2, 3, 0, 4), bias.transpose(0, 1)[:, :, None], out=chunk)
+            input_steps, h_steps = chunk.unbind(0), h_all[start : stop + 1].unbind(0)
+            if keep_history:
+                cn_steps, m_steps = cn_all[start : stop + 1].unbind(0), m_all[start : stop + 1].unbind(0)
+                c_steps, n_steps = cn_all[start : stop + 1, 0].unbind(0), cn_all[start : stop + 1, 1].unbind(0)
+                gate_steps = gates[start:stop].unbind(0)
+            if keep is not None:
+                keep_steps = keep_all[start:stop].unbind(0)
+            if reset is not None:
+                fresh_steps = fresh_all[start:stop].unbind(0)
+            for t, (first, resets, masked) in enumerate(_chunk_flags(flags, start, stop)):
+                step = start + t
+                old, new = (t, t + 1) if keep_history else (step % 2, (step + 1) % 2)
+                h, cn, m = h_steps[t], cn_steps[old], m_steps[old]
+                if resets:
+                    fresh = fresh_steps[t]
+                    h, cn, m = h * fresh[0], cn * fresh, m * fresh[0]
+                torch.bmm(h, kernel, out=recurrent)
+                torch.add(input_steps[t], recurrent_by_gate, out=work)
+                # log sigmoid(f) as softplus with beta -1: the same function, without log_sigmoid's
+                # second output
+                torch.add(m, F.softplus(log_f_plus_m, -1.0), out=log_f_plus_m)
+                m_new = torch.maximum(i_gate, log_f_plus_m, out=m_steps[new])
+                if first:  # a sequence's first step starts its stabiliser at the input gate
+                    torch.where(cn[1] == 0, i_gate, m_new, out=m_new)
+                torch.sub(i_and_log_f, m_new, out=exps).exp_()
+                if first:  # elsewhere both are exp of at most 0
+                    exps.clamp_(max=1.0)
+                torch.tanh(z_gate, out=z_act)
+                cn_new = torch.mul(cn, f_exp, out=cn_steps[new]).addcmul_(z_and_one, i_exp)
+                h_new = torch.div(c_steps[new], n_steps[new], out=h_steps[t + 1]).mul_(o_act.sigmoid_())
+                if masked:
+                    kept = keep_steps[t]
+                    torch.where(kept[0], h_new, h, out=h_new)
+                    torch.where(kept, cn_new, cn, out=cn_new)
+                    torch.where(kept[0], m_new, m, out=m_new)
+                if keep_history:
+                    gate_steps[t].copy_(work)
+    last = seq_len if keep_history else seq_len % 2
+    final = torch.cat([h_all[seq_len, None], cn_all[last], m_all[last, None]]).permute(2, 0, 1, 3)
+    outputs = h_all[1:].permute(2, 0, 1, 3).contiguous()
+    history = (h_all, cn_all, m_all, gates) if keep_history else None
+    return outputs, final.contiguous(), history
+
+
+class _SLSTMScan(torch.autograd.Function):
+    """The sLSTM scan with a hand-written backward: one reverse loop over the stored states.
+
+    Every step's gradient map, from the gradients of (c, n, m, h) after the step to those of its
+    gate pre-activations and of (c, n, m, h) before it, is linear with per-element coefficients that
+    depend only on stored forward values. They are computed for a chunk of steps at once; the
+    reverse loop then applies them (four fused multiply-adds) and adds the recurrent matrix's share
+    (one matmul). The gradients are those of autograd through the plain loop, including its corner
+    rules: torch.maximum splits the gradient of a tie evenly, clamp(max=1) passes it at 1 and not
+    above, and a masked or restarted step routes it as torch.where and the multiplication do.
+    """
+
+    @staticmethod
+    def forward(ctx, preacts, kernel, bias, state, keep, reset):
+        outputs, final, history = _slstm_forward(preacts, kernel, bias, state, keep, reset, keep_history=True)
+        ctx.save_for_backward(preacts, kernel, bias, keep, reset, *history)
+        return outputs, final
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_outputs, grad_final):
+        preacts, kernel, bias, keep, reset, h_all, cn_all, m_all, gates = ctx.saved_tensors
+        grads = _slstm_backward(
+            preacts, kernel, bias, keep, reset, h_all, cn_all, m_all, gates, grad_outputs, grad_final
+        )
+        return (*grads, None, None)
+
+
+def _slstm_backward(preacts, kernel, bias, keep, reset, h_all, cn_all, m_all, gates, grad_outputs, grad_final):
+    """Gradients of the gate inputs, recurrent matrices, biases and initial state (see `_SLSTMScan`)."""
+    batch, seq_len, _, heads, head_dim = preacts.shape
+    dtype = preacts.dtype
+    flags = _slstm_step_flags(preacts, keep, reset)
+    # grads[t]: rows 0-3 the gradients of step t's gate pre-activations (i, f, z, o), rows 4-7 those
+    # of (c, n, m, h) before step t, which is what step t - 1 reads.
+    grads = preacts.new_zeros(seq_len + 1, heads, batch, 8, head_dim)
+    if grad_outputs is not None:
+        grads[1:, :, :, 7] = grad_outputs.permute(1, 2, 0, 3)
+    if grad_final is not None:
+        grads[seq_len, :, :, 4:7] += grad_final[:, 1:].permute(2, 0, 1, 3)
+        grads[seq_len, :, :, 7] += grad_final[:, 0].transpose(0, 1)
+    kernel_t = kernel.reshape(heads, head_dim, 4 * head_dim).transpose(1, 2)
+    if reset is not None:
+        fresh_all = (~reset.bool()).t().to(dtype)  # (S, B)
+    with torch.inference_mode():  # as in the forward: no autograd bookkeeping in the loop
+        for start in reversed(range(0, seq_len, SLSTM_CHUNK)):
+            stop = min(start + SLSTM_CHUNK, seq_len)
+            fresh = None if reset is None else fresh_all[start:stop, None, :, None]
+            kept = None if keep is None else keep.bool().t()[start:stop, None, :, None, None]
+            coefficients = _slstm_backward_coefficients(
+                preacts[:, start:stop], kernel, bias, h_all[start:stop], cn_all[start:stop], m_all[start:stop],
+                gates[start:stop], fresh, kept,
+            )  # fmt: skip
+            coefficient_steps = [c.unbind(0) for c in coefficients]
+            window = grads[start : stop + 1]  # views of one chunk at a time, as in the forward
+            grad_steps, h_grad_steps = window.unbind(0), window[:, :, :, 7].unbind(0)
+            gate_grad_steps = window[:, :, :, :4].flatten(3).unbind(0)
+            later_grads = [window[:, :, :, 4 + p : 5 + p].unbind(0) for p in range(4)]  # (c, n, m, h) after
+            fresh_h_steps = None if reset is None else fresh.unbind(0)  # (1, B, 1) per step
+            chunk_flags = _chunk_flags(flags, start, stop)
+            for t in reversed(range(stop - start)):
+                grad = grad_steps[t]
+                for p in range(4):
+                    grad.addcmul_(coefficient_steps[p][t], later_grads[p][t + 1])
+                recurrent = torch.bmm(gate_grad_steps[t], kernel_t)
+                if chunk_flags[t][1]:  # a restarted row's step read a zero h
+                    recurrent.mul_(fresh_h_steps[t])
+                h_grad_steps[t].add_(recurrent)
+    gate_grads = grads[:seq_len, :, :, :4]  # (S, NH, B, 4, DH)
+    h_before = h_all[:seq_len] if reset is None else h_all[:seq_len] * fresh_all[:, None, :, None]
+    grad_kernel = torch.bmm(
+        h_before.transpose(0, 1).reshape(heads, seq_len * batch, head_dim).transpose(1, 2),
+        gate_grads.transpose(0, 1).reshape(heads, seq_len * batch, 4 * head_dim),
+    ).view(heads, head_dim, 4, head_dim)
+    grad_bias = gate_grads.sum((0, 2))
+    grad_preacts = gate_grads.permute(2, 0, 3, 1, 4).contiguous()
+    grad_state = grads[0][:, :, [7, 4, 5, 6]].permute(1, 2, 0, 3).contiguous()
+    return grad_preacts, grad_kernel, grad_bias, grad_state
+
+
+def _slstm_backward_coefficients(preacts, kernel, bias, h, cn, m, gates, fresh, kept):
+    """For a chunk of T steps, four (T, NH, B, 8, DH) tensors: the coefficients by which the
+    gradients of c, n, m and h after a step enter the 8 gradient rows of `_slstm_backward`."""
+    if fresh is not None:  # a restarted row's step read a zero state
+        h, cn, m = h * fresh, cn * fresh[:, None], m * fresh
+    c, n = cn[:, 0], cn[:, 1]
+    i, log_f_plus_m, z, o_act = gates.unbind(1)
+    z_act = torch.tanh(z)
+    # f itself was overwritten by log f + m, whose difference from m loses digits; recompute it
+    f = (preacts[:, :, 1] + bias[:, 1]).transpose(0, 2).transpose(0, 1) + torch.matmul(h, kernel[:, :, 1])
+    first = n == 0
+    m_new = torch.where(first, i, torch.maximum(i, log_f_plus_m))
+    i_exp, f_exp = torch.exp(i - m_new), torch.exp(log_f_plus_m - m_new)
+    i_act, f_act = i_exp.clamp(max=1.0), f_exp.clamp(max=1.0)
+    i_slope = torch.where(i_exp <= 1.0, i_exp, 0.0)  # d i_act / d(i - m_new)
+    f_slope = torch.where(f_exp <= 1.0, f_exp, 0.0)
+    n_new = f_act * n + i_act
+    ratio = (f_act * c + i_act * z_act) / n_new
+    h_new = o_act * ratio
+    h_to_c = o_act / n_new  # d h_new / d c_new
+    h_to_n = -h_new / n_new
+    # how the gradient of m_new divides between i and log f + m (routes of where and maximum)
+    to_i = torch.where(first | (i > log_f_plus_m), 1.0, torch.where(i == log_f_plus_m, 0.5, 0.0))
+    to_f = torch.where(first, 0.0, 1.0 - to_i)
+    f_sigmoid_slope = torch.sigmoid(-f)  # d log sigmoid(f) / d f
+    z_slope = i_act * (1.0 - z_act * z_act)
+    # gradient of (i - m_new) and of (log f + m - m_new), per unit gradient of c_new, n_new and h
+    i_part = (z_act * i_slope, i_slope, (h_to_c * z_act + h_to_n) * i_slope)
+    f_part = (c * f_slope, n * f_slope, (h_to_c * c + h_to_n * n) * f_slope)
+    zero = torch.zeros_like(i)
+    rows = []
+    for p, (a, b) in enumerate(zip((*i_part[:2], None, i_part[2]), (*f_part[:2], None, f_part[2]))):
+        if a is None:  # m after the step: only through m_new
+            grad_i, grad_log_f = to_i, to_f
+        else:
+            grad_i = (1.0 - to_i) * a - to_i * b
+            grad_log_f = (1.0 - to_f) * b - to_f * a
+        grad_f = grad_log_f * f_sigmoid_slope
+        if p == 0:
+            row = (grad_i, grad_f, z_slope, zero, f_act, zero, grad_log_f, zero)
+        elif p == 1:
+            row = (grad_i, grad_f, zero, zero, zero, f_act, grad_log_f, zero)
+        elif p == 2:
+            row = (grad_i, grad_f, zero, zero, zero, zero, grad_log_f, zero)
+        else:
+            o_slope = ratio * o_act * (1.0 - o_act)
+            row = (grad_i, grad_f, h_to_c * z_slope, o_slope, f_act * h_to_c, f_act * h_to_n, grad_log_f, zero)
+        row = torch.stack(row, dim=3)
+        if kept is not None:  # a masked step passes every gradient on to the state before it
+            row = torch.where(kept, row, F.one_hot(torch.tensor(4 + p), 8).to(row)[:, None])
+        if fresh is not None:
+            row[:, :, :, 4:] *= fresh[..., None]
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# sLSTM on Triton: flashrnn's fused kernel (an optional dependency, Apache-2.0, see NOTICE) runs a
+# whole sequence in one launch per direction of the pass, with the recurrent matrices kept on chip.
+# ------------------------------------------------------------------------------------------------
+
+# The fused kernel multiplies (batch x DH) by (DH x DH) blocks with tl.dot, which wants power-of-two
+# sides of at least 16, and keeps the four recurrent blocks of a head on chip: flashrnn documents
+# head dimensions up to 64 for it.
+SLSTM_FUSED_HEAD_DIMS = (16, 32, 64)
+
+
+@lru_cache(maxsize=None)
+def _flashrnn():
+    """`flashrnn.flashrnn`, or None where flashrnn is not installed (the sLSTM then runs `slstm_scan`)."""
+    try:
+        from flashrnn import flashrnn
+    except ImportError:
+        return None
+    return flashrnn
+
+
+def flashrnn_available() -> bool:
+    return _flashrnn() is not None
+
+
+def slstm_recurrence(
+    preacts: torch.Tensor,
+    recurrent_kernel: torch.Tensor,
+    bias: torch.Tensor,
+    state: torch.Tensor | None,
+    keep: torch.Tensor | None,
+    reset: torch.Tensor | None,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sLSTM over a sequence, with the arguments and results of `slstm_scan`, on the kernel that
+    computes it exactly on `backend`: flashrnn's fused Triton kernel where it can, else the scan."""
+    if _slstm_runs_fused(preacts, state, keep, reset, backend):
+        return slstm_fused_triton(preacts, recurrent_kernel, bias, state, keep, reset)
+    return slstm_scan(preacts, recurrent_kernel, bias, state, keep, reset)
+
+
+def _slstm_runs_fused(preacts, state, keep, reset, backend: str) -> bool:
+    if backend != "triton" or not flashrnn_available():
+        return False
+    if preacts.shape[-1] not in SLSTM_FUSED_HEAD_DIMS or preacts.dtype == torch.float64:
+        return False  # the kernel's tile shapes; it has no fp64 variant
+    if torch.is_grad_enabled() and state is not None and state.requires_grad:
+        # flashrnn 1.0.8's fused backward returns zero for the gradient of the initial stabiliser m
+        # (and reads the gradient of n from c's slot): its gradients are exact only for what reaches
+        # the outputs h from the gate inputs, recurrent matrices and biases. A differentiated state
+        # (truncated backpropagation through a carried state) takes the scan.
+        return False
+    if keep is not None and reset is not None:
+        # A reset on a padding position zeroes the state that the row's next real token reads; the
+        # rearrangements below express padding or packing, not both. No caller packs padded rows.
+        return False
+    return True
+
+
+def slstm_fused_triton(
+    preacts: torch.Tensor,
+    recurrent_kernel: torch.Tensor,
+    bias: torch.Tensor,
+    state: torch.Tensor | None,
+    keep: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`slstm_scan` on flashrnn's fused Triton kernel (same arguments and results; not both keep and
+    reset), exactly: the kernel has no masks, so the inputs are rearranged instead.
+
+    Padding (keep, left, right or anywhere): a padding position leaves the state untouched, so the
+    recurrence over a row is that over its real tokens alone. The real tokens move to the front of
+    their row in order, the kernel runs them from the row's state, and every position reads the
+    state after the last real token at or before it (the given state where there is none). Moving
+    them is what keeps the first-step rule exact: left padding run in place would have to keep n at
+    0 through the padding, which no gate value does (the kernel's n after any step is at least 1).
+    Packed rows (reset): every sequence runs as a row of its own from a zero state (the row's first
+    one from the row's state, unless a reset starts the row) and its outputs go back to their places.
+    Runs in fp32 (bf16 and fp16 inputs too: the scan's states are fp32) at one of a few compiled
+    lengths (`compiled_length`): the kernel is compiled per sequence length and batch size.
+    """
+    batch, seq_len, _, heads, head_dim = preacts.shape
+    out_dtype = preacts.dtype
+    preacts, recurrent_kernel, bias = (t.float() for t in (preacts, recurrent_kernel, bias))
+    state = preacts.new_zeros(batch, 4, heads, head_dim) if state is None else state.float()
+    if reset is not None:
+        h, final = _slstm_fused_packed(preacts, recurrent_kernel, bias, state, reset.bool())
+    else:
+        if keep is not None:
+            keep = keep.bool()
+            real_first = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)
+            preacts = preacts.gather(1, real_first[:, :, None, None, None].expand_as(preacts))
+            # index into the kernel's states (0: before the first token) of the state after position t
+            after = keep.long().cumsum(1)
+        else:
+            after = torch.arange(1, seq_len + 1, device=preacts.device).expand(batch, seq_len)
+        states = _slstm_fused_states(preacts, recurrent_kernel, bias, state)
+        rows = torch.arange(batch, device=preacts.device)[:, None]
+        h = states[rows, after, 0]
+        final = states[rows[:, 0], after[:, -1]]
+    return h.to(out_dtype), _StateWithoutGradient.apply(final) if final.requires_grad else final
+
+
+def _slstm_fused_packed(preacts, recurrent_kernel, bias, state, reset):
+    """Packed rows as one row per sequence (see `slstm_fused_triton`): outputs and final states."""
+    batch, seq_len = reset.shape
+    position = torch.arange(seq_len, device=preacts.device).expand(batch, seq_len)
+    starts = reset.clone()
+    starts[:, 0] = True
+    offset = position - torch.where(starts, position, 0).cummax(1).values  # position within its sequence
+    sequence = starts.flatten().cumsum(0).view(batch, seq_len) - 1  # one row per sequence, row-major
+    count, longest = int(sequence[-1, -1]) + 1, int(offset.max()) + 1
+    unpacked = preacts.new_zeros(count, longest, *preacts.shape[2:])
+    unpacked = unpacked.index_put((sequence, offset), preacts)
+    continues = (~reset[:, 0])[:, None, None, None]
+    initial = preacts.new_zeros(count, *state.shape[1:]).index_put((sequence[:, 0],), state * continues)
+    states = _slstm_fused_states(unpacked, recurrent_kernel, bias, initial)
+    return states[sequence, offset + 1, 0], states[sequence[:, -1], offset[:, -1] + 1]
+
+
+def _slstm_fused_states(preacts, recurrent_kernel, bias, state) -> torch.Tensor:
+    """Every state the fused kernel passes through, (B, 1 + S, 4, NH, DH): the given one, then the
+    state after each step, as (h, c, n, m). Runs at `compiled_length` steps (the extra steps come
+    after the last one read, so they change nothing read)."""
+    seq_len = preacts.shape[1]
+    length = compiled_length(seq_len, 1)
+    padded = F.pad(preacts, (0, 0, 0, 0, 0, 0, 0, length - seq_len))
+    # flashrnn's layouts: gate inputs as ours (B, T, gate, NH, DH), recurrent matrices
+    # (gate, NH, DH out, DH in), biases (gate, NH, DH), states (state, B, T=1, NH, DH); results
+    # (state, B, T, NH, DH) for every step and (state, B, 1, NH, DH) for the last.
+    states, _ = _flashrnn()(
+        padded, recurrent_kernel.permute(2, 0, 3, 1), bias.permute(1, 0, 2),
+        states=state.transpose(0, 1)[:, :, None], function="slstm", backend="triton_fused", dtype="float32",
+    )  # fmt: skip
+    return torch.cat([state[:, None], states.permute(1, 2, 0, 3, 4)[:, :seq_len]], dim=1)
+
+
+class _StateWithoutGradient(torch.autograd.Function):
+    """The fused path's final state, refusing a gradient: flashrnn 1.0.8's fused backward is exact for
+    gradients that reach the outputs h only (see `_slstm_runs_fused`), so a loss that reads the final
+    (c, n, m) would get wrong gradients without a word. Training losses read outputs; a caller that
+    differentiates through a carried state runs kernel="native"."""
+
+    @staticmethod
+    def forward(ctx, state):
+        return state.clone()  # not a view: a caller may update the state it is handed in place
+
+    @staticmethod
+    def backward(ctx, grad):
+        # Gradient checkpointing hands zeros to outputs that no loss reads.
+        if torch.count_nonzero(grad):
+            raise RuntimeError(
+                "the fused sLSTM kernel cannot differentiate its final state; run this model with kernel='native'"
             )
-        h, c, n, m = h_new, c_new, n_new, m_new
-        outputs.append(h)
-    return torch.stack(outputs, dim=1).to(out_dtype), torch.stack((h, c, n, m), dim=1)
+        return grad

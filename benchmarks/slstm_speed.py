@@ -1,0 +1,247 @@
+"""The sLSTM scan on the CPU: ours (`kernels.slstm_scan`, hand-written backward) against the plain
+loop it replaced, the official `xlstm` package's vanilla sLSTM and `flashrnn`'s vanilla backends;
+then all-sLSTM against all-mLSTM models of the same shape, with our scan and with the plain loop.
+
+One torch thread, fp32. Every timing is CPU time of the benchmark's thread (`time.thread_time`),
+best of `--repeats`, the implementations alternating in one process: on a shared machine wall-clock
+time measures the other jobs. Inference is a forward pass under `torch.no_grad`; training is forward
+and backward (for the scans, of the sum of outputs and final state; for the models, of the causal
+LM loss). Also reported: how far our scan and the plain loop, both in fp32, are from the plain
+loop in float64 at the benchmark's length (outputs, final state and gradients, relative to each
+tensor's largest value where that exceeds 1).
+
+    python benchmarks/slstm_speed.py [--length 1024] [--batches 1 8] [--repeats 3] [--threads 1]
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import bioxlstm
+from bioxlstm.models import kernels
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_slstm_kernel import slstm_scan_reference  # noqa: E402  (the plain loop, kept as the tests' oracle)
+
+HEADS, HEAD_DIM, BLOCKS, VOCAB = 4, 32, 4, 64
+
+
+def scan_inputs(batch: int, length: int) -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(0)
+    preacts = torch.randn(batch, length, 4, HEADS, HEAD_DIM)
+    kernel = torch.randn(HEADS, HEAD_DIM, 4, HEAD_DIM) * HEAD_DIM**-0.5
+    bias = torch.randn(HEADS, 4, HEAD_DIM)
+    return preacts, kernel, bias
+
+
+def ours(preacts, kernel, bias):
+    return kernels.slstm_scan(preacts, kernel, bias, None, None)
+
+
+def plain_loop(preacts, kernel, bias):
+    return slstm_scan_reference(preacts, kernel, bias, None, None)
+
+
+def xlstm_vanilla(preacts, kernel, bias):
+    """`xlstm`'s vanilla sLSTM (autograd through a loop over its pointwise step), in its layouts."""
+    from xlstm.blocks.slstm.src.vanilla import slstm_forward, slstm_pointwise_function_registry
+
+    batch, length = preacts.shape[:2]
+    states = preacts.new_zeros(4, batch, HEADS * HEAD_DIM)
+    all_states, last, _ = slstm_forward(
+        preacts.transpose(0, 1).reshape(length, batch, -1),
+        states,
+        kernel.permute(0, 2, 3, 1).reshape(HEADS, 4 * HEAD_DIM, HEAD_DIM),
+        bias.transpose(0, 1).reshape(-1),
+        slstm_pointwise_function_registry["slstm"],
+    )
+    return all_states[0, 1:], last
+
+
+def flashrnn_backend(backend: str):
+    def run(preacts, kernel, bias):
+        from flashrnn import flashrnn
+
+        states, last = flashrnn(
+            preacts, kernel.permute(2, 0, 3, 1), bias.transpose(0, 1), function="slstm", backend=backend,
+            dtype="float32",
+        )  # fmt: skip
+        return states[0], last
+
+    return run
+
+
+def available_peers() -> dict:
+    peers = {"plain loop (before)": plain_loop}
+    try:
+        import xlstm.blocks.slstm.src.vanilla  # noqa: F401
+
+        peers["xlstm vanilla"] = xlstm_vanilla
+    except ImportError:
+        print("xlstm is not installed: skipped")
+    try:
+        import flashrnn  # noqa: F401
+
+        peers["flashrnn vanilla"] = flashrnn_backend("vanilla")
+        peers["flashrnn vanilla_fwbw"] = flashrnn_backend("vanilla_fwbw")
+    except ImportError:
+        print("flashrnn is not installed: skipped")
+    return peers
+
+
+def scan_seconds(scan, inputs, training: bool) -> float:
+    if not training:
+        start = time.thread_time()
+        with torch.no_grad():
+            scan(*inputs)
+        return time.thread_time() - start
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    start = time.thread_time()
+    outputs, final = scan(*leaves)
+    (outputs.sum() + final.sum()).backward()
+    return time.thread_time() - start
+
+
+def scan_differences(inputs) -> dict[str, dict[str, float]]:
+    """Largest difference from the plain loop in float64 (the exact values, to fp32 resolution) of
+    our scan and of the plain loop, both in fp32: outputs, final state, and the gradients of a
+    random-weighted loss on both (relative to each tensor's largest value where that exceeds 1)."""
+
+    def run(scan, dtype):
+        torch.manual_seed(1)
+        leaves = [t.to(dtype).clone().requires_grad_() for t in inputs]
+        initial = torch.zeros(inputs[0].shape[0], 4, HEADS, HEAD_DIM, dtype=dtype, requires_grad=True)
+        outputs, final = scan(*leaves, initial, None)
+        weights = (torch.randn(t.shape).to(dtype) for t in (outputs, final))
+        ((outputs * next(weights)).sum() + (final * next(weights)).sum()).backward()
+        return outputs.detach(), final.detach(), [t.grad for t in (*leaves, initial)]
+
+    def difference(a, b):
+        return ((a.double() - b).abs().max() / b.abs().max().clamp(min=1.0)).item()
+
+    exact = run(slstm_scan_reference, torch.float64)
+    differences = {}
+    for name, scan in (("ours", kernels.slstm_scan), ("plain loop", slstm_scan_reference)):
+        got = run(scan, torch.float32)
+        differences[name] = {
+            "outputs": difference(got[0], exact[0]),
+            "final state": difference(got[1], exact[1]),
+            "gradients": max(difference(a, b) for a, b in zip(got[2], exact[2])),
+        }
+    return differences
+
+
+def model(slstm: bool) -> bioxlstm.BioXLSTMForCausalLM:
+    torch.manual_seed(0)
+    config = bioxlstm.BioXLSTMConfig(
+        vocab_size=VOCAB, hidden_size=HEADS * HEAD_DIM, num_hidden_layers=BLOCKS, num_heads=HEADS,
+        slstm_layers=list(range(BLOCKS)) if slstm else [], chunk_size=64, kernel="native",
+    )  # fmt: skip
+    return bioxlstm.BioXLSTMForCausalLM(config)
+
+
+def model_seconds(network, ids: torch.Tensor, training: bool) -> float:
+    start = time.thread_time()
+    if training:
+        network.train()
+        network(ids, labels=ids).loss.backward()
+        network.zero_grad(set_to_none=True)
+    else:
+        network.eval()
+        with torch.no_grad():
+            network(ids)
+    return time.thread_time() - start
+
+
+class PlainLoop:
+    """Within the block, `kernels.slstm_scan` is the plain loop (the scan before this change)."""
+
+    def __enter__(self):
+        self.calls = 0
+        self.scan = kernels.slstm_scan
+
+        def counted(*args):
+            self.calls += 1
+            return slstm_scan_reference(*args)
+
+        kernels.slstm_scan = counted
+        return self
+
+    def __exit__(self, *exc):
+        kernels.slstm_scan = self.scan
+        if not exc[0] and not self.calls:
+            raise RuntimeError("the sLSTM blocks did not call kernels.slstm_scan: the comparison would be void")
+
+
+def best_of(repeats: int, runs: dict) -> dict[str, float]:
+    """Each run once as warm-up, then `repeats` rounds of all of them in turn; the best per run."""
+    for run in runs.values():
+        run()
+    best = {name: float("inf") for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            best[name] = min(best[name], run())
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--length", type=int, default=1024)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    peers = available_peers()
+
+    print(f"\nScan alone: {HEADS} heads x {HEAD_DIM}, {args.length} tokens; tokens/s (CPU time); ours / peer\n")
+    print("| batch | mode | ours tok/s | " + " | ".join(f"vs {name}" for name in peers) + " |")
+    print("| ---: | --- | ---: | " + " | ".join("---:" for _ in peers) + " |")
+    for batch in args.batches:
+        inputs = scan_inputs(batch, args.length)
+        for training in (False, True):
+            runs = {"ours": ours, **peers}
+            best = best_of(args.repeats, {n: (lambda s=s: scan_seconds(s, inputs, training)) for n, s in runs.items()})
+            ratios = " | ".join(f"{best[name] / best['ours']:.2f}x" for name in peers)
+            mode = "training" if training else "inference"
+            print(f"| {batch} | {mode} | {batch * args.length / best['ours']:,.0f} | {ratios} |", flush=True)
+
+    print(f"\nLargest difference from the plain loop in float64, batch {max(args.batches)}, fp32:")
+    for name, differences in scan_differences(scan_inputs(max(args.batches), args.length)).items():
+        print(f"- {name}: " + ", ".join(f"{k} {v:.1e}" for k, v in differences.items()))
+
+    print(f"\nModels: {BLOCKS} blocks, hidden {HEADS * HEAD_DIM}, {HEADS} heads, {args.length} tokens; tokens/s (CPU time)\n")
+    print("| batch | mode | all-mLSTM | all-sLSTM, plain loop | all-sLSTM, ours | sLSTM/mLSTM before | after | speed-up |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    mlstm, slstm = model(slstm=False), model(slstm=True)
+    for batch in args.batches:
+        ids = torch.randint(0, VOCAB, (batch, args.length), generator=torch.Generator().manual_seed(0))
+        for training in (False, True):
+
+            def before():
+                with PlainLoop():
+                    return model_seconds(slstm, ids, training)
+
+            best = best_of(
+                args.repeats,
+                {
+                    "mlstm": lambda: model_seconds(mlstm, ids, training),
+                    "before": before,
+                    "after": lambda: model_seconds(slstm, ids, training),
+                },
+            )
+            rate = {name: batch * args.length / seconds for name, seconds in best.items()}
+            mode = "training" if training else "inference"
+            print(
+                f"| {batch} | {mode} | {rate['mlstm']:,.0f} | {rate['before']:,.0f} | {rate['after']:,.0f} | "
+                f"{rate['before'] / rate['mlstm']:.2f}x | {rate['after'] / rate['mlstm']:.2f}x | "
+                f"{rate['after'] / rate['before']:.2f}x |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
