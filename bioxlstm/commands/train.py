@@ -12,7 +12,8 @@ def add_parser(commands) -> None:
         description=(
             "Train a model from a YAML recipe (see recipes/). Runs on one CPU or GPU as is, and as DDP under "
             "`torchrun --nproc_per_node N -m bioxlstm.cli train ...` or `accelerate launch --multi_gpu --num_processes N` "
-            "(CPUs too), as FSDP on GPUs with a training.fsdp_config; a run whose processes or sharding differ from "
+            "(CPUs too), as FSDP2 (every block a shard unit) with --fsdp or a training.fsdp_config, on GPUs and "
+            "CPUs alike; a run whose processes or sharding differ from "
             "what the launcher or recipe asked stops with an error. Writes checkpoints, "
             "log.csv, TensorBoard logs, loss_curve.png and the final model (OUTPUT_DIR/model) with its card."
         ),
@@ -22,7 +23,9 @@ def add_parser(commands) -> None:
             "(molecule sets, shuffled in every batch), and on labeled data sequence-classification, sequence-regression "
             "and token-classification (see evaluate finetune for their test metrics over seeds). A recipe's init_from (a model directory or bundled name) "
             "fine-tunes that model instead of starting from random weights; with init_blocks (e.g. "
-            "[0, 1, slstm, 2, 3]) it first grows that model deeper, new blocks starting with a zero output."
+            "[0, 1, slstm, 2, 3]) it first grows that model deeper, new blocks starting with a zero output; with a "
+            "lora section (e.g. lora.r=8) it trains LoRA adapters instead of every weight (needs peft: "
+            "pip install 'bioxlstm[train]')."
         ),
     )
     train.add_argument("recipe", type=Path, help="recipe file, e.g. recipes/chem-clm-tiny.yaml")
@@ -30,6 +33,15 @@ def add_parser(commands) -> None:
     train.add_argument(
         "--resume", action="store_true",
         help="continue from the newest checkpoint in the output directory, with the same data order",
+    )
+    train.add_argument(
+        "--fsdp", action="store_true",
+        help="shard the model with FSDP2 over the launched processes (as training.fsdp: true; "
+        "training.fsdp_config sets reshard_after_forward, mixed_precision: bf16, cpu_offload)",
+    )
+    train.add_argument(
+        "--activation-checkpointing", action="store_true",
+        help="recompute each block's activations in backward instead of keeping them (as training.activation_checkpointing: true)",
     )
     train.add_argument(
         "overrides", nargs="*", metavar="SECTION.KEY=VALUE",
@@ -41,7 +53,10 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..training import distribution, load_recipe, train
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    overrides = list(args.overrides)
+    overrides += ["training.fsdp=true"] * args.fsdp
+    overrides += ["training.activation_checkpointing=true"] * args.activation_checkpointing
+    recipe = load_recipe(args.recipe, overrides)
     trainer = train(recipe, args.output_dir, resume=args.resume)
     if trainer.is_world_process_zero():
         # The processes and sharding it really ran with: a launcher that falls back is refused, and this says so.

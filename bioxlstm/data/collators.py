@@ -3,12 +3,13 @@
 import random
 import zlib
 
+import torch
 from transformers import DataCollatorForLanguageModeling, DataCollatorWithFlattening, PreTrainedTokenizerBase
 
 from ..tokenization import MOLECULE_SEPARATOR, vocabulary_id
 
 
-def causal_lm_collator(tokenizer: PreTrainedTokenizerBase, packing: bool):
+def causal_lm_collator(tokenizer: PreTrainedTokenizerBase, packing: bool, position_restart_token_id: int | None = None):
     """Next-token prediction batches.
 
     packing: all examples of a batch side by side in one row, with `seq_idx` telling the model
@@ -16,13 +17,45 @@ def causal_lm_collator(tokenizer: PreTrainedTokenizerBase, packing: bool):
     and no label crosses a boundary, so the loss is that of the examples run one by one, with no
     compute spent on padding. Otherwise the examples are right-padded to the longest, with
     `attention_mask` making the padding invisible and its labels ignored.
+    position_restart_token_id: the model's `config.position_restart_token_id`, so that packed
+    positions restart where the model, reading the example alone, would restart them.
     """
     if packing:
-        # The model then numbers positions across the row: rotary q.k depends on position differences
-        # only, so that is what per-sequence numbering gives, except where gates read rotated q and k
-        # (`rope_gates_read_rotated`) or positions are clamped (`max_position_id`).
-        return DataCollatorWithFlattening(return_seq_idx=True, return_position_ids=False)
+        return PackingCollator(position_restart_token_id)
     return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+
+
+class PackingCollator(DataCollatorWithFlattening):
+    """Examples packed into one row, with `seq_idx` and with `position_ids` that number every
+    example from 0, as the model numbers it when it reads the example alone.
+
+    Without them a rotary model would number the row straight through: q.k depends on position
+    differences only, but gates that read rotated q and k (`rope_gates_read_rotated`) and clamped
+    positions (`max_position_id`) do not, so a packed example would not score as it does alone.
+    """
+
+    def __init__(self, position_restart_token_id: int | None = None):
+        super().__init__(return_seq_idx=True, return_position_ids=True)
+        self.position_restart_token_id = position_restart_token_id
+
+    def __call__(self, features, return_tensors=None, separator_id=None):
+        batch = super().__call__(features, return_tensors, separator_id)
+        if self.position_restart_token_id is not None:
+            batch["position_ids"] = restarting_positions(
+                batch["input_ids"], batch["position_ids"], self.position_restart_token_id
+            )
+        return batch
+
+
+def restarting_positions(input_ids: torch.Tensor, positions: torch.Tensor, restart_id: int) -> torch.Tensor:
+    """(1, S) positions counted from each example's start, restarted at 0 at every `restart_id` token
+    (the numbering of `BioXLSTMModel` under `config.position_restart_token_id`)."""
+    index = torch.arange(positions.shape[-1], device=positions.device).expand_as(positions)
+    # The last place, at or before each token, where the numbering started afresh: an example's
+    # first token or a restart token.
+    restarted = (positions == 0) | (input_ids == restart_id)
+    origin = torch.where(restarted, index, torch.zeros_like(index)).cummax(dim=-1).values
+    return index - origin
 
 
 def batch_seed(seed: int, epoch: int, features: list[dict]) -> int:
@@ -48,13 +81,15 @@ class MoleculeSetCollator:
     it. The orders are drawn as `batch_seed` describes.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, packing: bool, seed: int = 0):
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, packing: bool, seed: int = 0, position_restart_token_id: int | None = None
+    ):
         self.seed, self.epoch = seed, 0
         self.separator_id = vocabulary_id(tokenizer, MOLECULE_SEPARATOR)
         if self.separator_id is None:
             raise ValueError(f"the tokenizer has no token for the molecule separator {MOLECULE_SEPARATOR!r}")
         self.delimiters = {tokenizer.cls_token_id, tokenizer.eos_token_id}
-        self.batches = causal_lm_collator(tokenizer, packing)
+        self.batches = causal_lm_collator(tokenizer, packing, position_restart_token_id)
 
     def permuted(self, input_ids: list[int], rng: random.Random) -> list[int]:
         start = 1 if input_ids and input_ids[0] in self.delimiters else 0

@@ -15,12 +15,14 @@ A recipe is a YAML file with these sections (see `recipes/`):
                         the model grows deeper and starts out computing what init_from does (`grown_model`)
     model               fields of `BioXLSTMConfig` (vocabulary and special tokens come from the tokenizer);
                         with init_from, only what may change on a trained model (e.g. dropout)
-    training            fields of `transformers.TrainingArguments` (output_dir comes from the command)
+    training            fields of `transformers.TrainingArguments` (output_dir comes from the command);
+                        fsdp_config is read by `sharding` (FSDP2), not by accelerate
+    lora                optional, with init_from: LoRA adapters (r, alpha, dropout, target_modules)
 
 `load_recipe(path, ["training.max_steps=20", ...])` applies key=value overrides (values parsed as
 YAML) and rejects unknown keys and values of the wrong type; `train(recipe, output_dir, resume)` runs
 it. The same call runs on one CPU or, under `torchrun --nproc_per_node N` / `accelerate launch`, as DDP
-(or, on GPUs, FSDP through `training.fsdp_config`), because `Trainer` reads the launcher's environment;
+(or FSDP2 through `training.fsdp_config`), because `Trainer` reads the launcher's environment;
 when the processes or the sharding the Trainer ends up with differ from what was asked, it refuses.
 
 What a run leaves in its output directory: `checkpoint-N/` every `save_steps` (each appears
@@ -34,9 +36,15 @@ RC-PS, or conjoined with `model: {conjoin: true}`), report accuracy / MCC / F1 /
 Spearman / Pearson / R² on the validation split, and hold the test split out for
 `bioxlstm.tasks.downstream.finetune_over_seeds`.
 
+A recipe's `training.fsdp_config` (or `training.fsdp: true`, `bioxlstm train --fsdp`) shards the
+model with FSDP2 under any launcher, CPUs included (`sharding`); its `lora` section trains LoRA
+adapters through peft (`adapters`); `training.activation_checkpointing` recomputes each block in
+backward.
+
 Modules: `objectives` (what each objective trains and how it batches), `recipes` (reading and
 checking recipe files), `runs` (building the Trainer, running, exporting), `trainer` (the Trainer
-and its log files), `launchers` (what a launcher asked for against what runs).
+and its log files), `launchers` (what a launcher asked for against what runs), `sharding` (FSDP2),
+`adapters` (LoRA).
 """
 
 from .launchers import distribution

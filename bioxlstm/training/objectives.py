@@ -9,6 +9,7 @@ from collections.abc import Callable
 from transformers import (
     DataCollatorForTokenClassification,
     DataCollatorWithPadding,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -33,20 +34,21 @@ class Objective:
     domains it applies to (None: all) and the data settings it needs (checked against the recipe)."""
 
     model_class: type[PreTrainedModel]
-    collator: Callable[[PreTrainedTokenizerBase, DataSpec], Callable]
+    # (tokenizer, data spec, model config) -> collator; the config says how the model numbers positions.
+    collator: Callable[[PreTrainedTokenizerBase, DataSpec, PretrainedConfig], Callable]
     domains: tuple[str, ...] | None = None
     data_requirements: dict = dataclasses.field(default_factory=dict)
     description: str = ""
     labels: str | None = None  # labeled-data objectives: the kind of label (`bioxlstm.data.labeled.LABEL_KINDS`)
 
 
-def _masked_lm_collator(tokenizer: PreTrainedTokenizerBase, spec: DataSpec):
+def _masked_lm_collator(tokenizer: PreTrainedTokenizerBase, spec: DataSpec, config: PretrainedConfig):
     return DNADataCollatorForLanguageModeling(
         tokenizer, mlm=True, mlm_probability=spec.mlm_probability, rc_probability=spec.rc_probability, seed=spec.seed
     )
 
 
-def _fim_collator(tokenizer: PreTrainedTokenizerBase, spec: DataSpec):
+def _fim_collator(tokenizer: PreTrainedTokenizerBase, spec: DataSpec, config: PretrainedConfig):
     # A query may fill a whole example and, cut inside it, lack its <eos>: its row gains that <eos>
     # and, in FIM form, two sentinels per span (one in place of the span, one before it in the suffix).
     longest_query_row = spec.max_length + 1 + 2 * MAX_FIM_SPANS
@@ -55,10 +57,14 @@ def _fim_collator(tokenizer: PreTrainedTokenizerBase, spec: DataSpec):
     )
 
 
+def _restart_id(config: PretrainedConfig) -> int | None:
+    return getattr(config, "position_restart_token_id", None)
+
+
 OBJECTIVES: dict[str, Objective] = {
     "clm": Objective(
         BioXLSTMForCausalLM,
-        lambda tokenizer, spec: causal_lm_collator(tokenizer, spec.packing),
+        lambda tokenizer, spec, config: causal_lm_collator(tokenizer, spec.packing, _restart_id(config)),
         description="next-token prediction on examples, packed or padded",
     ),
     "mlm": Objective(
@@ -80,7 +86,9 @@ OBJECTIVES: dict[str, Objective] = {
     ),
     "molecule-icl": Objective(
         BioXLSTMForCausalLM,
-        lambda tokenizer, spec: MoleculeSetCollator(tokenizer, spec.packing, seed=spec.seed),
+        lambda tokenizer, spec, config: MoleculeSetCollator(
+            tokenizer, spec.packing, seed=spec.seed, position_restart_token_id=_restart_id(config)
+        ),
         domains=(SMILES.name,),
         data_requirements={"cut_at": MOLECULE_SEPARATOR},
         description="next-token prediction on molecule sets joined by '.', shuffled in every batch",
@@ -89,21 +97,21 @@ OBJECTIVES: dict[str, Objective] = {
     # own length, and one label per sequence needs one row per sequence.
     SEQUENCE_CLASSIFICATION: Objective(
         BioXLSTMForSequenceClassification,
-        lambda tokenizer, spec: DataCollatorWithPadding(tokenizer),
+        lambda tokenizer, spec, config: DataCollatorWithPadding(tokenizer),
         data_requirements={"packing": False},
         description="a class per sequence (cross-entropy on pooled token states)",
         labels=SEQUENCE_CLASSIFICATION,
     ),
     SEQUENCE_REGRESSION: Objective(
         BioXLSTMForSequenceClassification,
-        lambda tokenizer, spec: DataCollatorWithPadding(tokenizer),
+        lambda tokenizer, spec, config: DataCollatorWithPadding(tokenizer),
         data_requirements={"packing": False},
         description="a number per sequence (mean squared error on pooled token states)",
         labels=SEQUENCE_REGRESSION,
     ),
     TOKEN_CLASSIFICATION: Objective(
         BioXLSTMForTokenClassification,
-        lambda tokenizer, spec: DataCollatorForTokenClassification(tokenizer),
+        lambda tokenizer, spec, config: DataCollatorForTokenClassification(tokenizer),
         # A label string holds one class per character, and only DNA and protein tokens are characters.
         domains=(DNA.name, PROTEIN.name),
         data_requirements={"packing": False},

@@ -19,6 +19,7 @@ from transformers import TrainingArguments
 from ..data import DataSpec
 from ..domains import DOMAINS
 from ..models import BioXLSTMConfig
+from .adapters import lora_settings
 from .objectives import OBJECTIVES, Objective
 
 
@@ -61,7 +62,7 @@ def _yaml_place(error: yaml.YAMLError) -> str:
     return "" if mark is None else f", line {mark.line + 1}, column {mark.column + 1}"
 
 
-SECTIONS = ("name", "description", "domain", "objective", "init_from", "init_blocks", "data", "model", "training")
+SECTIONS = ("name", "description", "domain", "objective", "init_from", "init_blocks", "data", "model", "training", "lora")
 # The kinds of block `init_blocks` can add to a trained model.
 NEW_BLOCKS = ("mlstm", "slstm")
 # Set from the tokenizer and the recipe's domain, never by hand.
@@ -147,6 +148,16 @@ def _check_types(content: dict, path: Path) -> None:
                 raise ValueError(f"{path}: {section}.{key} must be {_describe_type(types_of[key])}, got {value!r}")
 
 
+def _check_steps(training: dict, path: Path) -> None:
+    # transformers still trains a step and saves a model for max_steps 0, so a recipe that asks for
+    # no training would end looking like a success.
+    steps = training.get("max_steps")
+    if steps is not None and steps != -1 and steps < 1:
+        raise ValueError(
+            f"{path}: training.max_steps must be at least 1 (or -1 to train for num_train_epochs), got {steps}"
+        )
+
+
 def _check_fsdp(training: dict, path: Path) -> None:
     """FSDP is asked for with `fsdp_config` (and optionally `fsdp: true`), as transformers now reads it."""
     fsdp = training.get("fsdp")
@@ -176,6 +187,7 @@ class Recipe:
     path: Path | None = None
     init_from: str | None = None  # a model directory or bundled model name to fine-tune
     init_blocks: list[int | str] | None = None  # with init_from: the blocks of the grown model (`grown_model`)
+    lora: dict | None = None  # LoRA adapters instead of training every weight (`adapters.LoraSettings`)
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
@@ -197,6 +209,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     _check_keys(content, path)
     _check_fsdp(content.get("training") or {}, path)
     _check_types(content, path)
+    _check_steps(content.get("training") or {}, path)
     if content.get("domain") not in DOMAINS:
         raise ValueError(f"{path}: domain must be one of {', '.join(DOMAINS)}, got {content.get('domain')!r}")
     objective = content.get("objective")
@@ -233,7 +246,19 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
         path=path,
         init_from=None if init_from is None else str(init_from),
         init_blocks=init_blocks,
+        lora=_lora_section(content.get("lora"), init_from, path),
     )
+
+
+def _lora_section(section, init_from: str | None, path: Path) -> dict | None:
+    if section is None:
+        return None
+    if init_from is None:
+        raise ValueError(f"{path}: lora adapts a trained model; give init_from too")
+    try:
+        return dataclasses.asdict(lora_settings(section))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def _as_list(value) -> list:

@@ -24,6 +24,9 @@ from ..tokenization import complement_map, load_tokenizer
 from .launchers import check_launcher, check_sharding, distribution, launched_processes, training_settings
 from .objectives import OBJECTIVES, Objective
 from .recipes import NEW_BLOCKS, Recipe, model_fields
+from .adapters import describe as describe_lora
+from .adapters import is_adapted, with_lora
+from .sharding import has_shards, shard_model, unsharded_copy
 from .trainer import CollatorEpochCallback, LogFilesCallback, RecipeTrainer
 
 
@@ -110,7 +113,12 @@ def build_trainer(recipe: Recipe, output_dir: str | Path) -> RecipeTrainer:
     """The Trainer of `recipe`, with its model, data and callbacks, ready for `.train()`."""
     objective = OBJECTIVES[recipe.objective]
     output_dir = Path(output_dir)
-    training, fsdp_asked_by = training_settings(recipe.training)
+    training, fsdp_asked_by, sharding = training_settings(recipe.training)
+    if recipe.lora is not None and sharding is not None:
+        raise ValueError(
+            "lora trains small adapters, which FSDP need not shard; remove training.fsdp_config and run DDP "
+            "(torchrun --nproc_per_node N)"
+        )
     check_launcher(fsdp_asked_by)
     args = TrainingArguments(output_dir=str(output_dir), **training)
     launched = launched_processes()
@@ -134,7 +142,16 @@ def build_trainer(recipe: Recipe, output_dir: str | Path) -> RecipeTrainer:
         # rather than spending themselves on the offset (an output near 0 against logPs near 3).
         with torch.no_grad():
             model.classifier.bias.fill_(float(torch.tensor(train_dataset["labels"]).mean()))
-    collator = objective.collator(tokenizer, recipe.data)
+    if recipe.data.packing and getattr(model.config, "rope_sequence_index", False):
+        raise ValueError(
+            "model.rope_sequence_index numbers the sequences of a row, so a packed row would give each example "
+            "after the first another sequence index than it has alone; set data.packing: false"
+        )
+    collator = objective.collator(tokenizer, recipe.data, model.config)
+    if recipe.lora is not None:
+        model = with_lora(model, recipe.lora, trained_head="classifier" if labeled is not None else None)
+    if sharding is not None:
+        model = shard_model(model, sharding, args.device)
     callbacks = [LogFilesCallback(output_dir)]
     if hasattr(collator, "epoch"):
         callbacks.append(CollatorEpochCallback(collator))
@@ -147,8 +164,10 @@ def build_trainer(recipe: Recipe, output_dir: str | Path) -> RecipeTrainer:
         processing_class=tokenizer,
         callbacks=callbacks,
         compute_metrics=None if labeled is None else _labeled_metrics(objective.labels),
+        sharded=sharding is not None,
     )
     trainer.reports_perplexity = labeled is None
+    trainer.sharding = sharding  # the FSDP2 plan, for `distribution`
     trainer.labeled_data = labeled  # the held-out test split, for `finetune_over_seeds`
     check_sharding(trainer, fsdp_asked_by)
     return trainer
@@ -177,11 +196,18 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, resume: bool = F
     try:
         trainer = build_trainer(recipe, output_dir)
         if last_checkpoint is not None:
+            _check_checkpoint_sharding(trainer.sharded, Path(last_checkpoint))
             _check_checkpoint_fits(trainer.model, Path(last_checkpoint))
         trainer.train(resume_from_checkpoint=last_checkpoint)
         metrics = _final_evaluation(trainer)
+        # A sharded model is gathered on rank 0 (all ranks take part) into an ordinary one.
+        trained = unsharded_copy(trainer.model) if trainer.sharded else trainer.model
         if trainer.is_world_process_zero():
-            export_trained_model(trainer, recipe, output_dir / "model", metrics, time.monotonic() - started)
+            if is_adapted(trained):
+                # The adapter as peft users load it, then the model every other tool reads.
+                trained.save_pretrained(output_dir / "adapter")
+                trained = trained.merge_and_unload()
+            export_trained_model(trainer, recipe, output_dir / "model", metrics, time.monotonic() - started, trained)
         if torch.distributed.is_initialized():
             torch.distributed.barrier()  # no rank closes the group while another still exports
     finally:
@@ -199,6 +225,17 @@ def _final_evaluation(trainer: Trainer) -> dict:
     if last is None or last.get("step") != trainer.state.global_step or trainer.args.load_best_model_at_end:
         return trainer.evaluate()
     return {key: value for key, value in last.items() if key.startswith("eval_") or key == "epoch"}
+
+
+def _check_checkpoint_sharding(sharded: bool, checkpoint: Path) -> None:
+    """A sharded run resumes from shards and an unsharded one from whole weights, never across."""
+    if sharded and not has_shards(checkpoint):
+        raise ValueError(f"{checkpoint}: a checkpoint of an unsharded run; resume it without training.fsdp_config")
+    if not sharded and has_shards(checkpoint):
+        raise ValueError(
+            f"{checkpoint}: a checkpoint of an FSDP2 run (model and optimizer shards); resume it with the recipe's "
+            "training.fsdp_config under torchrun, with the number of processes it was saved with"
+        )
 
 
 def _check_checkpoint_fits(model: PreTrainedModel, checkpoint: Path) -> None:
@@ -250,9 +287,11 @@ def _held_out_numbers(recipe: Recipe) -> str:
     return f"The held-out numbers below are the loss and {measures} on the recipe's validation split."
 
 
-def export_trained_model(trainer: Trainer, recipe: Recipe, directory: Path, metrics: dict, seconds: float) -> Path:
-    """The final model as a self-contained directory whose card reports the data, the run and the
-    held-out numbers."""
+def export_trained_model(
+    trainer: Trainer, recipe: Recipe, directory: Path, metrics: dict, seconds: float, model: PreTrainedModel | None = None
+) -> Path:
+    """The final model (`model`, default the trainer's) as a self-contained directory whose card
+    reports the data, the run and the held-out numbers."""
     reported = ["eval_loss", "eval_perplexity"]
     if OBJECTIVES[recipe.objective].labels is not None:
         reported += [f"eval_{name}" for name in ("accuracy", "mcc", "f1", "auroc", "spearman", "pearson", "r2")]
@@ -261,7 +300,8 @@ def export_trained_model(trainer: Trainer, recipe: Recipe, directory: Path, metr
     args = trainer.args
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     grown = "" if recipe.init_blocks is None else f" grown to the blocks [{', '.join(map(str, recipe.init_blocks))}] (`init_blocks`)"
-    starting_point = "" if recipe.init_from is None else f", starting from `{recipe.init_from}`{grown},"
+    adapted = "" if recipe.lora is None else f" with {describe_lora(recipe.lora)}, merged into the weights"
+    starting_point = "" if recipe.init_from is None else f", starting from `{recipe.init_from}`{grown}{adapted},"
     description = (
         f"{recipe.description.strip()}\n\n"
         f"Trained with the `{recipe.name}` recipe (objective `{recipe.objective}`) for "
@@ -276,5 +316,6 @@ def export_trained_model(trainer: Trainer, recipe: Recipe, directory: Path, metr
         base_model=recipe.init_from or "",
     )
     curve = Path(args.output_dir) / "loss_curve.png"
-    export(trainer.model, directory, trainer.processing_class, card, loss_curve=curve if curve.is_file() else None)
+    model = trainer.model if model is None else model
+    export(model, directory, trainer.processing_class, card, loss_curve=curve if curve.is_file() else None)
     return directory

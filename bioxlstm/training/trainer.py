@@ -8,8 +8,12 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from .sharding import load_shards, save_shards
 
 
 class RecipeTrainer(Trainer):
@@ -18,9 +22,54 @@ class RecipeTrainer(Trainer):
     Collators with random draws (masked positions, FIM spans, molecule orders) take them from their
     seed, the epoch and each batch's content (`bioxlstm.data.collators.batch_seed`): the trainer
     tells them the epoch, and evaluation always runs at epoch -1, so it sees the same batches
-    every time. A labeled-data objective's loss is no per-token cross-entropy: it gets no perplexity."""
+    every time. A labeled-data objective's loss is no per-token cross-entropy: it gets no perplexity.
+
+    sharded: the model is already sharded with FSDP2 (`sharding.shard_model`) and reduces its own
+    gradients. The Trainer then runs it as it is (no DDP, no device move) and its checkpoints hold
+    the model's and optimizer's shards (`sharding.save_shards`) instead of whole state dicts."""
 
     reports_perplexity = True
+
+    def __init__(self, *args, sharded: bool = False, **kwargs):
+        self.sharded = sharded
+        super().__init__(*args, **kwargs)
+        if sharded:
+            # transformers' own switch for a model that owns its placement and gradient reduction
+            # (one sharded by `from_pretrained(distributed_config=...)`); set after __init__, which
+            # would refuse to checkpoint such a model: the overrides below do.
+            self.is_distributed_loading_by_transformers = True
+
+    def _move_model_to_device(self, model, device):
+        if not self.sharded:  # `.to()` on FSDP2's sharded parameters raises; shard_model placed them
+            super()._move_model_to_device(model, device)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if not self.sharded:
+            return super().save_model(output_dir, _internal_call)
+        output_dir = Path(output_dir or self.args.output_dir)
+        save_shards(self.model, output_dir)
+        if self.args.should_save:
+            self.model.config.save_pretrained(output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.sharded:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        save_shards(self.model, Path(output_dir), self.optimizer, model_too=False)
+        if self.args.should_save:
+            torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_NAME)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not self.sharded:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_shards(self.model, Path(resume_from_checkpoint))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if not self.sharded or checkpoint is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        load_shards(self.model, Path(checkpoint), self.optimizer)
+        self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_NAME, weights_only=True))
 
     def evaluation_loop(self, *args, **kwargs):
         training_epoch = getattr(self.data_collator, "epoch", None)
