@@ -9,6 +9,10 @@ Metrics of a set of generated SMILES (`chem_metrics` computes them all):
 - internal diversity: 1 - the mean Tanimoto similarity over all pairs of valid molecules (repeats
   included: a generator that repeats itself is less diverse), on Morgan fingerprints of radius 2 and
   2048 bits.
+- invalid, by kind (`invalid_kind`): syntax (RDKit cannot even read the string: an unclosed branch
+  or ring, a bond with nothing after it; the empty string), kekulization (an aromatic system that has
+  no Kekulé form, or an aromatic atom outside a ring), valence (an atom with more bonds than its
+  element allows) and other (any other sanitisation failure).
 - FCD, the Fréchet ChemNet Distance of the `fcd` package between the valid generated molecules and
   the valid reference molecules. `fcd.get_fcd` itself neither checks nor canonicalises: it one-hot
   encodes any string, so an invalid SMILES would still move the distance, and two spellings of one
@@ -24,7 +28,9 @@ NaN: undefined rather than zero.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import fcd
@@ -44,6 +50,33 @@ def _molecule(smiles: str) -> Chem.Mol | None:
 def is_valid(smiles: str) -> bool:
     """Whether RDKit parses `smiles` into a molecule (including valence checks); the empty string is not."""
     return _molecule(smiles) is not None
+
+
+INVALID_KINDS = ("syntax", "kekulization", "valence", "other")
+
+
+def invalid_kind(smiles: str) -> str | None:
+    """Why `smiles` is not a valid molecule, as one of `INVALID_KINDS`; None when it is valid."""
+    with rdBase.BlockLogs():
+        molecule = Chem.MolFromSmiles(smiles, sanitize=False) if smiles else None
+        if molecule is None:
+            return "syntax"
+        problems = Chem.DetectChemistryProblems(molecule)
+    if not problems:  # what the checks miss, the full parse still catches
+        return None if is_valid(smiles) else "other"
+    kind = problems[0].GetType()
+    if kind in ("KekulizeException", "AtomKekulizeException"):
+        return "kekulization"
+    return "valence" if kind == "AtomValenceException" else "other"
+
+
+def invalid_counts(smiles: Iterable[str]) -> dict[str, int]:
+    """How many of `smiles` are invalid, by kind (every kind present, zero or not)."""
+    counts = dict.fromkeys(INVALID_KINDS, 0)
+    for kind in map(invalid_kind, smiles):
+        if kind is not None:
+            counts[kind] += 1
+    return counts
 
 
 def canonicalize(smiles: str, isomeric: bool = True) -> str | None:
@@ -108,7 +141,19 @@ def frechet_chemnet_distance(generated: Sequence[str], reference: Sequence[str])
     generated, reference = valid_canonical(generated), valid_canonical(reference)
     if min(len(generated), len(reference)) < 2:
         return math.nan
-    return float(fcd.get_fcd(generated, reference))
+    with fcd_warnings_silenced():
+        return float(fcd.get_fcd(generated, reference))
+
+
+@contextmanager
+def fcd_warnings_silenced():
+    """Hides the deprecation warnings that `fcd`'s own code triggers (numpy's `row_stack`, scipy's
+    `sqrtm(disp=...)`): a user can do nothing about them. Only warnings attributed to `fcd`'s modules
+    are hidden; the same deprecations in any other code still show."""
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"fcd\b")
+        yield
 
 
 @dataclass
@@ -123,6 +168,7 @@ class ChemMetrics:
     internal_diversity: float
     novelty: float | None = None  # None when no training set was given
     fcd: float | None = None  # None when no reference set was given
+    invalid: dict[str, int] | None = None  # invalid samples by kind (`invalid_counts`)
 
     def as_dict(self) -> dict:
         """The metrics as JSON-ready values: NaN (undefined) becomes None."""
@@ -145,6 +191,7 @@ def chem_metrics(
         internal_diversity=internal_diversity(valid),
         novelty=None if training is None else novelty(valid, training),
         fcd=None if reference is None else frechet_chemnet_distance(valid, reference),
+        invalid=invalid_counts(generated),
     )
 
 

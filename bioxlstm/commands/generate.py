@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from ..domains import DOMAINS, SMILES, allows
-from .options import load_model, model_options, positive_int, sampling_options
+from .options import load_model, model_options, new_token_count, positive_int, sampling_options
 
 
 def add_parser(commands) -> None:
@@ -14,7 +14,7 @@ def add_parser(commands) -> None:
     )
     generate.add_argument("--prompt", default="", help="start of every sequence (default: empty)")
     generate.add_argument("-n", type=positive_int, default=10, help="number of sequences")
-    generate.add_argument("--max-new-tokens", type=positive_int, default=256, help="longest continuation")
+    generate.add_argument("--max-new-tokens", type=new_token_count, default=256, help="longest continuation")
     generate.add_argument(
         "--output", default="-",
         help="FASTA for DNA and proteins; .smi or .csv for molecules; - for stdout (default)",
@@ -36,6 +36,11 @@ def add_parser(commands) -> None:
         help="keep sampling until -n distinct valid molecules exist (or --max-draws samples were drawn); "
         "a report of how many were drawn goes to stderr",
     )
+    molecules.add_argument(
+        "--grammar", choices=["smiles", "none"], default="smiles",
+        help="smiles (default): a SMILES model writes only what can still become a molecule (syntax, "
+        "valence, kekulizable aromatic rings); none: the model's own samples",
+    )
     molecules.add_argument("--max-draws", type=positive_int, default=None, help="sampling cap for --unique-valid (default 10 n)")
     generate.set_defaults(run=run)
 
@@ -50,6 +55,8 @@ def run(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         seed=args.seed, batch_size=args.batch_size,
     )
+    if model.config.domain == SMILES.name:
+        sampling["grammar"] = args.grammar == "smiles"
     molecules = allows(model.config.domain, "molecule_sets") and (args.context or args.unique_valid)
     with progress(desc="sampling", unit="seq", total=None if args.unique_valid else args.n) as bar:
         generated = _generated(args, model, tokenizer, dict(sampling, progress=bar.update), molecules)

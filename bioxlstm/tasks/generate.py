@@ -9,6 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..domains import DOMAINS
 from .likelihood import require_causal_lm
 from .sampling import check_sampling, sample_continuations
+from .smiles_grammar import grammar_for
 
 
 @dataclass
@@ -48,13 +49,16 @@ def generate_sequences(
     batch_size: int = 16,
     id_prefix: str = "generated",
     progress: Callable[[int], None] | None = None,
+    grammar: bool = True,
 ) -> list[GeneratedSequence]:
     """Sample `n` sequences after `<cls>` + `prompt`, each scored by the model's own log-likelihood
     of what it generated (the unmodified distribution, not the tempered or truncated one).
 
     For a model of a known domain, only tokens of that domain's sequences (and `<eos>`) are sampled:
     no gaps, sentinels or special tokens end up inside a generated sequence. progress: told the
-    number of sequences of every batch once it is sampled."""
+    number of sequences of every batch once it is sampled. grammar: a SMILES model writes only what
+    can still become a molecule (`tasks.smiles_grammar`); False samples the model's own distribution
+    (other domains have no grammar)."""
     require_causal_lm(model, "generation")
     check_sampling(n, max_new_tokens, batch_size, temperature)
     check_prompt(prompt, model.config.domain)
@@ -64,10 +68,14 @@ def generate_sequences(
     if prompt_ids.shape[1] == 0:
         # e.g. a converted causal DNA-xLSTM model: it was trained on windows of bases without a start token
         raise ValueError("this model's tokenizer adds no start token: generation needs a prompt of at least one token")
+    constraint = grammar_for(model, tokenizer, [tokenizer.eos_token_id], grammar, max_new_tokens)
+    if constraint is not None:
+        constraint.start(prompt_ids[0].tolist())  # a prompt it cannot continue fails before any sampling
     results = []
     for sample in sample_continuations(
         model, tokenizer, prompt_ids, n, [tokenizer.eos_token_id], model.config.domain, batch_size,
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, progress=progress,
+        logits_processor=constraint,
     ):  # fmt: skip
         results.append(
             GeneratedSequence(

@@ -26,6 +26,7 @@ from ..progress import progress as progress_bar
 from ..tokenization import vocabulary_id
 from .likelihood import require_causal_lm
 from .sampling import check_sampling, sample_continuations
+from .smiles_grammar import grammar_for
 
 
 @dataclass
@@ -96,7 +97,7 @@ def in_context_prompt(context: Sequence[str], rng: random.Random | None = None) 
 class _ContinuationSampler:
     """Samples molecules after one prompt, whose state is computed once, in `__init__`."""
 
-    def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int, **sampling):
+    def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int, grammar: bool = True, **sampling):
         require_causal_lm(model, "molecule generation")
         separator_id = vocabulary_id(tokenizer, MOLECULE_SEPARATOR)
         if prompt and separator_id is None:
@@ -106,6 +107,7 @@ class _ContinuationSampler:
             )
         self.model, self.tokenizer, self.sampling = model, tokenizer, dict(max_new_tokens=max_new_tokens, **sampling)
         self.stop_ids = [tokenizer.eos_token_id] + ([] if separator_id is None else [separator_id])
+        self.grammar = grammar_for(model, tokenizer, self.stop_ids, grammar, max_new_tokens)
         prompt_ids = [tokenizer.cls_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
         self.prompt_ids = torch.tensor([prompt_ids], device=model.device)
         self.state = None
@@ -116,7 +118,7 @@ class _ContinuationSampler:
     def draw(self, rows: int) -> list[str]:
         samples = sample_continuations(
             self.model, self.tokenizer, self.prompt_ids, rows, self.stop_ids, SMILES.name, rows,
-            cache=self.state, **self.sampling,
+            cache=self.state, logits_processor=self.grammar, **self.sampling,
         )  # fmt: skip
         return [self.tokenizer.decode(sample.body, skip_special_tokens=True) for sample in samples]
 
@@ -135,6 +137,7 @@ def sample_molecules(
     max_new_tokens: int = 256,
     seed: int | None = None,
     progress: Callable[[int], None] | None = None,
+    grammar: bool = True,
 ) -> MoleculeSample:
     """Sample molecules from a SMILES model, unconditionally or like the `context` examples.
 
@@ -144,6 +147,8 @@ def sample_molecules(
     unique_valid=False: exactly `n` samples, as generated (invalid ones and repeats included).
     A sample that reaches `max_new_tokens` without ending is kept as it is.
     progress: told the number of samples of every batch once it is drawn.
+    grammar: sample only what can still become a molecule (`tasks.smiles_grammar`: SMILES syntax,
+    valence and kekulizable aromatic rings); False samples the model's own distribution.
     """
     check_sampling(n, max_new_tokens, batch_size, temperature)
     max_draws = n if not unique_valid else (10 * n if max_draws is None else max_draws)
@@ -154,7 +159,7 @@ def sample_molecules(
         torch.manual_seed(seed)
     sampler = _ContinuationSampler(
         model, tokenizer, in_context_prompt(context or [], rng), max_new_tokens,
-        temperature=temperature, top_k=top_k, top_p=top_p,
+        temperature=temperature, top_k=top_k, top_p=top_p, grammar=grammar,
     )  # fmt: skip
     report = SamplingReport(requested=n)
     drawn, distinct = [], {}

@@ -5,7 +5,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..tokenization import sequence_token_ids
 from .likelihood import token_log_probabilities
@@ -28,12 +28,22 @@ class Continuation:
         return self.tokens[:-1] if self.finished else self.tokens
 
 
+# Logits of a trained model span a few dozen nats: at 100 every allowed token is already about
+# equally likely, and far above it float32 turns the logits into inf and NaN.
+MAX_TEMPERATURE = 100.0
+# `generate` keeps every sampled token and its logits in memory and reports a sequence only once it
+# ends: far beyond a million tokens a run only looks hung until memory runs out.
+MAX_NEW_TOKENS = 1_000_000
+
+
 def check_sampling(n: int, max_new_tokens: int, batch_size: int, temperature: float) -> None:
     """Raise ValueError for sampling arguments no sampler can use."""
     if n < 1 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError("n, max_new_tokens and batch_size must be positive")
-    if temperature <= 0:
-        raise ValueError("temperature must be positive")
+    if max_new_tokens > MAX_NEW_TOKENS:
+        raise ValueError(f"max_new_tokens {max_new_tokens:,} is more than the {MAX_NEW_TOKENS:,} a sampler can hold")
+    if not 0 < temperature <= MAX_TEMPERATURE:  # also false for NaN
+        raise ValueError(f"temperature {temperature!r}: expected a number above 0 and at most {MAX_TEMPERATURE:g}")
 
 
 def never_sampled(tokenizer: PreTrainedTokenizerBase, vocab_size: int, domain: str | None, ends: Iterable[int]):
@@ -60,6 +70,7 @@ def sample_continuations(
     top_p: float | None,
     cache=None,
     progress: Callable[[int], None] | None = None,
+    logits_processor: LogitsProcessor | None = None,
     **generate_options,
 ) -> Iterator[Continuation]:
     """`n` continuations of `prompt_ids` (1, P), sampled `batch_size` at a time with `generate`,
@@ -70,6 +81,8 @@ def sample_continuations(
     cache: the model's state after all but the last prompt token (e.g. a context read once): every
     batch continues from a copy of it, so the prompt is read once for all samples.
     progress: told the number of continuations of every batch once it is sampled.
+    logits_processor: applied to every step's scores before temperature, top-k and top-p (e.g. the
+    SMILES grammar, `tasks.smiles_grammar.SmilesGrammar`); the log-likelihoods stay the model's own.
     `generate_options` go to `generate` as they are (e.g. `position_ids`). The arguments are
     checked by the tasks, with `check_sampling`, before they read any prompt."""
     suppressed = never_sampled(tokenizer, model.config.vocab_size, domain, ends)
@@ -81,17 +94,21 @@ def sample_continuations(
         rows = min(batch_size, n - start)
         if cache is None:
             inputs, per_batch = prompt_ids, dict(num_return_sequences=rows)
+            attention_mask = torch.ones_like(inputs)
         else:  # a cache passed in from outside is not one of transformers' compilable Cache classes
             inputs = prompt_ids[:, -1:].repeat(rows, 1)
             per_batch = dict(cache=cache.repeat_interleave(rows), disable_compile=True)
+            # Over the tokens the cache has read and the new one: that says only the new one is to be read.
+            attention_mask = inputs.new_ones(rows, cache.get_seq_length() + inputs.shape[1])
         out = model.generate(
             inputs,
-            attention_mask=torch.ones_like(inputs),
+            attention_mask=attention_mask,
             **choice,
             max_new_tokens=max_new_tokens,
             eos_token_id=ends,
             pad_token_id=tokenizer.pad_token_id,
             suppress_tokens=suppressed,
+            logits_processor=None if logits_processor is None else LogitsProcessorList([logits_processor]),
             output_logits=True,
             return_dict_in_generate=True,
             **per_batch,

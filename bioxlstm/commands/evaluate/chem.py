@@ -29,6 +29,12 @@ def add_parser(evaluations) -> None:
         "invalid ones are counted, not rejected",
     )
     chem.add_argument(
+        "--unconstrained",
+        help="the same model's samples drawn without the SMILES grammar (`generate --grammar none`): every "
+        "metric is shown for both, --generated (constrained) beside these (the model's own), and the invalid "
+        "samples of each are counted by kind",
+    )
+    chem.add_argument(
         "--reference", help="reference molecules for FCD, e.g. data/chembl31_valid_50k.smi.gz (required unless "
         "--benchmark moses; there it replaces the MOSES test set)",
     )
@@ -96,28 +102,53 @@ def run(args: argparse.Namespace) -> None:
         return
     if args.reference is None:
         raise ValueError("--reference is required (or --benchmark moses)")
-    generated = _generated(args.generated, args.column)
-    metrics = chem_metrics(
-        generated,
-        reference=_molecules(args.reference, args.column),
-        training=None if args.train is None else _molecules(args.train, args.column),
-    )
+    sets = {"generated": _generated(args.generated, args.column)}
+    if args.unconstrained:
+        sets["unconstrained"] = _generated(args.unconstrained, args.column)
+    reference = _molecules(args.reference, args.column)
+    training = None if args.train is None else _molecules(args.train, args.column)
+    results = {name: chem_metrics(molecules, reference=reference, training=training) for name, molecules in sets.items()}
     if args.json:
-        print(json.dumps(metrics.as_dict()))
+        if args.unconstrained:
+            print(json.dumps({"constrained": results["generated"].as_dict(), "unconstrained": results["unconstrained"].as_dict()}))
+        else:
+            print(json.dumps(results["generated"].as_dict()))
         return
-    values = metrics.as_dict()
+    values = [metrics.as_dict() for metrics in results.values()]
     rows = [
-        ("generated", f"{metrics.generated}", args.generated),
-        ("valid", f"{metrics.valid}", ""),
-        ("unique", f"{metrics.unique}", ""),
-        ("validity", _number(values["validity"]), "valid / generated"),
-        ("uniqueness", _number(values["uniqueness"]), "unique / valid"),
-        ("novelty", _number(values["novelty"]), f"not in {args.train}" if args.train else "needs --train"),
-        ("internal diversity", _number(values["internal_diversity"]), "1 - mean pairwise Tanimoto"),
-        ("FCD", _number(values["fcd"]), f"to {args.reference}"),
+        ("generated", [f"{v['generated']}" for v in values], " | ".join(_paths(args))),
+        ("valid", [f"{v['valid']}" for v in values], ""),
+        ("unique", [f"{v['unique']}" for v in values], ""),
+        ("validity", [_number(v["validity"]) for v in values], "valid / generated"),
+        ("uniqueness", [_number(v["uniqueness"]) for v in values], "unique / valid"),
+        ("novelty", [_number(v["novelty"]) for v in values], f"not in {args.train}" if args.train else "needs --train"),
+        ("internal diversity", [_number(v["internal_diversity"]) for v in values], "1 - mean pairwise Tanimoto"),
+        ("FCD", [_number(v["fcd"]) for v in values], f"to {args.reference}"),
     ]
-    for name, value, note in rows:
-        print(f"{name:<20}{value:>10}  {note}".rstrip())
+    rows += [
+        (f"invalid {kind}", [f"{v['invalid'][kind]}" for v in values], INVALID_NOTES[kind]) for kind in INVALID_NOTES
+    ]
+    _table(rows, ["constrained", "own"] if args.unconstrained else None)
+
+
+INVALID_NOTES = {
+    "syntax": "RDKit cannot read it (unclosed branch or ring, dangling bond)",
+    "kekulization": "aromatic system without a Kekule form",
+    "valence": "an atom with too many bonds",
+    "other": "any other sanitization failure",
+}
+
+
+def _paths(args: argparse.Namespace) -> list[str]:
+    return [args.generated] + ([args.unconstrained] if args.unconstrained else [])
+
+
+def _table(rows: list[tuple[str, list[str], str]], columns: list[str] | None) -> None:
+    """One line per metric: its value for every set, then a note; with `columns`, a header naming them."""
+    if columns:
+        print(f"{'':<20}" + "".join(f"{column:>12}" for column in columns))
+    for name, cells, note in rows:
+        print(f"{name:<20}" + "".join(f"{cell:>12}" for cell in cells) + f"  {note}".rstrip())
 
 
 def _number(value: float | None) -> str:
@@ -130,7 +161,11 @@ def _run_moses(args: argparse.Namespace) -> None:
 
     from ... import moses
 
-    generated = _generated(args.generated, args.column)
+    from ...chem import invalid_counts
+
+    sets = {"generated": _generated(args.generated, args.column)}
+    if args.unconstrained:
+        sets["unconstrained"] = _generated(args.unconstrained, args.column)
     directory = Path(args.moses_dir) if args.moses_dir else moses.bundled_moses_directory()
     if not directory.is_dir():
         raise ValueError(f"--moses-dir {directory}: no such directory")
@@ -149,17 +184,31 @@ def _run_moses(args: argparse.Namespace) -> None:
         training = moses.training_set(train_override, args.workers)
     else:
         training = moses.load_training_set(directory, args.workers)
-    metrics = moses.moses_metrics(generated, references, training, filters, args.workers)
+    results = {
+        name: dict(moses.moses_metrics(molecules, references, training, filters, args.workers).as_dict(),
+                   invalid=invalid_counts(molecules))
+        for name, molecules in sets.items()
+    }  # fmt: skip
     if args.json:
-        print(json.dumps(metrics.as_dict()))
+        if args.unconstrained:
+            print(json.dumps({"constrained": results["generated"], "unconstrained": results["unconstrained"]}))
+        else:
+            print(json.dumps(results["generated"]))
         return
     sources = {"Test": args.reference or f"{directory}/test.csv.gz", "TestSF": f"{directory}/test_scaffolds.csv.gz"}
-    print(f"{'generated':<12}{metrics.generated:>10}  {args.generated}")
-    print(f"{'molecules':<12}{metrics.valid:>10}  valid, {metrics.distinct} of them distinct")
-    for column, value in metrics.as_dict().items():
-        if column in moses.COLUMNS:
-            note = f"to {sources[column.split('/')[1]]}" if "/" in column else MOSES_NOTES.get(column, "")
-            print(f"{column:<12}{_number(value):>10}  {note}".rstrip())
+    values = list(results.values())
+    rows = [
+        ("generated", [f"{v['generated']}" for v in values], " | ".join(_paths(args))),
+        ("molecules", [f"{v['valid_molecules']}" for v in values], "valid"),
+        ("distinct", [f"{v['distinct_molecules']}" for v in values], "distinct valid"),
+    ]
+    for column in moses.COLUMNS:
+        note = f"to {sources[column.split('/')[1]]}" if "/" in column else MOSES_NOTES.get(column, "")
+        rows.append((column, [_number(v[column]) for v in values], note))
+    rows += [
+        (f"invalid {kind}", [f"{v['invalid'][kind]}" for v in values], INVALID_NOTES[kind]) for kind in INVALID_NOTES
+    ]
+    _table(rows, ["constrained", "own"] if args.unconstrained else None)
 
 
 MOSES_NOTES = {
