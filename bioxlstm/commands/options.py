@@ -15,41 +15,35 @@ def positive_int(text: str) -> int:
     return value
 
 
-def probability_mass(text: str) -> float:
-    """An argparse type for nucleus sampling: a probability mass above 0 and at most 1."""
+def _number_in(text: str, low: float, high: float, low_included: bool, what: str) -> float:
+    """`text` as a number from `low` (included or not) to `high`, else an argparse error saying so."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability mass above 0 and at most 1, not {text!r}")
+    if not (low <= value if low_included else low < value) or not value <= high:  # also refuses NaN
+        span = f"from {low:g} to {high:g}" if low_included else f"above {low:g} and at most {high:g}"
+        raise argparse.ArgumentTypeError(f"expected {what} {span}, not {text!r}")
     return value
+
+
+def probability_mass(text: str) -> float:
+    """An argparse type for nucleus sampling: a probability mass above 0 and at most 1."""
+    return _number_in(text, 0, 1, False, "a probability mass")
 
 
 def temperature(text: str) -> float:
     """An argparse type: a sampling temperature from 0 (the likeliest token) to MAX_TEMPERATURE."""
     from ..tasks.sampling import MAX_TEMPERATURE
 
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= MAX_TEMPERATURE:
-        raise argparse.ArgumentTypeError(f"expected a temperature from 0 to {MAX_TEMPERATURE:g}, not {text!r}")
-    return value
+    return _number_in(text, 0, MAX_TEMPERATURE, True, "a temperature")
 
 
 def positive_temperature(text: str) -> float:
     """An argparse type: a sampling temperature above 0 and at most MAX_TEMPERATURE."""
     from ..tasks.sampling import MAX_TEMPERATURE
 
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= MAX_TEMPERATURE:
-        raise argparse.ArgumentTypeError(f"expected a temperature above 0 and at most {MAX_TEMPERATURE:g}, not {text!r}")
-    return value
+    return _number_in(text, 0, MAX_TEMPERATURE, False, "a temperature")
 
 
 def new_token_count(text: str) -> int:
