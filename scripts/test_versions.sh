@@ -13,10 +13,11 @@ esac
 cd "$(dirname "$0")/.."
 # The dependencies whose APIs move from release to release; the others change little between majors.
 fast_moving="transformers accelerate datasets huggingface_hub tokenizers safetensors torch"
-# Generation, export, training, model cards, conversion and tokenizers: the code that calls into them.
-tests=(tests/test_model.py tests/test_export.py tests/test_training.py tests/test_cards.py
-       tests/test_tokenization.py tests/test_convert_common.py tests/test_convert_prot_xlstm.py
-       tests/test_convert_dna_xlstm.py tests/test_convert_chem_xlstm.py)
+# Generation (every path's recorded tokens), export, training (sharded and LoRA too), model cards,
+# conversion and tokenizers: the code that calls into them.
+tests=(tests/test_model.py tests/test_generation_protocol.py tests/test_export.py tests/test_training.py
+       tests/test_scale.py tests/test_cards.py tests/test_tokenization.py tests/test_convert_common.py
+       tests/test_convert_prot_xlstm.py tests/test_convert_dna_xlstm.py tests/test_convert_chem_xlstm.py)
 
 venv=.venv-versions/$end
 python -m venv --clear "$venv"
