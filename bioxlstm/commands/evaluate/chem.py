@@ -91,8 +91,6 @@ def _generated(path: str, column: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> None:
-    import json
-
     from ...chem import chem_metrics
 
     if args.workers < 1:
@@ -107,14 +105,13 @@ def run(args: argparse.Namespace) -> None:
         sets["unconstrained"] = _generated(args.unconstrained, args.column)
     reference = _molecules(args.reference, args.column)
     training = None if args.train is None else _molecules(args.train, args.column)
-    results = {name: chem_metrics(molecules, reference=reference, training=training) for name, molecules in sets.items()}
+    results = {
+        name: chem_metrics(molecules, reference=reference, training=training).as_dict() for name, molecules in sets.items()
+    }
     if args.json:
-        if args.unconstrained:
-            print(json.dumps({"constrained": results["generated"].as_dict(), "unconstrained": results["unconstrained"].as_dict()}))
-        else:
-            print(json.dumps(results["generated"].as_dict()))
+        _print_json(results)
         return
-    values = [metrics.as_dict() for metrics in results.values()]
+    values = list(results.values())
     rows = [
         ("generated", [f"{v['generated']}" for v in values], " | ".join(_paths(args))),
         ("valid", [f"{v['valid']}" for v in values], ""),
@@ -125,10 +122,7 @@ def run(args: argparse.Namespace) -> None:
         ("internal diversity", [_number(v["internal_diversity"]) for v in values], "1 - mean pairwise Tanimoto"),
         ("FCD", [_number(v["fcd"]) for v in values], f"to {args.reference}"),
     ]
-    rows += [
-        (f"invalid {kind}", [f"{v['invalid'][kind]}" for v in values], INVALID_NOTES[kind]) for kind in INVALID_NOTES
-    ]
-    _table(rows, ["constrained", "own"] if args.unconstrained else None)
+    _print_table(rows, values)
 
 
 INVALID_NOTES = {
@@ -141,6 +135,24 @@ INVALID_NOTES = {
 
 def _paths(args: argparse.Namespace) -> list[str]:
     return [args.generated] + ([args.unconstrained] if args.unconstrained else [])
+
+
+def _print_json(results: dict[str, dict]) -> None:
+    """The metrics of the generated set; with --unconstrained, of both sets, by name."""
+    import json
+
+    if "unconstrained" in results:
+        print(json.dumps({"constrained": results["generated"], "unconstrained": results["unconstrained"]}))
+    else:
+        print(json.dumps(results["generated"]))
+
+
+def _print_table(rows: list[tuple[str, list[str], str]], values: list[dict]) -> None:
+    """`rows`, then the invalid samples of every set by kind; a header names the sets when there are two."""
+    rows = rows + [
+        (f"invalid {kind}", [f"{v['invalid'][kind]}" for v in values], INVALID_NOTES[kind]) for kind in INVALID_NOTES
+    ]
+    _table(rows, ["constrained", "own"] if len(values) == 2 else None)
 
 
 def _table(rows: list[tuple[str, list[str], str]], columns: list[str] | None) -> None:
@@ -156,11 +168,9 @@ def _number(value: float | None) -> str:
 
 
 def _run_moses(args: argparse.Namespace) -> None:
-    import json
     from pathlib import Path
 
     from ... import moses
-
     from ...chem import invalid_counts
 
     sets = {"generated": _generated(args.generated, args.column)}
@@ -190,10 +200,7 @@ def _run_moses(args: argparse.Namespace) -> None:
         for name, molecules in sets.items()
     }  # fmt: skip
     if args.json:
-        if args.unconstrained:
-            print(json.dumps({"constrained": results["generated"], "unconstrained": results["unconstrained"]}))
-        else:
-            print(json.dumps(results["generated"]))
+        _print_json(results)
         return
     sources = {"Test": args.reference or f"{directory}/test.csv.gz", "TestSF": f"{directory}/test_scaffolds.csv.gz"}
     values = list(results.values())
@@ -205,10 +212,7 @@ def _run_moses(args: argparse.Namespace) -> None:
     for column in moses.COLUMNS:
         note = f"to {sources[column.split('/')[1]]}" if "/" in column else MOSES_NOTES.get(column, "")
         rows.append((column, [_number(v[column]) for v in values], note))
-    rows += [
-        (f"invalid {kind}", [f"{v['invalid'][kind]}" for v in values], INVALID_NOTES[kind]) for kind in INVALID_NOTES
-    ]
-    _table(rows, ["constrained", "own"] if args.unconstrained else None)
+    _print_table(rows, values)
 
 
 MOSES_NOTES = {
