@@ -14,6 +14,7 @@ CUDA, flashrnn's fused Triton kernel runs it where installed (the last section).
 implementation means editing this module only.
 """
 
+import importlib
 import os
 from functools import lru_cache
 
@@ -41,25 +42,24 @@ NATIVE_INFERENCE_SEGMENT = 1024
 
 
 @lru_cache(maxsize=None)
-def triton_available() -> bool:
-    # Asked on every forward pass of every block (resolve_backend); a failed import searches the path anew each time.
+def _installed(module: str):
+    """The module named `module`, or None where it is not installed: an exported model runs where only
+    torch and transformers are. Imported by name, which transformers' scan of remote code for required
+    packages does not see; cached, since the backends are asked on every forward pass of every block
+    and a failed import searches the path anew each time."""
     try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@lru_cache(maxsize=None)
-def _mlstm_kernels():
-    """`mlstm_kernels.torch`, or None where it is not installed: an exported model runs where only
-    torch and transformers are. The import sits in a `try`, which transformers' scan of remote code
-    for required packages skips."""
-    try:
-        import mlstm_kernels.torch as library
+        return importlib.import_module(module)
     except ImportError:
         return None
-    return library
+
+
+def triton_available() -> bool:
+    return _installed("triton") is not None
+
+
+def _mlstm_kernels():
+    """`mlstm_kernels.torch`, or None where it is not installed."""
+    return _installed("mlstm_kernels.torch")
 
 
 def mlstm_kernels_available() -> bool:
@@ -675,14 +675,10 @@ def _slstm_backward_coefficients(preacts, kernel, bias, h, cn, m, gates, fresh, 
 SLSTM_FUSED_HEAD_DIMS = (16, 32, 64)
 
 
-@lru_cache(maxsize=None)
 def _flashrnn():
     """`flashrnn.flashrnn`, or None where flashrnn is not installed (the sLSTM then runs `slstm_scan`)."""
-    try:
-        from flashrnn import flashrnn
-    except ImportError:
-        return None
-    return flashrnn
+    library = _installed("flashrnn")
+    return None if library is None else library.flashrnn
 
 
 def flashrnn_available() -> bool:
