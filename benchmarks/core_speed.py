@@ -99,13 +99,13 @@ class Peer:
         return sum(p.numel() for p in self.train_model.parameters())
 
 
-def ours_config(s: Settings, slstm_layers: list[int]) -> bioxlstm.BioXLSTMConfig:
+def ours_config(s: Settings, slstm_blocks: list[int]) -> bioxlstm.BioXLSTMConfig:
     # mLSTM blocks have no feed-forward, so at equal width they take twice the blocks of a
     # transformer layer for the same parameter count (as in the xLSTM paper).
     return bioxlstm.BioXLSTMConfig(
         vocab_size=VOCAB_SIZE, hidden_size=s.hidden, num_hidden_layers=s.ours_blocks, num_heads=4,
-        slstm_layers=slstm_layers, proj_factor=2.0, conv1d_kernel_size=4, qkv_proj_blocksize=4,
-        chunk_size=64, kernel="native", dropout=0.0,
+        block_types=["slstm" if i in slstm_blocks else "mlstm" for i in range(s.ours_blocks)],
+        proj_factor=2.0, conv1d_kernel_size=4, qkv_proj_blocksize=4, chunk_size=64, kernel="native", dropout=0.0,
     )
 
 

@@ -133,7 +133,8 @@ def model_speed(device, smoke: bool) -> list[dict]:
     rows = []
     settings = dict(vocab_size=64, hidden_size=32 if smoke else 512, num_hidden_layers=3 if smoke else 6)
     settings.update(num_heads=2 if smoke else 8)
-    settings.update(slstm_layers=[1] if smoke else [1, 3], chunk_size=16 if smoke else 64, pad_token_id=0)
+    block_types = ["mlstm", "slstm", "mlstm"] if smoke else ["mlstm", "slstm", "mlstm", "slstm", "mlstm", "mlstm"]
+    settings.update(block_types=block_types, chunk_size=16 if smoke else 64, pad_token_id=0)
     batch, seq_len, new_tokens = (2, 21, 2) if smoke else (8, 2048, 64)
     tokens = torch.randint(1, 64, (batch, seq_len), device=device)
     for kernel in ("triton", "native"):

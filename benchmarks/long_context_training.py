@@ -35,7 +35,7 @@ def run_one(length: int, mode: str, device: str, steps: int, warmup: int, hidden
 
     tokenizer = load_tokenizer("dna")
     config = BioXLSTMConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=blocks, num_heads=4, slstm_layers=[],
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=blocks, num_heads=4,
         chunk_size=64, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
     )
     torch.manual_seed(0)

@@ -54,7 +54,7 @@ def run_mode(mode: str, steps: int, batch: int, max_seconds: float) -> dict:
     tokenizer = load_tokenizer("smiles")
     molecules = [r.sequence for r in read_records(ROOT / "data" / "chembl31_train_50k.smi.gz", domain="smiles")]
     config = BioXLSTMConfig(
-        vocab_size=len(tokenizer), hidden_size=256, num_hidden_layers=4, num_heads=4, slstm_layers=[],
+        vocab_size=len(tokenizer), hidden_size=256, num_hidden_layers=4, num_heads=4,
         chunk_size=64, kernel="triton", pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)

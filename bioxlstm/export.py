@@ -20,7 +20,6 @@ from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBa
 
 from .domains import DOMAINS
 from .io import UMASK
-from .models.configuration_bioxlstm import BLOCK_NAMES
 from .pretrained import default_model_names, supported_heads
 
 # Written beside a trained model (by training or by hand): what the card reports about it.
@@ -243,7 +242,7 @@ def requirements_section(directory: Path, bundled_name: str | None) -> str:
 
 def architecture_section(model: PreTrainedModel) -> str:
     config = model.config
-    blocks = [BLOCK_NAMES[kind] for kind in config.block_types]
+    blocks = config.block_names
     parameters = sum(p.numel() for p in model.parameters())
     return (
         "## Architecture\n\n"

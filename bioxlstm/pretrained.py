@@ -47,7 +47,10 @@ def load_pretrained(name_or_path: str | Path, **kwargs):
     (None for a domain-free model without saved tokenizer). Keyword arguments go to `from_pretrained`.
     """
     directory = resolve_model(name_or_path)
-    config = AutoConfig.from_pretrained(directory)
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except ValueError as error:  # a setting out of range, or settings that contradict each other
+        raise ValueError(f"{directory / 'config.json'}: {error}") from None
     if config.model_type != models.BioXLSTMConfig.model_type:
         raise ModelNotFoundError(f"{directory}: a {config.model_type!r} model, not a Bio-xLSTM model")
     architecture = (config.architectures or ["BioXLSTMModel"])[0]

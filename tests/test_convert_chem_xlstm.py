@@ -59,7 +59,8 @@ def test_config_reads_heads_and_slstm_from_the_weights(case, converted):
     _, metadata = expected(case)
     config = load(converted[case]).config
     assert config.num_heads == int(metadata["n_heads"])
-    assert config.slstm_layers == ([1] if metadata["slstm_layout"] == "cuda" else [])
+    slstm_blocks = [i for i, kind in enumerate(config.block_types) if kind == "slstm"]
+    assert slstm_blocks == ([1] if metadata["slstm_layout"] == "cuda" else [])
     assert config.vocab_size == arguments["vocab_size"] > len(arguments["token2label"])
 
 

@@ -11,11 +11,8 @@ import torch
 from xlstm.blocks.slstm.cell import sLSTMCell_cuda, sLSTMCell_vanilla, sLSTMCellConfig
 
 import bioxlstm
-from bioxlstm.convert.common import (
-    ConversionError,
-    load_torch_weights,
-    slstm_cell_from_internal,
-)
+from bioxlstm.convert.common import ConversionError, load_torch_weights
+from bioxlstm.models.slstm import slstm_cell_from_internal
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from helpers import dna_model, ecoli_genome
 import bioxlstm
 from bioxlstm.data.dna import DNADataCollatorForLanguageModeling
 from bioxlstm.models.sequence_ops import reversal_index, reverse_complement
-from bioxlstm.tasks.scoring import rc_invariant_log_likelihood, sequence_log_likelihood
+from bioxlstm.tasks.likelihood import rc_invariant_log_likelihood, sequence_log_likelihood
 
 TOKENIZER = bioxlstm.load_tokenizer("dna")
 COMPLEMENT = torch.tensor(bioxlstm.complement_map(TOKENIZER))
@@ -98,7 +98,7 @@ def test_bidirectional_block_matches_a_plain_two_pass_reference(stack):
     with torch.no_grad():
         normed = block.xlstm_norm(x)
         expected = x + block.xlstm(normed, None, None)[0] + block.xlstm(normed.flip(1), None, None)[0].flip(1)
-        if block.is_slstm:
+        if block.ffn is not None:
             expected = expected + block.ffn(block.ffn_norm(expected))
         assert (block(x)[0] - expected).abs().max() <= 1e-5
 

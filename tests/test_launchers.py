@@ -166,7 +166,7 @@ def test_fsdp_is_asked_for_with_an_fsdp_config_under_a_launcher(tmp_path, capsys
 def bad_recipes(tmp_path):
     recipe = CHEM_TINY.read_text().replace("../data", str(ROOT / "data"))
     (tmp_path / "tab.yaml").write_text(recipe.replace("\n  max_steps:", "\n\tmax_steps:"))
-    (tmp_path / "bracket.yaml").write_text(recipe.replace("slstm_layers: []", "slstm_layers: [1"))
+    (tmp_path / "bracket.yaml").write_text(recipe.replace("num_hidden_layers: 4", "num_hidden_layers: [4"))
     return tmp_path
 
 
@@ -191,7 +191,7 @@ def test_malformed_recipes_and_overrides_are_one_line_errors_that_leave_the_run_
     places = {
         "tmp": bad_recipes,
         "tab_line": next(i for i, line in enumerate(lines, 1) if line.startswith("\t")),
-        "bracket_line": 1 + next(i for i, line in enumerate(lines, 1) if "slstm_layers" in line),
+        "bracket_line": 1 + next(i for i, line in enumerate(lines, 1) if "num_hidden_layers" in line),
     }
     run = bad_recipes / "run"
     run.mkdir()

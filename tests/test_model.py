@@ -1,6 +1,7 @@
 """The shared block stack and causal LM: equivalence of every execution path, padding
 invariance, generation, training and persistence."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from helpers import CAUSAL_VARIANTS, mlstm_reference, tiny_model
 
 import bioxlstm
-from bioxlstm.models import blocks, kernels
+from bioxlstm.models import kernels, mlstm
 
 GLOBINS = Path(__file__).resolve().parents[1] / "data" / "globins45.fa"
 
@@ -24,7 +25,7 @@ def test_mlstm_kernel_matches_stepwise_reference(seq_len):
     q, k, v = (torch.randn(2, 3, seq_len, 8) for _ in range(3))
     igate, fgate = torch.randn(2, 3, seq_len), torch.randn(2, 3, seq_len) + 2
     expected = mlstm_reference(q, k, v, igate, fgate)
-    h, _ = kernels.mlstm_recurrence(q, k, v, igate, fgate, None, chunk_size=16, backend="native")
+    h, _ = kernels.mlstm_recurrence(q, k, v, igate, fgate, None, chunk_size=16, kernel="native")
     assert (h.double() - expected).abs().max() < 1e-4
 
     split = seq_len // 2
@@ -94,10 +95,10 @@ def test_native_step_kernel_decodes_like_the_reference_and_the_library_step():
 
 def test_kernel_choice():
     cpu = torch.device("cpu")
-    assert kernels.resolve_backend("auto", cpu) == "native"
-    assert kernels.resolve_backend("native", cpu) == "native"
+    assert kernels.resolve_kernel("auto", cpu) == "native"
+    assert kernels.resolve_kernel("native", cpu) == "native"
     with pytest.raises(RuntimeError, match="kernel='triton' needs a CUDA device"):
-        kernels.resolve_backend("triton", cpu)
+        kernels.resolve_kernel("triton", cpu)
     with pytest.raises(ValueError, match="kernel must be one of"):
         bioxlstm.BioXLSTMConfig(kernel="cuda")
 
@@ -175,7 +176,7 @@ def test_from_xlstm_matches_reference_gradients(xlstm_pair):
 def test_from_xlstm_is_one_to_one(xlstm_pair):
     reference, model = xlstm_pair
     assert sum(p.numel() for p in reference.parameters()) == sum(p.numel() for p in model.parameters())
-    assert model.config.slstm_layers == [1]
+    assert [i for i, kind in enumerate(model.config.block_types) if kind == "slstm"] == [1]
 
 
 # --- recurrent decoding equals the full forward -----------------------------------------------
@@ -246,13 +247,13 @@ def test_generate_prefills_the_prompt_in_one_chunkwise_pass(monkeypatch):
     the new tokens go through the step kernel one by one."""
     model = tiny_model(slstm_layers=(), chunk_size=16)
     lengths = []
-    recurrence = blocks.mlstm_recurrence
+    recurrence = mlstm.mlstm_recurrence
 
     def spy(q, *args, **kwargs):
         lengths.append(q.shape[2])
         return recurrence(q, *args, **kwargs)
 
-    monkeypatch.setattr(blocks, "mlstm_recurrence", spy)
+    monkeypatch.setattr(mlstm, "mlstm_recurrence", spy)
     model.generate(torch.randint(1, 12, (1, 100)), max_new_tokens=5, min_new_tokens=5, do_sample=False)
     depth = model.config.num_hidden_layers
     assert lengths == [100] * depth + [1] * (4 * depth)
@@ -458,16 +459,19 @@ def test_return_dict_false_gives_the_fields_that_are_set_in_order():
     assert torch.equal(hidden, hidden_in_a_dict)
 
 
-def test_block_types_follow_slstm_layers_and_are_not_saved(tmp_path):
+def test_block_types_are_stored_and_the_old_slstm_layers_read_as_them(tmp_path):
     model = tiny_model(slstm_layers=(1,))
     assert model.config.block_types == ["mlstm", "slstm", "mlstm"]
-    assert [block.is_slstm for block in model.backbone.blocks] == [False, True, False]
+    assert [type(block.xlstm).kind for block in model.backbone.blocks] == ["mlstm", "slstm", "mlstm"]
     model.config.save_pretrained(tmp_path)
-    assert "block_types" not in (tmp_path / "config.json").read_text()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["block_types"] == ["mlstm", "slstm", "mlstm"] and "slstm_layers" not in saved
     same = bioxlstm.BioXLSTMConfig(num_hidden_layers=3, block_types=["mlstm", "slstm", "mlstm"])
-    assert same.slstm_layers == [1]
-    with pytest.raises(ValueError, match="block_types"):
+    assert same.to_dict()["block_types"] == saved["block_types"]
+    with pytest.raises(ValueError, match="block type 'gru'"):
         bioxlstm.BioXLSTMConfig(num_hidden_layers=3, block_types=["mlstm", "gru", "mlstm"])
+    with pytest.raises(ValueError, match="disagree"):
+        bioxlstm.BioXLSTMConfig(num_hidden_layers=3, block_types=["mlstm", "slstm", "mlstm"], slstm_layers=[2])
 
 
 @pytest.mark.parametrize("rcps", [False, True])
@@ -494,7 +498,7 @@ def test_save_and_load_round_trip(tmp_path, tie):
         expected = model(tokens).logits
         assert torch.equal(loaded(tokens).logits, expected)
         assert torch.equal(auto(tokens).logits, expected)
-    assert loaded.config.slstm_layers == [1]
+    assert loaded.config.block_types == model.config.block_types == ["mlstm", "slstm", "mlstm"]
     if tie:
         assert loaded.lm_head.weight.data_ptr() == loaded.backbone.embeddings.weight.data_ptr()
 

@@ -109,10 +109,11 @@ def fake_hyper_parameters():
 
 
 def load(path):
-    """The loader, checked to import nothing while it reads."""
+    """The loader, checked to import nothing while it reads (zipfile may load a text codec of the
+    standard library the first time it meets a file name, whatever the archive holds)."""
     before = set(sys.modules)
     state = load_lightning_state_dict(path)
-    assert set(sys.modules) == before
+    assert {name for name in set(sys.modules) - before if not name.startswith("encodings.")} == set()
     return state
 
 

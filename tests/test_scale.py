@@ -78,13 +78,12 @@ def test_a_packed_row_gives_every_sequence_the_logits_it_has_alone_with_rotary_p
     generator = torch.Generator().manual_seed(0)
     sequences = [torch.randint(2, 12, (length,), generator=generator).tolist() for length in (17, 30, 9)]
     sequences[1][12] = 1  # a restart token inside the second sequence
-    batch = causal_lm_collator(None, packing=True, position_restart_token_id=settings.get("position_restart_token_id"))(
-        [{"input_ids": ids} for ids in sequences]
-    )
+    batch = causal_lm_collator(None, packing=True)([{"input_ids": ids} for ids in sequences])
     with torch.no_grad():
         packed = model(**batch).logits[0]
         alone = torch.cat([model(torch.tensor([ids])).logits[0] for ids in sequences])
-        numbered_through = model(**{k: v for k, v in batch.items() if k != "position_ids"}).logits[0]
+        straight_through = torch.arange(batch["input_ids"].shape[1])[None]
+        numbered_through = model(**batch, position_ids=straight_through).logits[0]
     assert torch.allclose(packed, alone, atol=1e-5), (packed - alone).abs().max()
     # The row numbered straight through, as the collator did before, scores the later sequences otherwise.
     assert not torch.allclose(numbered_through, alone, atol=1e-3)

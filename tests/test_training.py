@@ -279,7 +279,7 @@ def test_a_grown_model_computes_what_it_grew_from_and_its_new_blocks_learn(rcps)
     start = tiny_model(**(strands if rcps else {}))  # blocks: mLSTM, sLSTM, mLSTM
     layout = [0, 1, 1, "mlstm", 2, 2, "slstm"]
     grown = grown_model(start, layout)
-    assert grown.config.num_hidden_layers == 7 and grown.config.slstm_layers == [1, 2, 6]
+    assert grown.config.block_types == ["mlstm", "slstm", "slstm", "mlstm", "mlstm", "mlstm", "slstm"]
     ids = torch.randint(3, 12, (2, 21))
     with torch.no_grad():
         assert torch.equal(grown(input_ids=ids).logits, start(input_ids=ids).logits)
@@ -294,7 +294,7 @@ def test_a_recipe_grows_the_model_it_starts_from(tmp_path):
     start, tokenizer = bioxlstm.pretrained.load_pretrained("chem")
     grow = ["init_from=chem", "model={}", "init_blocks=[0, 1, slstm, 2, 3, 3]"]
     trainer = build_trainer(load_recipe(CHEM_TINY, small(tmp_path, *grow)), tmp_path / "run")
-    assert trainer.model.config.num_hidden_layers == 6 and trainer.model.config.slstm_layers == [2]
+    assert trainer.model.config.block_types == ["mlstm", "mlstm", "slstm", "mlstm", "mlstm", "mlstm"]
     ids = tokenizer(["CC(=O)Oc1ccccc1C(=O)O", "c1ccc2[nH]ccc2c1"], return_tensors="pt", padding=True)
     trainer.model.eval()
     with torch.no_grad():

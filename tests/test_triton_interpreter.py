@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from helpers import perturbed
 
 import bioxlstm
-from bioxlstm.models import blocks, kernels
+from bioxlstm.models import kernels, mlstm
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # The test extra installs triton only on Linux (its wheels); elsewhere these tests cannot run.
@@ -171,15 +171,15 @@ def test_triton_slstm_dispatch_uses_the_fused_kernel_only_where_it_is_exact(monk
     preacts, kernel, bias, state = slstm_inputs(batch=2, seq_len=3)
     keep, reset = torch.ones(2, 3, dtype=torch.bool), torch.zeros(2, 3, dtype=torch.bool)
 
-    def runs_fused(preacts=preacts, state=state, keep=None, reset=None, backend="triton", kernel=kernel, bias=bias):
+    def runs_fused(preacts=preacts, state=state, keep=None, reset=None, chosen="triton", kernel=kernel, bias=bias):
         calls.clear()
-        h, final = kernels.slstm_recurrence(preacts, kernel, bias, state, keep, reset, backend)
+        h, final = kernels.slstm_recurrence(preacts, kernel, bias, state, keep, reset, chosen)
         expected_h, expected_final = kernels.slstm_scan(preacts, kernel, bias, state, keep, reset)
         assert max_error(h, expected_h) < TOLERANCE and max_error(final, expected_final) < TOLERANCE
         return calls == ["fused"]
 
     assert runs_fused() and runs_fused(keep=keep) and runs_fused(reset=reset) and runs_fused(state=None)
-    assert not runs_fused(backend="native")
+    assert not runs_fused(chosen="native")
     assert not runs_fused(keep=keep, reset=reset)
     assert not runs_fused(state=state.clone().requires_grad_())
     assert not runs_fused(preacts=preacts.double(), state=state.double(), kernel=kernel.double(), bias=bias.double())
@@ -308,20 +308,20 @@ def small_model(kind="causal", **overrides):
 def count_triton_calls(monkeypatch) -> dict[str, int]:
     """How often the fused sLSTM kernel and mlstm_kernels' Triton kernels run from here on."""
     calls = {"slstm fused": 0, "mlstm triton": 0}
-    fused, recurrence = kernels.slstm_fused_triton, blocks.mlstm_recurrence
+    fused, recurrence = kernels.slstm_fused_triton, mlstm.mlstm_recurrence
 
     def counted_fused(*args):
         calls["slstm fused"] += 1
         return fused(*args)
 
     def counted_recurrence(q, *args):
-        backend = args[6]
+        kernel = args[6]
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, *args[:4]))
-        calls["mlstm triton"] += backend == "triton" and not needs_grad
+        calls["mlstm triton"] += kernel == "triton" and not needs_grad
         return recurrence(q, *args)
 
     monkeypatch.setattr(kernels, "slstm_fused_triton", counted_fused)
-    monkeypatch.setattr(blocks, "mlstm_recurrence", counted_recurrence)
+    monkeypatch.setattr(mlstm, "mlstm_recurrence", counted_recurrence)
     return calls
 
 

@@ -307,6 +307,10 @@ def test_a_model_whose_config_does_not_fit_its_weights_is_one_line_naming_the_te
     assert f"is ({config['hidden_size'] * 2},) in the weights but ({config['hidden_size']},) by config.json" in error
     (model / "config.json").write_text(json.dumps({**config, "num_hidden_layers": config["num_hidden_layers"] + 1}))
     error = fails(["score", "--model", str(model), "--input", str(GLOBINS)], capsys)
+    assert error == f"bioxlstm: error: {model / 'config.json'}: block_types has 4 entries for num_hidden_layers=5"
+    one_more_block = {"num_hidden_layers": config["num_hidden_layers"] + 1, "block_types": config["block_types"] + ["mlstm"]}
+    (model / "config.json").write_text(json.dumps({**config, **one_more_block}))
+    error = fails(["score", "--model", str(model), "--input", str(GLOBINS)], capsys)
     assert f"config.json asks for backbone.blocks.{config['num_hidden_layers']}." in error  # not random weights
 
 

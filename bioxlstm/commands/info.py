@@ -17,7 +17,6 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> None:
     import json
 
-    from ..models.configuration_bioxlstm import BLOCK_NAMES
     from ..pretrained import load_pretrained, resolve_model, supported_heads
 
     model, tokenizer = load_pretrained(args.model)
@@ -28,7 +27,7 @@ def run(args: argparse.Namespace) -> None:
         "architecture": type(model).__name__,
         "domain": config.domain,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "blocks": [BLOCK_NAMES[kind] for kind in config.block_types],
+        "blocks": config.block_names,
         "hidden_size": config.hidden_size,
         "vocab_size": config.vocab_size,
         "tokenizer": None if tokenizer is None else type(tokenizer).__name__,

@@ -3,13 +3,16 @@
 One module per format, each with `FORMAT`, `matches(directory)` and `convert(directory)`:
 `prot_xlstm` (Prot-xLSTM's `save_pretrained` directories), `dna_xlstm` (DNA-xLSTM's Lightning
 checkpoints), `chem_xlstm` (Chem-xLSTM's `model.pt` + `init_arguments.json`); `xlstm` converts a
-live model of the official `xlstm` package. `convert(source, output)` detects the format.
+live model of the official `xlstm` package. The converters build models only; `convert(source,
+output)` detects the format and writes the converted model as one of our model directories.
 """
 
 import importlib
 from pathlib import Path
 
-from .common import ConversionError, Converted, write_model_directory
+from ..export import CardInfo, export
+from ..io import atomic_directory
+from .common import ConversionError, Converted
 from .xlstm import config_from_xlstm, from_xlstm
 
 # Format name -> module; imported when asked for, so `import bioxlstm` stays light.
@@ -50,6 +53,28 @@ def convert(source: str | Path, output: str | Path, source_format: str | None = 
     if not source.is_dir() or not module.matches(source):
         raise ConversionError(f"{source}: not a {name} checkpoint directory (expected {_EXPECTED_FILES[name]})")
     return write_model_directory(module.convert(source), output)
+
+
+def write_model_directory(converted: Converted, output: Path) -> Path:
+    """Write the converted model as a self-contained model directory (safetensors, config, model
+    code, tokenizer, card). Nothing appears at `output` unless the whole directory was written."""
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConversionError(f"{output}: already exists; give a new directory (or remove it first)")
+    with atomic_directory(output) as staging:
+        export(converted.model, staging, converted.tokenizer, _card(converted))
+    return output
+
+
+def _card(converted: Converted) -> CardInfo:
+    notes = "".join(f"\n- {note}" for note in converted.notes)
+    description = (
+        f"Converted by `bioxlstm convert` from a {converted.source} checkpoint "
+        f"(published at {converted.homepage}; license: {converted.license}). "
+        f"Token ids are the reference's own, so logits compare one to one with its code."
+        + (f"\n\nHow the conversion represents the reference:{notes}" if notes else "")
+    )
+    return CardInfo(description=description, license=converted.license)
 
 
 __all__ = ["ConversionError", "Converted", "FORMATS", "config_from_xlstm", "convert", "detect_format", "from_xlstm"]

@@ -33,11 +33,14 @@ from transformers import PreTrainedTokenizerFast
 
 from ..domains import SMILES
 from ..models import BioXLSTMConfig, BioXLSTMForCausalLM
+from ..models.configuration_bioxlstm import block_types_with_slstm_at
 from .common import ConversionError, Converted, check_keys, load_state, load_torch_weights, read_json, xlstm_block_state
 
 FORMAT = "chem-xlstm"
 ARGUMENTS, WEIGHTS = "init_arguments.json", "model.pt"
 SOURCE = "Chem-xLSTM (ml-jku/Chem-xLSTM)"
+# The project hard-codes xlstm's sLSTM `cuda` backend, whose parameter layout its checkpoints hold.
+SLSTM_LAYOUT = "cuda"
 HOMEPAGE = "https://github.com/ml-jku/Chem-xLSTM (weights: https://cloud.ml.jku.at/s/qpAS9iftYCN95by)"
 LICENSE = "apache-2.0"
 
@@ -143,7 +146,7 @@ def config_from_checkpoint(arguments: dict, state: dict, arguments_path: Path, w
             vocab_size=vocab_size,
             hidden_size=hidden_size,
             num_hidden_layers=len(blocks),
-            slstm_layers=slstm_layers,
+            block_types=block_types_with_slstm_at(slstm_layers, len(blocks)),
             domain=SMILES.name,
             pad_token_id=token2label[PAD],
             bos_token_id=token2label[BEGIN],
@@ -210,12 +213,8 @@ def _our_state(state: dict, config: BioXLSTMConfig, path: Path) -> dict[str, tor
         "backbone.post_blocks_norm.weight": state[stack + "post_blocks_norm.weight"],
     }
     for i in range(config.num_hidden_layers):
-        is_slstm = config.is_slstm(i)
         try:
-            block = xlstm_block_state(
-                state, f"{stack}blocks.{i}.", is_slstm, "cuda" if is_slstm else None,
-                (config.slstm_num_heads or config.num_heads) if is_slstm else None,
-            )  # fmt: skip
+            block = xlstm_block_state(state, f"{stack}blocks.{i}.", config, i, SLSTM_LAYOUT)
         except (KeyError, ValueError) as error:
             raise ConversionError(f"{path}: block {i}: {error}") from None
         for name, tensor in block.items():
@@ -240,7 +239,7 @@ def convert(source: Path) -> Converted:
         f"The model has {config.vocab_size} token rows, of which token2label names "
         f"{len(arguments['token2label'])}; the others are `<unused-N>` tokens and are never sampled.",
     ]
-    if config.slstm_layers:
+    if "slstm" in config.block_types:
         notes.append(
             "sLSTM cell parameters read from the layout of xlstm's cuda backend, which Chem-xLSTM "
             "hard-codes; the input and forget gate projections are swapped back to their roles."

@@ -1,5 +1,5 @@
-"""What every converter of a foreign checkpoint shares: safe reading, key and shape checks, the
-xLSTM parameter layouts, and writing the converted model as one of our model directories.
+"""What every converter of a foreign checkpoint shares: safe reading, key and shape checks, and
+the mapping of official-xLSTM block parameters onto ours.
 
 A converter turns a directory as a research project publishes it into a `Converted` (our model,
 a tokenizer that encodes to the project's token ids, and what the model card should say).
@@ -19,12 +19,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from ..export import CardInfo, export
-from ..io import atomic_directory
-
-
-class ConversionError(ValueError):
-    """A source that cannot be converted; the message names the file and what is wrong."""
+from ..models.mixers import mixer_class
+from .errors import ConversionError
+from .safe_pickle import load_archive, non_tensor_entries
 
 
 @dataclass
@@ -81,8 +78,6 @@ def load_torch_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _restricted_state(path: Path) -> dict[str, torch.Tensor]:
-    from .safe_pickle import load_archive, non_tensor_entries
-
     state = load_archive(path)
     if not isinstance(state, Mapping):
         raise ConversionError(f"{path}: expected a mapping of parameter names to tensors")
@@ -122,89 +117,22 @@ def load_state(model: PreTrainedModel, state: Mapping[str, torch.Tensor], path: 
     model.eval()
 
 
-def slstm_cell_from_internal(
-    recurrent_kernel: torch.Tensor, bias: torch.Tensor, layout: str, num_heads: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sLSTM cell's recurrent matrices (NH, DH_in, 4, DH_out) and biases (NH, 4, DH) from the
-    layout in which an `xlstm` backend stores them.
-
-    The backends keep the same numbers in different orders: `cuda` stores the kernel as
-    (NH, DH_in, 4 DH_out) and the bias in [head, gate, dim] order, `vanilla` the kernel as
-    (NH, 4 DH_out, DH_in) and the bias in [gate, head, dim] order. The sizes agree, so a
-    checkpoint does not say which one it holds: the caller must know the backend it was trained with.
-    """
-    size = recurrent_kernel.numel()
-    head_dim = int(round((size / (4 * num_heads)) ** 0.5))
-    if 4 * num_heads * head_dim * head_dim != size or bias.numel() != 4 * num_heads * head_dim:
-        raise ValueError(
-            f"sLSTM parameters of shapes {tuple(recurrent_kernel.shape)} and {tuple(bias.shape)} "
-            f"do not fit {num_heads} heads"
-        )
-    if layout == "cuda":
-        kernel = recurrent_kernel.reshape(num_heads, head_dim, 4, head_dim)
-        bias = bias.reshape(num_heads, 4, head_dim)
-    elif layout == "vanilla":
-        kernel = recurrent_kernel.reshape(num_heads, 4, head_dim, head_dim).permute(0, 3, 1, 2)
-        bias = bias.reshape(4, num_heads, head_dim).permute(1, 0, 2)
-    else:
-        raise ValueError(f"unknown sLSTM backend layout {layout!r} (expected 'cuda' or 'vanilla')")
-    return kernel.contiguous(), bias.contiguous()
-
-
-# Official-xlstm names of an mLSTM cell's parameters; our mLSTM layer holds them directly.
-_MLSTM_CELL_PARAMETERS = ("igate.weight", "igate.bias", "fgate.weight", "fgate.bias", "outnorm.weight", "outnorm.bias")
-
-
 def xlstm_block_state(
-    state: Mapping[str, torch.Tensor], prefix: str, is_slstm: bool, slstm_layout: str | None, slstm_heads: int | None = None
+    state: Mapping[str, torch.Tensor], prefix: str, config, layer_idx: int, layout: str | None = None
 ) -> dict[str, torch.Tensor]:
-    """One block's parameters under our names (relative to the block), from a state dict with
+    """Block `layer_idx`'s parameters under our names (relative to the block), from a state dict with
     official-`xlstm` names under `prefix` (e.g. "xlstm_block_stack.blocks.0.").
 
-    The only changes: an mLSTM cell's gates and norm move up into the layer; an sLSTM cell's
-    recurrent kernel and bias are read from `slstm_layout` (see `slstm_cell_from_internal`); and
-    the sLSTM's `igate`/`fgate` projections swap names, since the reference computes the input gate
-    with `fgate` and the forget gate with `igate`.
+    The block's norms and feed-forward keep their names; the mixer's parameters (`xlstm.`) are
+    mapped by the mixer `config.block_types` names (`Mixer.from_xlstm`), with `layout` the parameter
+    layout of the backend the checkpoint was trained with, where the library has several.
     """
     block = {name[len(prefix) :]: tensor for name, tensor in state.items() if name.startswith(prefix)}
-    converted = {}
-    for name, tensor in block.items():
-        if name.startswith("xlstm.mlstm_cell."):
-            converted[f"xlstm.{name[len('xlstm.mlstm_cell.'):]}"] = tensor
-        elif name.startswith("xlstm.slstm_cell."):
-            continue  # converted below, from both tensors at once
-        elif is_slstm and name in ("xlstm.igate.weight", "xlstm.fgate.weight"):
-            converted["xlstm.fgate.weight" if name == "xlstm.igate.weight" else "xlstm.igate.weight"] = tensor
-        else:
-            converted[name] = tensor
-    if is_slstm:
-        kernel_name, bias_name = "xlstm.slstm_cell._recurrent_kernel_", "xlstm.slstm_cell._bias_"
-        if kernel_name not in block or bias_name not in block:
-            missing = [prefix + n for n in (kernel_name, bias_name) if n not in block]
-            raise KeyError(", ".join(missing))
-        converted["xlstm.recurrent_kernel"], converted["xlstm.bias"] = slstm_cell_from_internal(
-            block[kernel_name], block[bias_name], slstm_layout or "vanilla", slstm_heads or block["xlstm.igate.weight"].shape[0]
-        )
+    layer = {name[len("xlstm.") :]: tensor for name, tensor in block.items() if name.startswith("xlstm.")}
+    converted = {name: tensor for name, tensor in block.items() if not name.startswith("xlstm.")}
+    try:
+        mixer = mixer_class(config.block_types[layer_idx]).from_xlstm(layer, layout, config)
+    except KeyError as error:
+        raise KeyError(", ".join(f"{prefix}xlstm.{name}" for name in error.args[0])) from None
+    converted.update({f"xlstm.{name}": tensor for name, tensor in mixer.items()})
     return converted
-
-
-def write_model_directory(converted: Converted, output: Path) -> Path:
-    """Write the converted model as a self-contained model directory (safetensors, config, model
-    code, tokenizer, card). Nothing appears at `output` unless the whole directory was written."""
-    output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ConversionError(f"{output}: already exists; give a new directory (or remove it first)")
-    with atomic_directory(output) as staging:
-        export(converted.model, staging, converted.tokenizer, _card(converted))
-    return output
-
-
-def _card(converted: Converted) -> CardInfo:
-    notes = "".join(f"\n- {note}" for note in converted.notes)
-    description = (
-        f"Converted by `bioxlstm convert` from a {converted.source} checkpoint "
-        f"(published at {converted.homepage}; license: {converted.license}). "
-        f"Token ids are the reference's own, so logits compare one to one with its code."
-        + (f"\n\nHow the conversion represents the reference:{notes}" if notes else "")
-    )
-    return CardInfo(description=description, license=converted.license)

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..domains import DNA
 from ..models import BioXLSTMConfig, BioXLSTMForCausalLM, BioXLSTMForMaskedLM
+from ..models.configuration_bioxlstm import block_types_with_slstm_at
 from .common import ConversionError, Converted, check_keys, load_state, read_json, xlstm_block_state
 from .safe_pickle import load_lightning_state_dict
 
@@ -153,7 +154,7 @@ def _config(fields: _Fields, path: Path) -> BioXLSTMConfig:
         hidden_size=2 * d_model if rcps else d_model,
         num_hidden_layers=n_layer,
         num_heads=int(fields.get("m_num_heads", 4)) if _has_mlstm(fields) else int(fields.get("s_num_heads", 4)),
-        slstm_layers=slstm_at,
+        block_types=block_types_with_slstm_at(slstm_at, n_layer),
         slstm_num_heads=int(fields.get("s_num_heads", 4)),
         conv1d_kernel_size=int(fields.get("m_conv1d_kernel_size", 4)),
         slstm_conv1d_kernel_size=int(fields.get("s_conv1d_kernel_size", 4)),
@@ -216,7 +217,7 @@ def _our_state(state: dict, config: BioXLSTMConfig, path: Path) -> dict:
     block_name = "backbone.blocks.{}.block.{}" if config.rcps else "backbone.blocks.{}.{}"
     for i in range(config.num_hidden_layers):
         try:
-            block = xlstm_block_state(state, f"{blocks_prefix}{i}.", config.is_slstm(i), SLSTM_LAYOUT, config.slstm_heads)
+            block = xlstm_block_state(state, f"{blocks_prefix}{i}.", config, i, SLSTM_LAYOUT)
         except KeyError as error:
             raise ConversionError(f"{path}: the weights do not match the config: missing {error.args[0]}") from None
         except ValueError as error:
@@ -292,7 +293,7 @@ def convert(source: Path) -> Converted:
             "view its sLSTM reverses the order of the heads before the group norm and keeps them so, which makes the "
             "model not exactly RC-equivariant. New Bio-xLSTM RC-PS models are exactly equivariant (the default)."
         )
-    if len(config.slstm_layers) < config.num_hidden_layers:
+    if "mlstm" in config.block_types:
         notes.append("Widths rounded as the reference rounds them (the mLSTM inner width down to a multiple of 64).")
     if masked and not config.rcps:
         notes.append(

@@ -14,9 +14,9 @@ What the converted model reproduces, each behind a config option of ours:
 
 from pathlib import Path
 
-from .. import load_tokenizer
 from ..domains import PROTEIN
-from ..models import BioXLSTMConfig, BioXLSTMForCausalLM
+from ..models import BioXLSTMConfig, BioXLSTMForCausalLM, mlstm
+from ..tokenization import load_tokenizer
 from .common import ConversionError, Converted, check_keys, load_state, load_torch_weights, read_json, xlstm_block_state
 
 FORMAT = "prot-xlstm"
@@ -123,7 +123,7 @@ def _our_state(state: dict, config: BioXLSTMConfig, path: Path) -> dict:
     if config.add_post_blocks_norm:
         ours["backbone.post_blocks_norm.weight"] = state[stack + "post_blocks_norm.weight"]
     for i, prefix in enumerate(block_prefixes):
-        for name, tensor in xlstm_block_state(state, prefix, False, None).items():
+        for name, tensor in xlstm_block_state(state, prefix, config, i).items():
             ours[f"backbone.blocks.{i}.{name}"] = tensor
     return ours
 
@@ -139,7 +139,7 @@ def convert(source: Path) -> Converted:
     if config.position_embedding == "rotary":
         notes = [
             f"Rotary positions as Prot-xLSTM applies them: over the whole mLSTM inner width "
-            f"({config.mlstm_inner_size}) before the head split, interleaved channel pairs, base "
+            f"({mlstm.inner_size(config)}) before the head split, interleaved channel pairs, base "
             f"{config.rope_theta:g}; the input and forget gates read the rotated q and k.",
             f"Position ids: 0 at every `<cls>`, counting on after it, clamped to "
             f"{config.max_position_id} (max_position_embeddings - 1, as Prot-xLSTM's data "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .common import ConversionError
+from .errors import ConversionError
 
 # What `torch.save` before 1.6 wrote first (its pickled magic number); that format is not a zip.
 _LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"

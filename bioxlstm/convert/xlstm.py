@@ -3,6 +3,7 @@
 
 
 from ..models import BioXLSTMConfig, BioXLSTMForCausalLM
+from ..models.configuration_bioxlstm import block_types_with_slstm_at
 from .common import xlstm_block_state
 
 _ACTIVATIONS = {"gelu": "gelu", "swish": "swish", "relu": "relu"}
@@ -16,7 +17,7 @@ def config_from_xlstm(xlstm_config, **overrides) -> BioXLSTMConfig:
         vocab_size=xlstm_config.vocab_size,
         hidden_size=xlstm_config.embedding_dim,
         num_hidden_layers=xlstm_config.num_blocks,
-        slstm_layers=list(xlstm_config.slstm_at),
+        block_types=block_types_with_slstm_at(xlstm_config.slstm_at, xlstm_config.num_blocks),
         dropout=xlstm_config.dropout,
         bias=xlstm_config.bias,
         add_post_blocks_norm=xlstm_config.add_post_blocks_norm,
@@ -72,10 +73,9 @@ def from_xlstm(lm_model, **config_overrides) -> BioXLSTMForCausalLM:
         state["backbone.post_blocks_norm.weight"] = stack.post_blocks_norm.weight.data
     reference_state = stack.state_dict()
     for i, (block, kind) in enumerate(zip(stack.blocks, config.block_types)):
-        is_slstm = kind == "slstm"
-        # A live cell keeps its parameters in the layout of its backend.
-        layout = block.xlstm.slstm_cell.config.backend if is_slstm else None
-        for name, tensor in xlstm_block_state(reference_state, f"blocks.{i}.", is_slstm, layout).items():
+        # A live sLSTM cell keeps its parameters in the layout of its backend.
+        layout = block.xlstm.slstm_cell.config.backend if kind == "slstm" else None
+        for name, tensor in xlstm_block_state(reference_state, f"blocks.{i}.", config, i, layout).items():
             state[f"backbone.blocks.{i}.{name}"] = tensor
     model.load_state_dict({k: v.detach().clone().float() for k, v in state.items()}, strict=True)
     return model.eval()

@@ -3,59 +3,25 @@
 import random
 import zlib
 
-import torch
 from transformers import DataCollatorForLanguageModeling, DataCollatorWithFlattening, PreTrainedTokenizerBase
 
 from ..tokenization import MOLECULE_SEPARATOR, vocabulary_id
 
 
-def causal_lm_collator(tokenizer: PreTrainedTokenizerBase, packing: bool, position_restart_token_id: int | None = None):
+def causal_lm_collator(tokenizer: PreTrainedTokenizerBase, packing: bool):
     """Next-token prediction batches.
 
     packing: all examples of a batch side by side in one row, with `seq_idx` telling the model
-    where each starts; it resets every recurrent state (mLSTM memory, sLSTM cell, conv window) there,
-    and no label crosses a boundary, so the loss is that of the examples run one by one, with no
-    compute spent on padding. Otherwise the examples are right-padded to the longest, with
-    `attention_mask` making the padding invisible and its labels ignored.
-    position_restart_token_id: the model's `config.position_restart_token_id`, so that packed
-    positions restart where the model, reading the example alone, would restart them.
+    where each starts; it resets every recurrent state (mLSTM memory, sLSTM cell, conv window) there
+    and numbers rotary positions from 0 again, as it does for the example read alone; no label
+    crosses a boundary, so the loss is that of the examples run one by one, with no compute spent on
+    padding. No `position_ids` are sent: the model numbers each example itself, restart tokens
+    (`config.position_restart_token_id`) included. Otherwise the examples are right-padded to the
+    longest, with `attention_mask` making the padding invisible and its labels ignored.
     """
     if packing:
-        return PackingCollator(position_restart_token_id)
+        return DataCollatorWithFlattening(return_seq_idx=True, return_position_ids=False)
     return DataCollatorForLanguageModeling(tokenizer, mlm=False)
-
-
-class PackingCollator(DataCollatorWithFlattening):
-    """Examples packed into one row, with `seq_idx` and with `position_ids` that number every
-    example from 0, as the model numbers it when it reads the example alone.
-
-    Without them a rotary model would number the row straight through: q.k depends on position
-    differences only, but gates that read rotated q and k (`rope_gates_read_rotated`) and clamped
-    positions (`max_position_id`) do not, so a packed example would not score as it does alone.
-    """
-
-    def __init__(self, position_restart_token_id: int | None = None):
-        super().__init__(return_seq_idx=True, return_position_ids=True)
-        self.position_restart_token_id = position_restart_token_id
-
-    def __call__(self, features, return_tensors=None, separator_id=None):
-        batch = super().__call__(features, return_tensors, separator_id)
-        if self.position_restart_token_id is not None:
-            batch["position_ids"] = restarting_positions(
-                batch["input_ids"], batch["position_ids"], self.position_restart_token_id
-            )
-        return batch
-
-
-def restarting_positions(input_ids: torch.Tensor, positions: torch.Tensor, restart_id: int) -> torch.Tensor:
-    """(1, S) positions counted from each example's start, restarted at 0 at every `restart_id` token
-    (the numbering of `BioXLSTMModel` under `config.position_restart_token_id`)."""
-    index = torch.arange(positions.shape[-1], device=positions.device).expand_as(positions)
-    # The last place, at or before each token, where the numbering started afresh: an example's
-    # first token or a restart token.
-    restarted = (positions == 0) | (input_ids == restart_id)
-    origin = torch.where(restarted, index, torch.zeros_like(index)).cummax(dim=-1).values
-    return index - origin
 
 
 def batch_seed(seed: int, epoch: int, features: list[dict]) -> int:
@@ -81,15 +47,13 @@ class MoleculeSetCollator:
     it. The orders are drawn as `batch_seed` describes.
     """
 
-    def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, packing: bool, seed: int = 0, position_restart_token_id: int | None = None
-    ):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, packing: bool, seed: int = 0):
         self.seed, self.epoch = seed, 0
         self.separator_id = vocabulary_id(tokenizer, MOLECULE_SEPARATOR)
         if self.separator_id is None:
             raise ValueError(f"the tokenizer has no token for the molecule separator {MOLECULE_SEPARATOR!r}")
         self.delimiters = {tokenizer.cls_token_id, tokenizer.eos_token_id}
-        self.batches = causal_lm_collator(tokenizer, packing, position_restart_token_id)
+        self.batches = causal_lm_collator(tokenizer, packing)
 
     def permuted(self, input_ids: list[int], rng: random.Random) -> list[int]:
         start = 1 if input_ids and input_ids[0] in self.delimiters else 0

@@ -3,6 +3,7 @@
 
 from .blocks import XLSTMBlock
 from .configuration_bioxlstm import BioXLSTMConfig
+from .mixers import MIXERS, Mixer, register_mixer
 from .modeling_bioxlstm import (
     BioXLSTMCache,
     BioXLSTMForCausalLM,
@@ -22,5 +23,8 @@ __all__ = [
     "BioXLSTMForTokenClassification",
     "BioXLSTMModel",
     "BioXLSTMPreTrainedModel",
+    "MIXERS",
+    "Mixer",
     "XLSTMBlock",
+    "register_mixer",
 ]

@@ -1,16 +1,24 @@
 """Configuration of the Bio-xLSTM block stack: every field is part of the architecture."""
 
-import math
+import functools
+import inspect
+import typing
 
 from transformers import PretrainedConfig
+
+from .layers import round_up
+from .mixers import MIXERS, mixer_setting_types, mixer_settings
+# Importing the built-in mixers registers them (and makes `save_pretrained` ship their files).
+from .mlstm import inner_size as mlstm_inner_size
+from .slstm import SLSTMLayer  # noqa: F401
 
 KERNEL_CHOICES = ("auto", "native", "triton")
 BIDIRECTIONAL_COMBINE_CHOICES = ("add", "mean")
 BIDIRECTIONAL_MODES = ("mixer", "block", "alternating")
 POOLING_CHOICES = ("mean", "max", "first", "last")
 POSITION_EMBEDDINGS = ("none", "rotary")
-# How the blocks of `block_types` are written for people (cards, `bioxlstm info`).
-BLOCK_NAMES = {"mlstm": "mLSTM", "slstm": "sLSTM"}
+# Fields that configs saved before `block_types` was stored hold instead (migrated on read), by type.
+LEGACY_FIELDS = {"slstm_layers": list[int]}
 ROPE_PAIRINGS = ("half", "interleaved")
 ROPE_SPANS = ("head", "inner")
 # The Auto class that loads each head (the classes of modeling_bioxlstm.py); `auto_map` lists the ones
@@ -24,12 +32,16 @@ HEADS = {
 }
 
 
-def _round_up(value: float, multiple: int) -> int:
-    return int(math.ceil(value / multiple) * multiple)
-
-
 class BioXLSTMConfig(PretrainedConfig):
-    r"""Configuration of a Bio-xLSTM model: a stack of mLSTM and sLSTM blocks (xLSTM v1 structure).
+    r"""Configuration of a Bio-xLSTM model: a stack of blocks, each around the sequence mixer its
+    entry of `block_types` names (mLSTM and sLSTM, xLSTM v1 structure; `mixers.MIXERS` lists them).
+
+    The fields below are shared by all blocks. Each mixer's own settings are keyword arguments too,
+    documented with the mixer and stored in config.json beside these: the mLSTM's `proj_factor`,
+    `qkv_proj_blocksize`, `chunk_size` and `mlstm_inner_width` (`models/mlstm.py`), the sLSTM's
+    `slstm_num_heads`, `slstm_conv1d_kernel_size` and `rcps_slstm_head_flip` (`models/slstm.py`).
+    A config saved before `block_types` was stored lists its sLSTM blocks as `slstm_layers`; that
+    is read as the same `block_types`.
 
     Args:
         vocab_size: number of token ids.
@@ -37,28 +49,20 @@ class BioXLSTMConfig(PretrainedConfig):
             the doubled width: each block runs at `hidden_size / 2` (`block_width`) on each of the
             two strand views.
         num_hidden_layers: number of blocks.
-        num_heads: heads of the mLSTM cells (and of the sLSTM cells unless `slstm_num_heads` is set).
-        slstm_layers: indices of the blocks that are sLSTM blocks; all others are mLSTM blocks
-            (`block_types` lists the kind of every block).
-        block_types: the kind of every block, "mlstm" or "slstm", instead of `slstm_layers`
-            (which is what config.json stores).
-        proj_factor: mLSTM up-projection factor; the inner width is `proj_factor * hidden_size`
-            rounded up to a multiple of `proj_round_multiple`.
-        conv1d_kernel_size: width of the causal depthwise convolution in every block (0 disables it
-            in sLSTM blocks).
-        qkv_proj_blocksize: block size of the block-diagonal q/k/v projections of the mLSTM.
-        ffn_proj_factor: up-projection factor of the gated feed-forward of sLSTM blocks (rounded
-            like `proj_factor`).
+        num_heads: heads of the cells (the sLSTM's unless `slstm_num_heads` is set).
+        block_types: the kind of every block, in order (as `layer_types` in transformers' hybrid
+            configs), e.g. ["mlstm", "slstm", "mlstm"]; default: all "mlstm".
+        conv1d_kernel_size: width of the causal depthwise convolution in every block (the sLSTM's
+            unless `slstm_conv1d_kernel_size` is set).
+        ffn_proj_factor: up-projection factor of the gated feed-forward of blocks whose mixer has one
+            (the sLSTM), rounded up to a multiple of `proj_round_multiple`.
         dropout: dropout on the block outputs (and on the embeddings if `embedding_dropout`).
-        chunk_size: chunk length of the chunkwise mLSTM kernel used for training and prefill.
         kernel: `"auto"` (Triton on CUDA when available, native PyTorch otherwise), `"native"` or
             `"triton"`. Only `models/kernels.py` reads it.
         tie_word_embeddings: share the input embedding with the LM head.
-        slstm_num_heads: heads of the sLSTM cells (default: `num_heads`).
-        slstm_conv1d_kernel_size: convolution width of sLSTM blocks (default: `conv1d_kernel_size`).
         ffn_activation: activation of the gated feed-forward (`"gelu"`, `"swish"`, `"relu"`).
         bias: bias terms in the up/down and q/k/v projections.
-        proj_round_multiple: the up-projection widths are rounded up to a multiple of this.
+        proj_round_multiple: the up-projection widths (mLSTM, feed-forward) are rounded up to a multiple of this.
         add_post_blocks_norm: layer norm after the last block.
         embedding_dropout: apply `dropout` to the token embeddings.
         norm_eps: epsilon of all layer and group norms.
@@ -96,15 +100,10 @@ class BioXLSTMConfig(PretrainedConfig):
             combined, so the residual counts twice: DNA-xLSTM's blockwise bidirectional models) or
             `"alternating"` (no weight-shared second pass: blocks 0, 2, 4, ... read the sequence
             reversed and the others forward, DNA-xLSTM's `bidirectional_alternating`).
-        mlstm_inner_width: the mLSTM inner width itself, overriding `proj_factor` and its rounding
-            (checkpoints whose width was rounded otherwise, e.g. DNA-xLSTM's rounding down).
-        ffn_inner_width: the same for the feed-forward of sLSTM blocks (overrides `ffn_proj_factor`).
+        ffn_inner_width: the feed-forward's inner width itself, overriding `ffn_proj_factor` and its
+            rounding (checkpoints whose width was rounded otherwise, e.g. DNA-xLSTM's rounding down).
         ffn_bias: bias terms in the feed-forward projections (default: `bias`); DNA-xLSTM gives
             the mLSTM projections biases but not the feed-forward.
-        rcps_slstm_head_flip: reproduce DNA-xLSTM's RC-PS sLSTM, which in the reverse-complement
-            view reverses the order of its heads before the group norm and does not restore it.
-            That view then differs from the forward one by a head permutation, so the model is not
-            exactly RC-equivariant; only for converted DNA-xLSTM "ps" checkpoints. Needs `rcps`.
         rope_reciprocal_frequencies: compute the rotary frequencies as 1 / rope_theta^(2i/D)
             (DNA-xLSTM, Llama) instead of rope_theta^(-2i/D) (Prot-xLSTM, the default). Equal up to
             float rounding, whose effect grows with the position (about 1e-3 on logits at 8k).
@@ -146,21 +145,15 @@ class BioXLSTMConfig(PretrainedConfig):
         hidden_size: int = 128,
         num_hidden_layers: int = 4,
         num_heads: int = 4,
-        slstm_layers: list[int] | tuple[int, ...] = (),
         block_types: list[str] | None = None,
-        proj_factor: float = 2.0,
         conv1d_kernel_size: int = 4,
-        qkv_proj_blocksize: int = 4,
         ffn_proj_factor: float = 1.3,
         dropout: float = 0.0,
-        chunk_size: int = 64,
         kernel: str = "auto",
         tie_word_embeddings: bool = False,
         pad_token_id: int | None = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
-        slstm_num_heads: int | None = None,
-        slstm_conv1d_kernel_size: int | None = None,
         ffn_activation: str = "gelu",
         bias: bool = False,
         proj_round_multiple: int = 64,
@@ -177,10 +170,8 @@ class BioXLSTMConfig(PretrainedConfig):
         pooling: str = "mean",
         classifier_dropout: float = 0.0,
         bidirectional_mode: str = "mixer",
-        mlstm_inner_width: int | None = None,
         ffn_inner_width: int | None = None,
         ffn_bias: bool | None = None,
-        rcps_slstm_head_flip: bool = False,
         rope_reciprocal_frequencies: bool = False,
         position_embedding: str = "none",
         rope_theta: float = 10000.0,
@@ -196,20 +187,15 @@ class BioXLSTMConfig(PretrainedConfig):
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_heads = num_heads
-        if block_types is not None:
-            if len(block_types) != num_hidden_layers or not set(block_types) <= {"mlstm", "slstm"}:
-                raise ValueError(f"block_types needs 'mlstm' or 'slstm' for each of {num_hidden_layers} blocks, got {block_types}")
-            slstm_layers = [i for i, kind in enumerate(block_types) if kind == "slstm"]
-        self.slstm_layers = sorted(int(i) for i in slstm_layers)
-        self.proj_factor = proj_factor
+        self.block_types = _block_types(block_types, kwargs.pop("slstm_layers", None), num_hidden_layers)
+        for name, default in mixer_settings().items():
+            if name in self.shared_field_names():
+                raise ValueError(f"a mixer's setting {name!r} is already a shared field of the config")
+            setattr(self, name, kwargs.pop(name, default))
         self.conv1d_kernel_size = conv1d_kernel_size
-        self.qkv_proj_blocksize = qkv_proj_blocksize
         self.ffn_proj_factor = ffn_proj_factor
         self.dropout = dropout
-        self.chunk_size = chunk_size
         self.kernel = kernel
-        self.slstm_num_heads = slstm_num_heads
-        self.slstm_conv1d_kernel_size = slstm_conv1d_kernel_size
         self.ffn_activation = ffn_activation
         self.bias = bias
         self.proj_round_multiple = proj_round_multiple
@@ -235,10 +221,8 @@ class BioXLSTMConfig(PretrainedConfig):
         self.pooling = pooling
         self.classifier_dropout = classifier_dropout
         self.bidirectional_mode = bidirectional_mode
-        self.mlstm_inner_width = mlstm_inner_width
         self.ffn_inner_width = ffn_inner_width
         self.ffn_bias = ffn_bias
-        self.rcps_slstm_head_flip = rcps_slstm_head_flip
         self.rope_reciprocal_frequencies = rope_reciprocal_frequencies
         super().__init__(
             pad_token_id=pad_token_id,
@@ -260,12 +244,9 @@ class BioXLSTMConfig(PretrainedConfig):
             raise ValueError(f"bidirectional_mode must be one of {BIDIRECTIONAL_MODES}, got {self.bidirectional_mode!r}")
         if self.bidirectional_mode != "mixer" and not self.bidirectional:
             raise ValueError(f"bidirectional_mode={self.bidirectional_mode!r} needs bidirectional=True")
-        if self.rcps_slstm_head_flip and not self.rcps:
-            raise ValueError("rcps_slstm_head_flip reproduces an RC-PS quirk and needs rcps=True")
-        for name in ("mlstm_inner_width", "ffn_inner_width"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        value = self.ffn_inner_width
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"ffn_inner_width must be a positive integer or None, got {value!r}")
         if self.pooling not in POOLING_CHOICES:
             raise ValueError(f"pooling must be one of {POOLING_CHOICES}, got {self.pooling!r}")
         if self.rcps and self.hidden_size % 2:
@@ -274,28 +255,14 @@ class BioXLSTMConfig(PretrainedConfig):
             raise ValueError("rcps and conjoin need complement_map, e.g. bioxlstm.complement_map(tokenizer)")
         if self.complement_map is not None:
             self._validate_complement_map()
-        bad = [i for i in self.slstm_layers if not 0 <= i < self.num_hidden_layers]
-        if bad:
-            raise ValueError(
-                f"slstm_layers {bad} out of range for num_hidden_layers={self.num_hidden_layers}"
-            )
-        if self.mlstm_inner_size % self.num_heads:
-            raise ValueError(
-                f"mLSTM inner size {self.mlstm_inner_size} is not divisible by num_heads={self.num_heads}"
-            )
-        if self.mlstm_inner_size % self.qkv_proj_blocksize:
-            raise ValueError(
-                f"mLSTM inner size {self.mlstm_inner_size} is not divisible by "
-                f"qkv_proj_blocksize={self.qkv_proj_blocksize}"
-            )
-        if self.slstm_layers and self.block_width % self.slstm_heads:
-            raise ValueError(
-                f"block width {self.block_width} is not divisible by the sLSTM heads ({self.slstm_heads})"
-            )
+        if len(self.block_types) != self.num_hidden_layers:
+            raise ValueError(f"block_types has {len(self.block_types)} entries for num_hidden_layers={self.num_hidden_layers}")
+        for kind in dict.fromkeys(self.block_types):
+            if kind not in MIXERS:
+                raise ValueError(f"unknown block type {kind!r} in block_types; known: {', '.join(MIXERS)}")
+            MIXERS[kind].check_config(self)
         if self.domain is not None and not isinstance(self.domain, str):
             raise ValueError(f"domain must be a domain name (see bioxlstm.domains) or None, got {self.domain!r}")
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be positive, got {self.chunk_size}")
         self._validate_positions()
 
     def _validate_positions(self) -> None:
@@ -382,45 +349,63 @@ class BioXLSTMConfig(PretrainedConfig):
         return self.hidden_size // 2 if self.rcps else self.hidden_size
 
     @property
-    def mlstm_inner_size(self) -> int:
-        if self.mlstm_inner_width is not None:
-            return self.mlstm_inner_width
-        return _round_up(self.proj_factor * self.block_width, self.proj_round_multiple)
-
-    @property
-    def mlstm_head_dim(self) -> int:
-        return self.mlstm_inner_size // self.num_heads
-
-    @property
     def rotary_width(self) -> int:
-        """The width one rotary frequency ladder covers (`rope_span`)."""
-        return self.mlstm_inner_size if self.rope_span == "inner" else self.mlstm_head_dim
+        """The width one rotary frequency ladder covers (`rope_span`): the mLSTM's q and k, across
+        the inner width or per head."""
+        inner = mlstm_inner_size(self)
+        return inner if self.rope_span == "inner" else inner // self.num_heads
 
     @property
     def ffn_inner_size(self) -> int:
         if self.ffn_inner_width is not None:
             return self.ffn_inner_width
-        return _round_up(self.ffn_proj_factor * self.block_width, self.proj_round_multiple)
+        return round_up(self.ffn_proj_factor * self.block_width, self.proj_round_multiple)
 
     @property
     def ffn_has_bias(self) -> bool:
         return self.bias if self.ffn_bias is None else self.ffn_bias
 
     @property
-    def slstm_heads(self) -> int:
-        return self.slstm_num_heads or self.num_heads
+    def block_names(self) -> list[str]:
+        """Every block's kind as people write it (cards, `bioxlstm info`)."""
+        return [MIXERS[kind].display_name for kind in self.block_types]
 
-    @property
-    def slstm_conv_size(self) -> int:
-        if self.slstm_conv1d_kernel_size is None:
-            return self.conv1d_kernel_size
-        return self.slstm_conv1d_kernel_size
+    @classmethod
+    @functools.cache
+    def shared_field_names(cls) -> frozenset[str]:
+        """The fields every block shares (this class's own arguments)."""
+        parameters = inspect.signature(cls.__init__).parameters.items()
+        return frozenset(name for name, p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD) - {"self"}
 
-    @property
-    def block_types(self) -> list[str]:
-        """The kind of every block, "mlstm" or "slstm", in order (as `layer_types` in newer
-        transformers configs); derived from `slstm_layers`, which is what config.json stores."""
-        return ["slstm" if i in self.slstm_layers else "mlstm" for i in range(self.num_hidden_layers)]
+    @classmethod
+    def field_names(cls) -> set[str]:
+        """Every field a config can be built from: the shared ones, every registered mixer's
+        settings and the legacy fields that are migrated on read."""
+        return set(cls.field_types())
 
-    def is_slstm(self, layer_idx: int) -> bool:
-        return layer_idx in self.slstm_layers
+    @classmethod
+    def field_types(cls) -> dict[str, object]:
+        """The type of every field `field_names` lists (recipes check a value against it)."""
+        shared = {name: kind for name, kind in typing.get_type_hints(cls.__init__).items() if name in cls.shared_field_names()}
+        return {**shared, **mixer_setting_types(), **LEGACY_FIELDS}
+
+
+def block_types_with_slstm_at(indices, num_hidden_layers: int) -> list[str]:
+    """The block types of a stack whose sLSTM blocks are at `indices` and whose others are mLSTM
+    blocks: how `xlstm` configs (`slstm_at`) and our configs saved before `block_types` was stored
+    (`slstm_layers`) say it."""
+    indices = sorted(int(i) for i in indices)
+    bad = [i for i in indices if not 0 <= i < num_hidden_layers]
+    if bad:
+        raise ValueError(f"sLSTM block indices {bad} out of range for num_hidden_layers={num_hidden_layers}")
+    return ["slstm" if i in indices else "mlstm" for i in range(num_hidden_layers)]
+
+
+def _block_types(block_types: list[str] | None, slstm_layers, num_hidden_layers: int) -> list[str]:
+    """`block_types` as given, or migrated from a saved config's `slstm_layers`, or all mLSTM."""
+    if slstm_layers is None:
+        return ["mlstm"] * num_hidden_layers if block_types is None else [str(kind) for kind in block_types]
+    migrated = block_types_with_slstm_at(slstm_layers, num_hidden_layers)
+    if block_types is not None and list(block_types) != migrated:
+        raise ValueError(f"block_types {list(block_types)} and slstm_layers {slstm_layers} disagree; give block_types only")
+    return migrated

@@ -32,7 +32,7 @@ FORGET_GATE_CLOSED = -100.0
 
 MLSTM_EPS = 1e-6
 
-# Without autograd, a causal model on the native backend reads a long input this many tokens at a
+# Without autograd, a causal model on the native kernel reads a long input this many tokens at a
 # time, every block's state carried from one segment to the next (exact: it is the recurrence). A
 # segment's activations then stay in the CPU caches and the allocator reuses them instead of mapping
 # fresh pages for every large tensor: an 8,192-token prefill of the 10M-parameter benchmark model ran
@@ -45,7 +45,7 @@ NATIVE_INFERENCE_SEGMENT = 1024
 def _installed(module: str):
     """The module named `module`, or None where it is not installed: an exported model runs where only
     torch and transformers are. Imported by name, which transformers' scan of remote code for required
-    packages does not see; cached, since the backends are asked on every forward pass of every block
+    packages does not see; cached, since the kernels are asked on every forward pass of every block
     and a failed import searches the path anew each time."""
     try:
         return importlib.import_module(module)
@@ -72,8 +72,8 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def resolve_backend(kernel: str, device: torch.device) -> str:
-    """Map `config.kernel` and the tensors' device to the backend that runs: native or triton.
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """Map `config.kernel` and the tensors' device to the kernel that runs: native or triton.
 
     kernel="triton" on a CPU is allowed only under the Triton interpreter (`triton_interpreted`), so
     that the test suite runs every Triton path without a GPU (tests/test_triton_interpreter.py);
@@ -87,23 +87,23 @@ def resolve_backend(kernel: str, device: torch.device) -> str:
         if not (triton_runs or interpreted):
             raise RuntimeError(
                 "kernel='triton' needs a CUDA device (or TRITON_INTERPRET=1 on a CPU) and the `triton` and "
-                "`mlstm_kernels` packages; use kernel='auto' or 'native' on this machine"
+                "`mlstm_kernels` packages (pip install \"bioxlstm[gpu]\"); use kernel='auto' or 'native' on this machine"
             )
         return "triton"
     return "triton" if triton_runs else "native"
 
 
-def inference_segment_length(backend: str) -> int | None:
-    """Tokens per segment for inference on `backend` (see NATIVE_INFERENCE_SEGMENT); None: one pass."""
-    return NATIVE_INFERENCE_SEGMENT if backend == "native" else None
+def inference_segment_length(kernel: str) -> int | None:
+    """Tokens per segment for inference on `kernel` (see NATIVE_INFERENCE_SEGMENT); None: one pass."""
+    return NATIVE_INFERENCE_SEGMENT if kernel == "native" else None
 
 
-def _library_chunkwise(backend: str, needs_grad: bool | None = None):
+def _library_chunkwise(kernel: str, needs_grad: bool | None = None):
     """`mlstm_kernels`' chunkwise kernel where it is the one to run, else None (ours runs).
 
     needs_grad: whether the outputs will be differentiated (default: whether autograd records)."""
     needs_grad = torch.is_grad_enabled() if needs_grad is None else needs_grad
-    if backend == "triton":
+    if kernel == "triton":
         # Training on CUDA differentiates ours: mlstm_kernels' custom backwards (the Triton one and
         # native_custbw alike) hold the normaliser max(|q.n|, exp(-m)) and the stabiliser m constant,
         # so their q, k and gate gradients differ from the mLSTM's wherever |q.n| is the larger
@@ -162,7 +162,7 @@ def mlstm_recurrence(
     fgate: torch.Tensor,
     state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
     chunk_size: int,
-    backend: str,
+    kernel: str,
     overwrite_state: bool = False,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Run the mLSTM over a sequence and return the outputs and the final (C, n, m) state.
@@ -181,16 +181,16 @@ def mlstm_recurrence(
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, igate, fgate, *state))
     if seq_len == 1:
         # The Triton step kernel has no backward; a differentiated step runs ours.
-        triton_step = backend == "triton" and not needs_grad
+        triton_step = kernel == "triton" and not needs_grad
         step = _mlstm_kernels().get_mlstm_step_kernel("triton") if triton_step else mlstm_step_native
         kwargs = {"overwrite_state": overwrite_state} if step is mlstm_step_native else {}
         h, state = step(q[:, :, 0], k[:, :, 0], v[:, :, 0], igate, fgate, *state, eps=MLSTM_EPS, **kwargs)
         return h[:, :, None].to(q.dtype), state
     # A prompt shorter than a chunk is one chunk of its own length (no padding to compute).
-    chunk = chunk_size if seq_len >= chunk_size or backend == "triton" else seq_len
-    length = _triton_chunkwise_length(seq_len, chunk) if backend == "triton" else -(-seq_len // chunk) * chunk
+    chunk = chunk_size if seq_len >= chunk_size or kernel == "triton" else seq_len
+    length = _triton_chunkwise_length(seq_len, chunk) if kernel == "triton" else -(-seq_len // chunk) * chunk
     padded = padded_with_no_ops(length, q, k, v, igate, fgate)
-    library = _library_chunkwise(backend, needs_grad)
+    library = _library_chunkwise(kernel, needs_grad)
     if library is None:
         h, state = mlstm_chunkwise_native(*padded, state, chunk)
     else:
@@ -692,17 +692,18 @@ def slstm_recurrence(
     state: torch.Tensor | None,
     keep: torch.Tensor | None,
     reset: torch.Tensor | None,
-    backend: str,
+    kernel: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sLSTM over a sequence, with the arguments and results of `slstm_scan`, on the kernel that
-    computes it exactly on `backend`: flashrnn's fused Triton kernel where it can, else the scan."""
-    if _slstm_runs_fused(preacts, state, keep, reset, backend):
+    """The sLSTM over a sequence, with the arguments and results of `slstm_scan`. `kernel` is what
+    `resolve_kernel` chose: with "triton", flashrnn's fused Triton kernel runs wherever it computes
+    the result exactly; the scan runs everywhere else."""
+    if _slstm_runs_fused(preacts, state, keep, reset, kernel):
         return slstm_fused_triton(preacts, recurrent_kernel, bias, state, keep, reset)
     return slstm_scan(preacts, recurrent_kernel, bias, state, keep, reset)
 
 
-def _slstm_runs_fused(preacts, state, keep, reset, backend: str) -> bool:
-    if backend != "triton" or not flashrnn_available():
+def _slstm_runs_fused(preacts, state, keep, reset, kernel: str) -> bool:
+    if kernel != "triton" or not flashrnn_available():
         return False
     if preacts.shape[-1] not in SLSTM_FUSED_HEAD_DIMS or preacts.dtype == torch.float64:
         return False  # the kernel's tile shapes; it has no fp64 variant

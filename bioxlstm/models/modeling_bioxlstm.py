@@ -14,9 +14,11 @@ from transformers.utils import ModelOutput, can_return_tuple
 # transformers 5.24 renamed every model's cache argument from cache_params to cache; the old name still works.
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .blocks import GatedFeedForward, LayerNorm, MLSTMLayer, SLSTMLayer, XLSTMBlock, small_init_std, wang_init_std
+from .blocks import GatedFeedForward, XLSTMBlock
 from .configuration_bioxlstm import BioXLSTMConfig
-from .kernels import inference_segment_length, resolve_backend
+from .kernels import inference_segment_length, resolve_kernel
+from .layers import LayerNorm, small_init_std
+from .mixers import Mixer
 from .positions import rotary_angles, rotation
 from .rc import ReverseComplementEmbedding, ReverseComplementLMHead, ReverseComplementShared, strand_average, strand_shared
 from .sequence_ops import reversal_index, reverse_complement, reverse_positions, valid_positions
@@ -171,49 +173,19 @@ class BioXLSTMPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """The xLSTM initialisation: small init for input projections, Wang init for output
-        projections, closed-ish input gates, forget gates biased open, norms at identity."""
+        """The xLSTM initialisation: every mixer and feed-forward initialises its own parameters
+        (small init for input projections, Wang init for output projections, gates as each cell
+        wants them); embeddings and heads get the small init, norms start at identity."""
         config = self.config
-        dim, depth = config.block_width, config.num_hidden_layers
-        small, wang = small_init_std(dim), wang_init_std(dim, depth)
+        small = small_init_std(config.block_width)
         if isinstance(module, (ReverseComplementEmbedding, ReverseComplementLMHead)):
             init.copy_(module.complement, torch.tensor(config.complement_map))
-        if isinstance(module, ReverseComplementLMHead):
-            init.normal_(module.weight, std=small)
-        elif isinstance(module, nn.Embedding):
+        if isinstance(module, (Mixer, GatedFeedForward)):
+            module.init_parameters()
+        elif isinstance(module, (ReverseComplementLMHead, nn.Embedding, LanguageModelHead)):
             init.normal_(module.weight, std=small)
         elif isinstance(module, LayerNorm):
             init.zeros_(module.weight)
-        elif isinstance(module, MLSTMLayer):
-            for linear, std in ((module.proj_up, small), (module.proj_down, wang)):
-                init.normal_(linear.weight, std=std)
-                if linear.bias is not None:
-                    init.zeros_(linear.bias)
-            for proj in (module.q_proj, module.k_proj, module.v_proj):
-                init.normal_(proj.weight, std=small)
-                if proj.bias is not None:
-                    init.zeros_(proj.bias)
-            _init_conv(module.conv1d.conv)
-            init.zeros_(module.igate.weight)
-            init.normal_(module.igate.bias, std=0.1)
-            init.zeros_(module.fgate.weight)
-            init.copy_(module.fgate.bias, torch.linspace(3.0, 6.0, module.fgate.bias.numel()))
-            init.ones_(module.learnable_skip)
-        elif isinstance(module, SLSTMLayer):
-            for gate in (module.igate, module.fgate, module.zgate, module.ogate):
-                init.normal_(gate.weight, std=small)
-            if module.conv1d is not None:
-                _init_conv(module.conv1d.conv)
-            init.zeros_(module.recurrent_kernel)
-            init.copy_(module.bias, _slstm_bias_init(module.bias.shape, module.layer_idx, depth))
-        elif isinstance(module, GatedFeedForward):
-            init.normal_(module.proj_up.weight, std=small)
-            init.normal_(module.proj_down.weight, std=wang)
-            for linear in (module.proj_up, module.proj_down):
-                if linear.bias is not None:
-                    init.zeros_(linear.bias)
-        elif isinstance(module, LanguageModelHead):
-            init.normal_(module.weight, std=small)
         elif module is getattr(self, "classifier", None):
             # A new head on a pretrained backbone (`from_pretrained(..., num_labels=2)`) is created
             # empty and filled only here: without this branch it would start as uninitialised memory.
@@ -223,23 +195,6 @@ class BioXLSTMPreTrainedModel(PreTrainedModel):
 
 class LanguageModelHead(nn.Linear):
     """The output layer over the vocabulary (its own class so that initialisation can find it)."""
-
-
-def _init_conv(conv: nn.Conv1d) -> None:
-    bound = 1.0 / conv.kernel_size[0] ** 0.5  # PyTorch's default for a depthwise convolution
-    init.uniform_(conv.weight, -bound, bound)
-    init.uniform_(conv.bias, -bound, bound)
-
-
-def _slstm_bias_init(shape: torch.Size, layer_idx: int, depth: int) -> torch.Tensor:
-    """Forget-gate biases spread over a power law per head (deeper blocks remember longer); the
-    other gates start at zero."""
-    heads, _, head_dim = shape
-    bias = torch.zeros(shape)
-    ratio = layer_idx / (depth - 1) if depth > 1 else 0.0
-    spread = torch.arange(head_dim) / max(head_dim - 1, 1)
-    bias[:, 1, :] = 5.0 - 12.0 * spread ** (0.3 + 1.3 * ratio)
-    return bias
 
 
 def _valid_mask(attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
@@ -359,7 +314,7 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         rotary, sequences_started, next_positions = None, None, None
         if self.config.position_embedding == "rotary":
             rotary, sequences_started, next_positions = self._rotary_angles(
-                position_ids, keep, cache, batch, seq_len, input_ids
+                position_ids, keep, cache, batch, seq_len, input_ids, reset
             )
         if self.config.conjoin:
             if reset is not None:
@@ -395,11 +350,11 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
 
     def _segment_length(self, x: torch.Tensor) -> int:
         """How many tokens the blocks read at a time: all of them, except in causal inference on a
-        backend that is faster in segments (`kernels.inference_segment_length`)."""
+        kernel that is faster in segments (`kernels.inference_segment_length`)."""
         seq_len = x.shape[1]
         if torch.is_grad_enabled() or self.config.non_causal_settings:
             return seq_len
-        return min(seq_len, inference_segment_length(resolve_backend(self.config.kernel, x.device)) or seq_len)
+        return min(seq_len, inference_segment_length(resolve_kernel(self.config.kernel, x.device)) or seq_len)
 
     def _run(self, input_ids, inputs_embeds, keep, reset, rotary, states, output_hidden_states, overwrite_state=False):
         x = self.embedding_dropout(self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds)
@@ -445,15 +400,20 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         batch: int,
         seq_len: int,
         input_ids: torch.Tensor | None = None,
+        reset: torch.Tensor | None = None,
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
         """The rotation (cos, sin) of q and k for this call and, to carry in the cache once it is
         done: for 2-D rotary, the per-row count of sequences started; for models that number
-        positions themselves (`config.position_restart_token_id`), the per-row next position."""
+        positions themselves (`config.position_restart_token_id`), the per-row next position.
+        Without `position_ids`, each sequence packed into a row (`reset`, from `seq_idx`) is numbered
+        from 0, as it is when read alone."""
         device = self.embeddings.weight.device
         restart_id = self.config.position_restart_token_id
         next_positions = None
-        if position_ids is None and restart_id is not None:
-            position_ids, next_positions = self._restarting_positions(input_ids, keep, cache, batch, seq_len, device)
+        if position_ids is None and (restart_id is not None or reset is not None):
+            position_ids, next_positions = self._restarting_positions(input_ids, keep, cache, batch, seq_len, device, reset)
+            if restart_id is None:
+                next_positions = None  # only models that number positions themselves carry them on
         elif position_ids is None:
             seen = cache.seen_tokens if cache is not None else 0
             position_ids = torch.arange(seen, seen + seq_len, device=device).expand(batch, seq_len)
@@ -487,22 +447,23 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         batch: int,
         seq_len: int,
         device: torch.device,
+        reset: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Position ids numbered as `config.position_restart_token_id` says (0 at every restart
-        token, counting on after it; padding does not count), continuing the numbering carried in
-        the cache, and the next position to carry on with."""
+        """Position ids numbered afresh (0, counting on after it; padding does not count) at every
+        token with `config.position_restart_token_id` and at every start of a packed sequence
+        (`reset`), continuing the numbering carried in the cache, and the next position to carry on with."""
         carried = None if cache is None else cache.next_positions
         if carried is None:
             carried = torch.full((batch,), cache.seen_tokens if cache is not None else 0, dtype=torch.long)
         carried = carried.to(device)
         counted = torch.ones(batch, seq_len, dtype=torch.long, device=device) if keep is None else keep.to(device).long()
         count = counted.cumsum(dim=1)  # real tokens of this call up to each position, inclusive
-        if input_ids is None:  # embeddings only: no token ids to restart at
-            positions = carried[:, None] + count - 1
-        else:
-            restarts = (input_ids.to(device) == self.config.position_restart_token_id) & counted.bool()
-            count_at_restart = torch.where(restarts, count, 0).cummax(dim=1).values  # 0: none yet in this call
-            positions = torch.where(count_at_restart > 0, count - count_at_restart, carried[:, None] + count - 1)
+        restarts = torch.zeros(batch, seq_len, dtype=torch.bool, device=device) if reset is None else reset.to(device)
+        if input_ids is not None and self.config.position_restart_token_id is not None:
+            restarts = restarts | (input_ids.to(device) == self.config.position_restart_token_id)
+        restarts = restarts & counted.bool()
+        count_at_restart = torch.where(restarts, count, 0).cummax(dim=1).values  # 0: none yet in this call
+        positions = torch.where(count_at_restart > 0, count - count_at_restart, carried[:, None] + count - 1)
         # Padding before the first real token of a row would be numbered -1; it is never read.
         return positions.clamp(min=0), positions[:, -1] + 1
 
@@ -520,7 +481,7 @@ class BioXLSTMForCausalLM(BioXLSTMPreTrainedModel, GenerationMixin):
             raise ValueError(
                 f"BioXLSTMForCausalLM needs a causal model, but {', '.join(config.non_causal_settings)} lets every "
                 "position see the future; use BioXLSTMForMaskedLM, or for a strand-symmetric causal DNA model "
-                "train with reverse-complement augmentation and score with bioxlstm.tasks.scoring"
+                "train with reverse-complement augmentation and score with bioxlstm.tasks.likelihood"
             )
         super().__init__(config)
         self.backbone = BioXLSTMModel(config)

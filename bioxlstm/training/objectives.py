@@ -57,14 +57,10 @@ def _fim_collator(tokenizer: PreTrainedTokenizerBase, spec: DataSpec, config: Pr
     )
 
 
-def _restart_id(config: PretrainedConfig) -> int | None:
-    return getattr(config, "position_restart_token_id", None)
-
-
 OBJECTIVES: dict[str, Objective] = {
     "clm": Objective(
         BioXLSTMForCausalLM,
-        lambda tokenizer, spec, config: causal_lm_collator(tokenizer, spec.packing, _restart_id(config)),
+        lambda tokenizer, spec, config: causal_lm_collator(tokenizer, spec.packing),
         description="next-token prediction on examples, packed or padded",
     ),
     "mlm": Objective(
@@ -86,9 +82,7 @@ OBJECTIVES: dict[str, Objective] = {
     ),
     "molecule-icl": Objective(
         BioXLSTMForCausalLM,
-        lambda tokenizer, spec, config: MoleculeSetCollator(
-            tokenizer, spec.packing, seed=spec.seed, position_restart_token_id=_restart_id(config)
-        ),
+        lambda tokenizer, spec, config: MoleculeSetCollator(tokenizer, spec.packing, seed=spec.seed),
         domains=(SMILES.name,),
         data_requirements={"cut_at": MOLECULE_SEPARATOR},
         description="next-token prediction on molecule sets joined by '.', shuffled in every batch",

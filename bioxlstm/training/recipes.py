@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import inspect
 import re
 import types
 import typing
@@ -18,7 +17,7 @@ from transformers import TrainingArguments
 
 from ..data import DataSpec
 from ..domains import DOMAINS
-from ..models import BioXLSTMConfig
+from ..models import MIXERS, BioXLSTMConfig
 from .adapters import lora_settings
 from .objectives import OBJECTIVES, Objective
 
@@ -63,8 +62,6 @@ def _yaml_place(error: yaml.YAMLError) -> str:
 
 
 SECTIONS = ("name", "description", "domain", "objective", "init_from", "init_blocks", "data", "model", "training", "lora")
-# The kinds of block `init_blocks` can add to a trained model.
-NEW_BLOCKS = ("mlstm", "slstm")
 # Set from the tokenizer and the recipe's domain, never by hand.
 DERIVED_MODEL_FIELDS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "domain", "complement_map")
 # Data fields a recipe may give as one file or a list of files.
@@ -79,8 +76,7 @@ LEGACY_FSDP_OPTIONS = {
 
 
 def model_fields() -> set[str]:
-    parameters = inspect.signature(BioXLSTMConfig.__init__).parameters
-    return {name for name, p in parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD} - {"self", *DERIVED_MODEL_FIELDS}
+    return BioXLSTMConfig.field_names() - set(DERIVED_MODEL_FIELDS)
 
 
 def _section_fields() -> dict[str, set[str]]:
@@ -99,7 +95,7 @@ def _section_types() -> dict[str, dict[str, object]]:
     # transformers types `fsdp` as a string only for its deprecated form (`_check_fsdp`); a recipe turns
     # it on with true.
     training["fsdp"] = bool | None
-    return {"data": data, "model": typing.get_type_hints(BioXLSTMConfig.__init__), "training": training}
+    return {"data": data, "model": BioXLSTMConfig.field_types(), "training": training}
 
 
 def _fits(value, hint) -> bool:
@@ -228,12 +224,12 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
         if init_from is None:
             raise ValueError(f"{path}: init_blocks rearranges the blocks of a trained model; give init_from too")
         if not isinstance(init_blocks, list) or not init_blocks or not all(
-            (isinstance(entry, int) and not isinstance(entry, bool) and entry >= 0) or entry in NEW_BLOCKS
+            (isinstance(entry, int) and not isinstance(entry, bool) and entry >= 0) or entry in MIXERS
             for entry in init_blocks
         ):
             raise ValueError(
                 f"{path}: init_blocks must be a list whose entries are block indices of init_from (0, 1, ...) or "
-                f"{' / '.join(NEW_BLOCKS)} for a new block, got {init_blocks!r}"
+                f"{' / '.join(MIXERS)} for a new block, got {init_blocks!r}"
             )
     return Recipe(
         name=content.get("name", path.stem),

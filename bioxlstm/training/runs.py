@@ -23,7 +23,8 @@ from ..pretrained import resolve_model, saved_tokenizer
 from ..tokenization import complement_map, load_tokenizer
 from .launchers import check_launcher, check_sharding, distribution, launched_processes, training_settings
 from .objectives import OBJECTIVES, Objective
-from .recipes import NEW_BLOCKS, Recipe, model_fields
+from .predictions import prediction_metrics
+from .recipes import Recipe, model_fields
 from .adapters import describe as describe_lora
 from .adapters import is_adapted, with_lora
 from .sharding import has_shards, shard_model, unsharded_copy
@@ -83,7 +84,7 @@ def starting_model(
 
 def grown_model(model: PreTrainedModel, layout: list[int | str]) -> PreTrainedModel:
     """A copy of `model` whose blocks are laid out as `layout` says: each entry is the index of one of
-    `model`'s blocks to copy, or `mlstm` / `slstm` for a new block with fresh weights (the xLSTM
+    `model`'s blocks to copy, or a block type (`mlstm`, `slstm`, any registered mixer) for a new block with fresh weights (the xLSTM
     initialisation at its depth).
 
     Function-preserving growth: a new block, and every copy of an old block after its first, starts
@@ -91,10 +92,9 @@ def grown_model(model: PreTrainedModel, layout: list[int | str]) -> PreTrainedMo
     computes exactly what `model` does, and training starts from its quality rather than from scratch.
     """
     config = model.config
-    block_types = [entry if entry in NEW_BLOCKS else config.block_types[entry] for entry in layout]
-    slstm = [i for i, kind in enumerate(block_types) if kind == "slstm"]
+    block_types = [entry if isinstance(entry, str) else config.block_types[entry] for entry in layout]
     grown_config = config.__class__.from_dict(
-        {**config.to_dict(), "num_hidden_layers": len(layout), "slstm_layers": slstm}
+        {**config.to_dict(), "num_hidden_layers": len(layout), "block_types": block_types}
     )
     grown = model.__class__(grown_config).to(device=model.device, dtype=model.dtype)
     outside_blocks = {key: value for key, value in model.state_dict().items() if not key.startswith("backbone.blocks.")}
@@ -103,7 +103,7 @@ def grown_model(model: PreTrainedModel, layout: list[int | str]) -> PreTrainedMo
     for block, entry in zip(grown.backbone.blocks, layout):
         if isinstance(entry, int):
             block.load_state_dict(model.backbone.blocks[entry].state_dict())
-        if entry in copied or entry in NEW_BLOCKS:
+        if entry in copied or isinstance(entry, str):
             block.zero_residual_()
         copied.add(entry)
     return grown
@@ -174,8 +174,6 @@ def build_trainer(recipe: Recipe, output_dir: str | Path) -> RecipeTrainer:
 
 
 def _labeled_metrics(kind: str) -> Callable:
-    from ..tasks.downstream import prediction_metrics
-
     return lambda predictions: prediction_metrics(kind, predictions.predictions, predictions.label_ids).as_dict()
 
 
@@ -267,8 +265,8 @@ def _check_checkpoint_fits(model: PreTrainedModel, checkpoint: Path) -> None:
 
 
 def _changed_model_settings(checkpoint: Path, config: BioXLSTMConfig) -> str:
-    try:
-        saved = json.loads((checkpoint / CONFIG_NAME).read_text())
+    try:  # read as a config, so that a checkpoint saved in an older layout compares field by field
+        saved = type(config).from_dict(json.loads((checkpoint / CONFIG_NAME).read_text())).to_dict()
     except (OSError, ValueError):
         return ""
     now = config.to_dict()

@@ -1,0 +1,117 @@
+"""The layers mixers and blocks are made of: norms, block-diagonal projections, the causal
+convolution, and the initialisation scales of the xLSTM recipe.
+
+Module and parameter names and shapes follow the official `xlstm` package, so its checkpoints
+convert one to one (see `bioxlstm.convert`).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+
+
+class LayerNorm(nn.Module):
+    """Layer norm without bias whose scale is stored as an offset from one (zero-initialised)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), weight=1.0 + self.weight, eps=self.eps)
+
+
+class MultiHeadLayerNorm(LayerNorm):
+    """Layer norm over each head separately (a group norm with one group per head)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, S, NH, DH)
+        batch, seq_len, heads, head_dim = x.shape
+        y = F.group_norm(x.reshape(batch * seq_len, heads * head_dim), heads, weight=1.0 + self.weight, eps=self.eps)
+        return y.view(batch, seq_len, heads * head_dim)
+
+
+class HeadwiseLinear(nn.Module):
+    """Block-diagonal linear map: each of `num_blocks` channel groups has its own square matrix."""
+
+    def __init__(self, dim: int, num_blocks: int, bias: bool):
+        super().__init__()
+        self.num_blocks = num_blocks
+        block = dim // num_blocks
+        self.weight = nn.Parameter(torch.empty(num_blocks, block, block))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.einsum("...hi,hoi->...ho", x.view(*shape[:-1], self.num_blocks, -1), self.weight)
+        y = y.reshape(shape)
+        return y if self.bias is None else y + self.bias
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal convolution whose state is the last `kernel_size - 1` inputs."""
+
+    def __init__(self, dim: int, kernel_size: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(dim, dim, kernel_size, groups=dim, bias=True)
+
+    def forward(
+        self, x: torch.Tensor, state: torch.Tensor | None, reset: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, S, D); state: (B, K-1, D) or None (zeros, i.e. the sequence starts here);
+        reset: (B, S) bool, True where a sequence starts that must not see earlier inputs."""
+        if state is None:
+            state = x.new_zeros(x.shape[0], self.kernel_size - 1, x.shape[2])
+        window = torch.cat([state.to(x.dtype), x], dim=1)
+        new_state = window[:, window.shape[1] - (self.kernel_size - 1) :]
+        if reset is None and x.shape[1] == 1:
+            # One decoding step: a weighted sum of the window, without conv1d's per-call set-up.
+            return (window * self.conv.weight[:, 0].T).sum(1, keepdim=True) + self.conv.bias, new_state
+        if reset is None:
+            y = F.conv1d(window.transpose(1, 2), self.conv.weight, self.conv.bias, groups=x.shape[2])
+            return y.transpose(1, 2), new_state
+        # Tap k of output t reads input t-k, which belongs to the same sequence iff no sequence
+        # starts in (t-k, t]; inputs before this call count as one earlier sequence.
+        starts = torch.cumsum(reset.long(), dim=1)
+        starts = torch.cat([starts.new_zeros(x.shape[0], self.kernel_size - 1), starts], dim=1)
+        taps = window.unfold(1, self.kernel_size, 1)  # (B, S, D, K): inputs t-K+1 .. t
+        same_sequence = starts.unfold(1, self.kernel_size, 1) == starts[:, self.kernel_size - 1 :, None]
+        y = torch.einsum("bsdk,dk->bsd", taps * same_sequence[:, :, None, :], self.conv.weight[:, 0])
+        return y + self.conv.bias, new_state
+
+
+def mask_padding(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    return x if keep is None else x * keep.unsqueeze(-1).to(x.dtype)
+
+
+def round_up(value: float, multiple: int) -> int:
+    """`value` rounded up to a multiple of `multiple` (the widths of the up-projections)."""
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def small_init_std(dim: int) -> float:
+    """Std of the "small init" of the xLSTM/Transformers-without-tears recipe."""
+    return math.sqrt(2 / (5 * dim))
+
+
+def wang_init_std(dim: int, num_blocks: int) -> float:
+    return 2 / num_blocks / math.sqrt(dim)
+
+
+def init_causal_conv(conv: CausalConv1d) -> None:
+    """PyTorch's default initialisation of a depthwise convolution, through transformers' init
+    functions (which leave loaded weights alone)."""
+    bound = 1.0 / conv.kernel_size**0.5
+    init.uniform_(conv.conv.weight, -bound, bound)
+    init.uniform_(conv.conv.bias, -bound, bound)
+
+
+def init_linear(linear: nn.Module, std: float) -> None:
+    """Normal weights of `std` and zero biases (where the layer has one)."""
+    init.normal_(linear.weight, std=std)
+    if getattr(linear, "bias", None) is not None:
+        init.zeros_(linear.bias)
