@@ -32,11 +32,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from rdkit import Chem, rdBase  # noqa: E402
 from scipy import stats  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from bioxlstm import moses  # noqa: E402
+from bioxlstm import chem, moses  # noqa: E402
 from moses_train_row import PUBLISHED_TRAIN_ROW, training_molecules, training_sample  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "moses_sample_size.csv"
@@ -57,7 +56,7 @@ def fcd_floor(directory: Path, size: int, reference_size: int, repeats: int, see
     mean, covariance = statistics["mean"], statistics["covariance"]
     rng = np.random.default_rng(seed)
     values = [
-        moses.frechet_distance(
+        chem.frechet_distance(
             gaussian_statistics(mean, covariance, size, rng), gaussian_statistics(mean, covariance, reference_size, rng)
         )
         for _ in range(repeats)
@@ -66,8 +65,7 @@ def fcd_floor(directory: Path, size: int, reference_size: int, repeats: int, see
 
 
 def _scaffolds_of_chunk(chunk: list[str]) -> list[str | None]:
-    with rdBase.BlockLogs():
-        molecules = [Chem.MolFromSmiles(smiles) for smiles in chunk]
+    molecules = [chem.molecule_from_smiles(smiles) for smiles in chunk]
     return [None if molecule is None else moses.murcko_scaffold(molecule) for molecule in molecules]
 
 
@@ -106,10 +104,10 @@ def main() -> None:
         rows.append({"quantity": "Scaf/Test", "molecules": len(molecules),
                      "value": moses.cosine_similarity(counts, test_scaffolds), "spread": float("nan")})  # fmt: skip
     if args.whole_set_fcd:
-        statistics = moses.chemnet_statistics(training)
+        statistics = chem.chemnet_statistics(training)
         for suffix, name in moses.REFERENCE_SETS.items():
             reference = np.load(directory / f"{name}_fcd.npz")
-            value = moses.frechet_distance(statistics, (reference["mean"], reference["covariance"]))
+            value = chem.frechet_distance(statistics, (reference["mean"], reference["covariance"]))
             rows.append({"quantity": f"FCD/{suffix}", "molecules": len(training), "value": value, "spread": float("nan")})
     for row in rows:
         row["published Train"] = PUBLISHED_TRAIN_ROW[row["quantity"].split(" ")[0]]

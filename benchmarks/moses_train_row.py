@@ -3,9 +3,10 @@
 MOSES reports, beside its models, the metrics of its own training set against its test and
 scaffold-test sets. This draws `--sample` molecules (30,000, the size MOSES evaluates its models at) from
 the MOSES training set with `--seed`, runs `bioxlstm.moses.moses_metrics` against the bundled test
-sets (the same path as `bioxlstm evaluate chem --benchmark moses`) and prints our row beside the
-published one (MOSES README, "Train"; its unrounded values in the MOSES repository's
-data/samples/train_metrics.csv).
+sets (the same path as `bioxlstm evaluate chem --benchmark moses`, whose valid, unique, FCD, SNN,
+IntDiv and Novelty are `bioxlstm.chem`'s, the code plain `evaluate chem` reports them with) and
+prints our row beside the published one (MOSES README, "Train"; its unrounded values in the MOSES
+repository's data/samples/train_metrics.csv).
 
 The published row matches the whole training set: the columns that are means over molecules (SNN,
 IntDiv, Filters) or cosines of dense counts (Frag) hardly move with the sample's size and reproduce

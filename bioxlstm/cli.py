@@ -1,5 +1,6 @@
 """The `bioxlstm` command line: assembles the commands of `bioxlstm.commands` and turns a user's
-mistake into one line and exit status 1."""
+mistake, or an optional dependency the command needs but the install lacks, into one line and exit
+status 1."""
 
 import argparse
 import copy
@@ -9,6 +10,7 @@ import sys
 from . import __version__
 from .commands import convert, embed, evaluate, export, generate, info, inpaint, score, train
 from .commands.options import refuse_overwriting_input
+from .extras import missing_extra_message, missing_optional_module
 
 # In the order `--help` lists them.
 COMMANDS = (generate, embed, score, inpaint, info, export, convert, evaluate, train)
@@ -47,6 +49,8 @@ class Parser(argparse.ArgumentParser):
             # A command's own layout (e.g. a raw description) keeps the defaults too.
             formatter_class = type(formatter_class.__name__, (formatter_class, DefaultsHelpFormatter), {})
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
+        # The innermost parser that reads the command line sets it last: e.g. "bioxlstm evaluate chem".
+        self.set_defaults(command_path=self.prog)
 
     def error(self, message: str):
         # A mistake on the command line is a user error like any other: one line, status 1.
@@ -92,6 +96,14 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         # The reader of our output (e.g. `head`) has had enough; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except ModuleNotFoundError as error:
+        module = missing_optional_module(error)
+        if args.debug or module is None:
+            raise  # a module of the base install is missing: a broken install, not a choice
+        if reports_errors():
+            command = args.command_path.removeprefix(f"{parser.prog} ")
+            print(f"bioxlstm: error: {missing_extra_message(command, module)}", file=sys.stderr)
+        sys.exit(1)
     except USER_ERRORS as error:
         if args.debug:
             raise

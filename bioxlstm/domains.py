@@ -1,14 +1,16 @@
 """The sequence domains, one record each: the only place where a domain is spelled out.
 
 Code elsewhere asks a domain what it can do (`has_strands`, `reads_homologs`, `molecule_sets`)
-instead of comparing names, so adding a domain is one new `Domain` here plus its tokenizer files
-(`tokenizers/<name>/`, built by `bioxlstm.tokenization`).
+instead of comparing names, and finds a domain by name in the registry `DOMAINS`, so adding a domain
+is one `register_domain(Domain(...))` call plus its tokenizer file (built by `bioxlstm.tokenization`;
+the built-in ones live in `tokenizers/<name>/`). The built-in domains below register the same way.
 """
 
 import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,9 @@ class Domain:
     display_name: str  # for model cards and messages
     alphabet: Alphabet
     output_format: str  # how generated sequences are written when no file extension says it
-    default_model: str  # the bundled model of the domain
+    default_model: str | None = None  # the bundled model of the domain, if it has one
+    # The folder of its `tokenizer.json`; None: the tokenizer bundled with bioxlstm (`tokenizers/<name>/`).
+    tokenizer_directory: Path | None = None
     # Watson-Crick pairs: sequences have two strands (reverse-complement invariance, RC-PS).
     complementary_bases: Mapping[str, str] = field(default_factory=dict)
     reads_homologs: bool = False  # a family of homologs (A3M, Stockholm, FASTA) can be the context
@@ -58,7 +62,22 @@ PROTEIN_RESIDUES = "ACDEFGHIKLMNPQRSTVWY" + "XBUZO"
 SMILES_TOKEN_PATTERN = r"\[[^\[\]]+\]|Br|Cl|[BCNOPSFI]|[bcnops]|%\d{2}|\d|[=#$/\\\-+()\.:~@?>*]"
 MOLECULE_SEPARATOR = "."
 
-DNA = Domain(
+# Every domain by name; `register_domain` adds to it, so code that reads it sees domains registered later.
+DOMAINS: dict[str, Domain] = {}
+
+
+def register_domain(domain: Domain) -> Domain:
+    """Make `domain` known to the tokenizers, the data readers, recipes and commands; returns it.
+    ValueError when its name is taken or its alphabet belongs to another domain."""
+    if domain.name in DOMAINS:
+        raise ValueError(f"domain {domain.name!r} is already registered")
+    if domain.alphabet.domain != domain.name:
+        raise ValueError(f"domain {domain.name!r} has the alphabet of domain {domain.alphabet.domain!r}")
+    DOMAINS[domain.name] = domain
+    return domain
+
+
+DNA = register_domain(Domain(
     name="dna",
     display_name="DNA",
     alphabet=Alphabet(
@@ -70,16 +89,16 @@ DNA = Domain(
     output_format="fasta",
     default_model="dna",
     complementary_bases={"A": "T", "T": "A", "C": "G", "G": "C"},
-)
-PROTEIN = Domain(
+))
+PROTEIN = register_domain(Domain(
     name="protein",
     display_name="protein",
     alphabet=Alphabet("protein", f"(?i:[{PROTEIN_RESIDUES}])", f"{PROTEIN_RESIDUES}, any case", "X"),
     output_format="fasta",
     default_model="protein",
     reads_homologs=True,
-)
-SMILES = Domain(
+))
+SMILES = register_domain(Domain(
     name="smiles",
     display_name="small molecules (SMILES)",
     alphabet=Alphabet("smiles", SMILES_TOKEN_PATTERN, "atom-level SMILES tokens", None),
@@ -88,9 +107,7 @@ SMILES = Domain(
     molecule_sets=True,
     separator=MOLECULE_SEPARATOR,
     sampleable_pieces=r"[A-Za-z0-9\[\]()=#$/\\\-+.:~@?>*%]+",
-)
-
-DOMAINS: dict[str, Domain] = {domain.name: domain for domain in (DNA, PROTEIN, SMILES)}
+))
 
 
 def get_domain(name: str) -> Domain:

@@ -1,7 +1,10 @@
-"""The MOSES benchmark metrics (Polykovskiy et al. 2020, "Molecular Sets (MOSES)"), computed with RDKit,
-torch and the `fcd` package, as the MOSES paper and its reference code define them.
+"""The MOSES benchmark (Polykovskiy et al. 2020, "Molecular Sets (MOSES)"): its metric set, its
+reference sets and its filter rules, as the MOSES paper and its reference code define them.
 
-Of a list of generated SMILES:
+The metrics that are not MOSES' alone (validity, uniqueness, novelty, FCD, SNN, IntDiv, and the
+invalid samples by kind) are `bioxlstm.chem`'s, the same code that `evaluate chem` reports them with;
+this module adds the fragment, scaffold and filter columns and the MOSES data. Of a list of
+generated SMILES (each parsed once, in worker processes):
 - valid: the fraction that RDKit parses (the empty string is invalid). Every metric below is taken
   over the valid molecules only, in RDKit-canonical form, repeats kept, unless it says "distinct".
 - unique@k: distinct molecules among the first k valid ones, as a fraction of k (of all the valid
@@ -9,7 +12,7 @@ Of a list of generated SMILES:
 - FCD/<set>: the Fréchet ChemNet Distance between the ChemNet activations of the valid molecules and
   those of the reference set (Test: the MOSES test set; TestSF: the scaffold-split test set).
 - SNN/<set>: the mean over the valid molecules of the Tanimoto similarity to the nearest reference
-  molecule, on Morgan fingerprints of radius 2 and 1024 bits.
+  molecule, on Morgan fingerprints of radius 2 and 1024 bits (`chem.MORGAN_BITS`).
 - Frag/<set>: the cosine similarity of the count vectors of BRICS fragments (each molecule cut at its
   BRICS bonds, every piece counted once per occurrence) of the valid and the reference molecules.
 - Scaf/<set>: the same over Bemis-Murcko scaffolds; scaffolds with fewer than two rings (and
@@ -23,6 +26,7 @@ Of a list of generated SMILES:
 
 The filter rules are data (`mcf.csv`, `wehi_pains.csv`) from the MOSES repository; see
 `data_cards/moses.md`. Two fingerprints without any set bit have Tanimoto similarity 1, as in MOSES.
+A column whose denominator is empty is NaN, as `bioxlstm.chem` says.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import gzip
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -41,10 +45,19 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from rdkit import Chem, rdBase
-from rdkit.Chem import rdFingerprintGenerator
+from rdkit import Chem
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
+from .chem import (
+    MoleculeSet,
+    ParsedSmiles,
+    canonicalize,
+    chemnet_statistics,
+    fingerprint_matrix,
+    molecule_from_smiles,
+    packed_fingerprint,
+    parse_smiles,
+)
 from .io import atomic_directory
 from .progress import progress as progress_bar
 
@@ -59,16 +72,10 @@ TRAIN_CANONICAL = "train_canonical.smi.gz"
 TRAIN_RAW = "train.csv.gz"
 SMILES_COLUMN = "SMILES"
 
-MORGAN_RADIUS = 2
-MORGAN_BITS = 1024
 SCAFFOLD_MIN_RINGS = 2
 FILTER_ATOMS = frozenset({"C", "N", "S", "O", "F", "Cl", "Br", "H"})
 FILTER_LARGEST_RING = 7
 FILTER_FILES = ("mcf.csv", "wehi_pains.csv")
-
-# Rows per matrix product: a (8192 x 4096) float32 block of similarities is 128 MiB.
-_REFERENCE_CHUNK = 8192
-_QUERY_CHUNK = 4096
 
 
 def bundled_moses_directory() -> Path:
@@ -89,24 +96,13 @@ def bundled_moses_directory() -> Path:
 
 
 @dataclass(frozen=True)
-class MoleculeFeatures:
-    """What the set metrics need of one valid molecule, computed once (in a worker process)."""
+class MoleculeFeatures(ParsedSmiles):
+    """What the metrics need of one SMILES, computed from one parse (in a worker process): beside
+    what `bioxlstm.chem` needs of it, a valid molecule's BRICS fragments, scaffold and filter verdict."""
 
-    canonical: str
-    fingerprint: bytes  # Morgan bits, packed with numpy.packbits
-    fragments: tuple[str, ...]
-    scaffold: str | None
-    passes_filters: bool | None  # None when not asked for (reference sets need no filtering)
-
-
-@lru_cache(maxsize=1)
-def _fingerprint_generator():
-    return rdFingerprintGenerator.GetMorganGenerator(radius=MORGAN_RADIUS, fpSize=MORGAN_BITS)
-
-
-def morgan_bits(molecule: Chem.Mol) -> np.ndarray:
-    """The radius-2, 1024-bit Morgan fingerprint of `molecule` as 0/1 uint8."""
-    return _fingerprint_generator().GetFingerprintAsNumPy(molecule).astype(np.uint8)
+    fragments: tuple[str, ...] = ()
+    scaffold: str | None = None
+    passes_filters: bool | None = None  # None when not asked for (reference sets need no filtering)
 
 
 def brics_fragments(molecule: Chem.Mol) -> list[str]:
@@ -158,43 +154,37 @@ def passes_filters(molecule: Chem.Mol, patterns: Sequence[Chem.Mol]) -> bool:
     if any(with_hydrogens.HasSubstructMatch(pattern) for pattern in patterns):
         return False
     smiles = Chem.MolToSmiles(molecule, isomericSmiles=False)
-    return bool(smiles) and _parse(smiles) is not None
+    return bool(smiles) and molecule_from_smiles(smiles) is not None
 
 
-def _parse(smiles: str) -> Chem.Mol | None:
-    with rdBase.BlockLogs():
-        return Chem.MolFromSmiles(smiles) if smiles else None
-
-
-def molecule_features(smiles: str, filter_directory: str | None) -> MoleculeFeatures | None:
-    """The features of the molecule `smiles`, or None when it is not a valid molecule; the filters
-    (with the rules in `filter_directory`) are only checked when a directory is given."""
-    molecule = _parse(smiles)
+def molecule_features(smiles: str, filter_directory: str | None) -> MoleculeFeatures:
+    """The features of `smiles` (only why it is invalid, when it is); the filters (with the rules in
+    `filter_directory`) are only checked when a directory is given."""
+    molecule, parsed = parse_smiles(smiles)
     if molecule is None:
-        return None
+        return MoleculeFeatures(**vars(parsed))
     return MoleculeFeatures(
-        canonical=Chem.MolToSmiles(molecule),
-        fingerprint=np.packbits(morgan_bits(molecule)).tobytes(),
+        **vars(parsed),
         fragments=tuple(brics_fragments(molecule)),
         scaffold=murcko_scaffold(molecule),
         passes_filters=None if filter_directory is None else passes_filters(molecule, filter_patterns(filter_directory)),
     )
 
 
-def _features_of_chunk(arguments: tuple[list[str], str | None]) -> list[MoleculeFeatures | None]:
+def _features_of_chunk(arguments: tuple[list[str], str | None]) -> list[MoleculeFeatures]:
     chunk, filter_directory = arguments
     return [molecule_features(smiles, filter_directory) for smiles in chunk]
 
 
 def features(
     smiles: Sequence[str], filter_directory: str | Path | None, workers: int = 1, description: str = "molecules"
-) -> list[MoleculeFeatures | None]:
+) -> list[MoleculeFeatures]:
     """`molecule_features` of every entry, in order, over `workers` processes, with a progress bar."""
     directory = None if filter_directory is None else str(filter_directory)
     size = max(1, min(2000, len(smiles) // (4 * workers) + 1))
     chunks = [(list(smiles[start : start + size]), directory) for start in range(0, len(smiles), size)]
     progress = progress_bar(total=len(smiles), desc=description, unit="mol")
-    results: list[MoleculeFeatures | None] = []
+    results: list[MoleculeFeatures] = []
     with _pool(workers) as pool:
         for chunk_result in pool(_features_of_chunk, chunks):
             results.extend(chunk_result)
@@ -213,128 +203,14 @@ def _pool(workers: int) -> Iterator:
         yield pool.imap
 
 
-# ---------------------------------------------------------------------------------------------
-# Sets of molecules
-
-
-def unique_at(canonical: Sequence[str], k: int) -> float:
-    """Distinct molecules among the first `k` of `canonical`, as a fraction of how many were taken."""
-    first = canonical[:k]
-    return len(set(first)) / len(first) if first else math.nan
-
-
 def cosine_similarity(counts: Counter, other: Counter) -> float:
     """Cosine similarity of two count vectors given as {key: count} (absent keys count 0); NaN when
-    either is empty."""
+    either is empty: Frag and Scaf compare fragment and scaffold counts this way."""
     if not counts or not other:
         return math.nan
     dot = sum(count * other.get(key, 0) for key, count in counts.items())
     norm = math.sqrt(sum(c * c for c in counts.values())) * math.sqrt(sum(c * c for c in other.values()))
     return dot / norm
-
-
-def fingerprint_matrix(packed: Iterable[bytes]) -> np.ndarray:
-    """Packed fingerprints stacked into one uint8 array of shape (molecules, MORGAN_BITS / 8)."""
-    return np.frombuffer(b"".join(packed), dtype=np.uint8).reshape(-1, MORGAN_BITS // 8)
-
-
-def _tanimoto_blocks(queries: np.ndarray, references: np.ndarray) -> Iterator:
-    """Tanimoto similarities of reference chunks against query chunks: yields (query slice, reference
-    slice, torch block of shape (references in chunk, queries in chunk))."""
-    import torch
-
-    query_bits = torch.from_numpy(np.unpackbits(queries, axis=1).astype(np.float32))
-    query_counts = query_bits.sum(1)
-    query_columns = [
-        query_bits[start : start + _QUERY_CHUNK].T.contiguous() for start in range(0, len(queries), _QUERY_CHUNK)
-    ]
-    for start in range(0, len(references), _REFERENCE_CHUNK):
-        reference_slice = slice(start, min(start + _REFERENCE_CHUNK, len(references)))
-        reference_bits = torch.from_numpy(np.unpackbits(references[reference_slice], axis=1).astype(np.float32))
-        reference_counts = reference_bits.sum(1, keepdim=True)
-        # About 40 of the 1024 Morgan bits are set: a sparse left factor halves the work of the product.
-        reference_sparse = reference_bits.to_sparse_csr()
-        for index, columns in enumerate(query_columns):
-            query_slice = slice(index * _QUERY_CHUNK, index * _QUERY_CHUNK + columns.shape[1])
-            # Bit counts stay below 2**24, so float32 holds the intersections exactly.
-            common = reference_sparse @ columns
-            union = reference_counts + query_counts[None, query_slice] - common
-            yield query_slice, reference_slice, torch.nan_to_num(common / union, nan=1.0)
-
-
-def nearest_neighbour_similarity(queries: np.ndarray, references: np.ndarray, description: str = "SNN") -> np.ndarray:
-    """For each packed query fingerprint, the largest Tanimoto similarity to any reference fingerprint."""
-    import torch
-
-    best = torch.zeros(len(queries))
-    progress = progress_bar(total=len(references), desc=description, unit="ref")
-    for query_slice, reference_slice, block in _tanimoto_blocks(queries, references):
-        best[query_slice] = torch.maximum(best[query_slice], block.max(0).values)
-        if query_slice.stop == len(queries):
-            progress.update(reference_slice.stop - reference_slice.start)
-    progress.close()
-    return best.numpy().astype(np.float64)
-
-
-def internal_diversities(fingerprints: np.ndarray, weights: np.ndarray, powers: Sequence[int] = (1, 2)) -> list[float]:
-    """IntDiv for each power p of a set given as distinct packed fingerprints and their multiplicities
-    (a molecule generated n times counts n times, as in MOSES, without computing its row n times)."""
-    import torch
-
-    weight = torch.from_numpy(weights.astype(np.float64))
-    total = float(weight.sum())
-    # For each molecule x: the sum over all molecules y (with multiplicity, x included) of T(x, y)^p.
-    sums = {p: torch.zeros(len(fingerprints), dtype=torch.float64) for p in powers}
-    progress = progress_bar(total=len(fingerprints), desc="IntDiv", unit="mol")
-    for query_slice, reference_slice, block in _tanimoto_blocks(fingerprints, fingerprints):
-        block = block.double()
-        for p in powers:
-            sums[p][query_slice] += (block**p * weight[reference_slice, None]).sum(0)
-        if query_slice.stop == len(fingerprints):
-            progress.update(reference_slice.stop - reference_slice.start)
-    progress.close()
-    return [1.0 - float((((sums[p] / total) ** (1.0 / p)) * weight).sum() / total) for p in powers]
-
-
-# ---------------------------------------------------------------------------------------------
-# FCD
-
-
-def chemnet_statistics(canonical: Sequence[str], chunk: int = 50000) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of the ChemNet activations of `canonical` (valid, canonical SMILES),
-    accumulated `chunk` molecules at a time in float64: the activations of the 1.6M MOSES training
-    molecules would take 3 GB, and numpy's covariance of them several times that."""
-    import fcd
-
-    from .chem import fcd_warnings_silenced
-
-    if len(canonical) < 2:
-        raise ValueError("FCD needs at least two valid molecules")
-    model = fcd.load_ref_model()
-    total, outer = None, None
-    progress = progress_bar(total=len(canonical), desc="ChemNet", unit="mol")
-    for start in range(0, len(canonical), chunk):
-        part = list(canonical[start : start + chunk])
-        # fcd's n_jobs is a DataLoader's worker count: a worker process costs seconds to start, which
-        # only a large set earns back by encoding SMILES beside the network.
-        with fcd_warnings_silenced():
-            activations = fcd.get_predictions(model, part, n_jobs=1 if len(part) > 5000 else 0).astype(np.float64)
-        total = activations.sum(axis=0) if total is None else total + activations.sum(axis=0)
-        outer = activations.T @ activations if outer is None else outer + activations.T @ activations
-        progress.update(len(part))
-    progress.close()
-    mean = total / len(canonical)
-    return mean, (outer - len(canonical) * np.outer(mean, mean)) / (len(canonical) - 1)
-
-
-def frechet_distance(statistics: tuple[np.ndarray, np.ndarray], reference: tuple[np.ndarray, np.ndarray]) -> float:
-    """The Fréchet distance of two Gaussians given as (mean, covariance)."""
-    import fcd
-
-    from .chem import fcd_warnings_silenced
-
-    with fcd_warnings_silenced():
-        return float(fcd.calculate_frechet_distance(mu1=statistics[0], sigma1=statistics[1], mu2=reference[0], sigma2=reference[1]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +234,7 @@ class ReferenceSet:
 def reference_set(name: str, smiles: Sequence[str], workers: int = 1) -> ReferenceSet:
     """The `ReferenceSet` of `smiles`, every one of which must be a valid molecule."""
     described = features(smiles, None, workers, description=f"{name} set")
-    invalid = [entry for entry, feature in zip(smiles, described) if feature is None]
+    invalid = [entry for entry, feature in zip(smiles, described) if feature.invalid is not None]
     if invalid:
         raise ValueError(f"reference set {name}: {len(invalid)} invalid molecules, e.g. {invalid[0]!r}")
     mean, covariance = chemnet_statistics([feature.canonical for feature in described])
@@ -435,8 +311,8 @@ def load_reference_set(directory: str | Path, name: str, workers: int = 1) -> Re
 
 
 def _fingerprints_of_chunk(chunk: list[str]) -> list[bytes | None]:
-    molecules = [_parse(smiles) for smiles in chunk]
-    return [None if molecule is None else np.packbits(morgan_bits(molecule)).tobytes() for molecule in molecules]
+    molecules = [molecule_from_smiles(smiles) for smiles in chunk]
+    return [None if molecule is None else packed_fingerprint(molecule) for molecule in molecules]
 
 
 def reference_fingerprints(smiles: Sequence[str], workers: int = 1, name: str = "reference") -> np.ndarray:
@@ -456,8 +332,7 @@ def reference_fingerprints(smiles: Sequence[str], workers: int = 1, name: str = 
 
 
 def _canonical_of_chunk(chunk: list[str]) -> list[str | None]:
-    molecules = [_parse(smiles) for smiles in chunk]
-    return [None if molecule is None else Chem.MolToSmiles(molecule) for molecule in molecules]
+    return [canonicalize(smiles) for smiles in chunk]
 
 
 def canonical_smiles(smiles: Sequence[str], workers: int = 1, description: str = "canonical") -> list[str | None]:
@@ -494,17 +369,20 @@ def training_set(smiles: Sequence[str], workers: int = 1) -> set[str]:
 
 @dataclass
 class MosesMetrics:
-    """The MOSES columns of one generated set (NaN: undefined, e.g. no valid molecule), with counts."""
+    """The MOSES columns of one generated set (NaN: undefined, e.g. no valid molecule), with counts
+    and the invalid samples by kind."""
 
     generated: int
     valid: int
     distinct: int
     values: dict[str, float]
+    invalid: dict[str, int]
 
     def as_dict(self) -> dict:
-        """JSON-ready: the counts and every column, NaN as None."""
+        """JSON-ready: the counts, every column (NaN as None) and the invalid samples by kind."""
         columns = {name: None if math.isnan(value) else value for name, value in self.values.items()}
-        return {"generated": self.generated, "valid_molecules": self.valid, "distinct_molecules": self.distinct, **columns}
+        counts = {"generated": self.generated, "valid_molecules": self.valid, "distinct_molecules": self.distinct}
+        return {**counts, **columns, "invalid": self.invalid}
 
 
 def moses_metrics(
@@ -518,35 +396,27 @@ def moses_metrics(
     canonical `training` SMILES (novelty is NaN without them)."""
     if not generated:
         raise ValueError("no generated SMILES to evaluate")
-    valid = [feature for feature in features(generated, filter_directory, workers, "generated") if feature is not None]
+    described = features(generated, filter_directory, workers, "generated")
+    molecules = MoleculeSet.of(described)
+    valid = [feature for feature in described if feature.invalid is None]
     # Columns of reference sets not given are left out rather than reported as undefined.
     values = {column: math.nan for column in COLUMNS if "/" not in column or column.split("/")[1] in references}
-    values["valid"] = len(valid) / len(generated)
-    canonical = [feature.canonical for feature in valid]
-    multiplicity = Counter(canonical)
-    if not valid:
-        return MosesMetrics(len(generated), 0, 0, values)
+    values["valid"] = molecules.validity()
     for column, k in UNIQUE_AT.items():
-        values[column] = unique_at(canonical, k)
-    # A molecule generated n times has n times the weight: every per-molecule mean is over all valid ones.
-    distinct = {feature.canonical: feature for feature in valid}
-    weights = np.array([multiplicity[smiles] for smiles in distinct], dtype=np.float64)
-    fingerprints = fingerprint_matrix(feature.fingerprint for feature in distinct.values())
+        values[column] = molecules.uniqueness(k)
     fragments = Counter(fragment for feature in valid for fragment in feature.fragments)
     scaffolds = Counter(feature.scaffold for feature in valid if feature.scaffold is not None)
-    statistics = chemnet_statistics(canonical) if len(canonical) >= 2 else None
     for suffix, reference in references.items():
-        if statistics is not None:
-            values[f"FCD/{suffix}"] = frechet_distance(statistics, (reference.fcd_mean, reference.fcd_covariance))
-        nearest = nearest_neighbour_similarity(fingerprints, reference.fingerprints, f"SNN/{suffix}")
-        values[f"SNN/{suffix}"] = float((nearest * weights).sum() / weights.sum())
+        values[f"FCD/{suffix}"] = molecules.fcd((reference.fcd_mean, reference.fcd_covariance))
+        values[f"SNN/{suffix}"] = molecules.nearest_neighbour_similarity(reference.fingerprints, f"SNN/{suffix}")
         values[f"Frag/{suffix}"] = cosine_similarity(fragments, reference.fragments)
         values[f"Scaf/{suffix}"] = cosine_similarity(scaffolds, reference.scaffolds)
-    values["IntDiv"], values["IntDiv2"] = internal_diversities(fingerprints, weights)
-    values["Filters"] = sum(feature.passes_filters for feature in valid) / len(valid)
+    values["IntDiv"], values["IntDiv2"] = molecules.internal_diversity((1, 2))
+    if valid:
+        values["Filters"] = sum(feature.passes_filters for feature in valid) / len(valid)
     if training is not None:
-        values["Novelty"] = len(set(distinct) - training) / len(distinct)
-    return MosesMetrics(len(generated), len(valid), len(distinct), values)
+        values["Novelty"] = molecules.novelty(training)
+    return MosesMetrics(len(generated), molecules.valid, molecules.distinct, values, molecules.invalid)
 
 
 def build_moses_directory(source: str | Path, destination: str | Path, workers: int = 1) -> list[Path]:

@@ -1,4 +1,5 @@
-"""Hugging Face tokenizers for DNA, proteins and SMILES.
+"""Hugging Face tokenizers for DNA, proteins and SMILES, and for any domain registered later
+(`bioxlstm.domains.register_domain`), whose record says where its tokenizer file lives.
 
 Each tokenizer is a plain `transformers.PreTrainedTokenizerFast` backed by a `tokenizers.Tokenizer`,
 so a saved one loads with `AutoTokenizer.from_pretrained(directory)` without `bioxlstm`.
@@ -11,7 +12,8 @@ with the defaults), so training data and scorers append `<eos>` where a sequence
 Alphabet policies
 - DNA: one token per nucleotide A, C, G, T, N. Input is case-insensitive (soft-masked lower case is
   upper-cased) and every IUPAC ambiguity code R Y S W K M B D H V becomes N: a model of four bases
-  has no use for partial ambiguity, and N is already its symbol for "any base".
+  has no use for partial ambiguity, and N is already its symbol for "any base". The same builder
+  (`build_character_tokenizer`) serves any domain of single-letter symbols.
 - Protein: the ESM-2 vocabulary in ESM order, then the fill-in-the-middle sentinels `<mask-1>` ..
   `<mask-5>`. Input is case-insensitive. Sequence files may hold the 20 standard residues and X B U
   Z O; a stop `*` is not a residue and is reported as invalid.
@@ -31,7 +33,6 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import PreTrainedTokenizerFast
 
 from .domains import (
-    DNA,
     DOMAINS,
     IUPAC_AMBIGUITY_CODES,
     DNA_BASES,
@@ -41,7 +42,7 @@ from .domains import (
     get_domain,
 )
 
-DNA_SPECIAL_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", "<mask>", "<sep>"]
+CHARACTER_SPECIAL_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", "<mask>", "<sep>"]
 
 PROTEIN_VOCAB = [
     "<cls>", "<pad>", "<eos>", "<unk>",
@@ -53,10 +54,6 @@ FILL_IN_THE_MIDDLE_SENTINELS = [f"<mask-{i}>" for i in range(1, 6)]
 SMILES_SPECIAL_TOKENS = ["<cls>", "<pad>", "<eos>", "<unk>", "<mask>"]
 
 _BUNDLED_DIRECTORY_NAME = "tokenizer_files"
-
-
-# Kept importable from here: the alphabets and domain names live in `domains`.
-ALPHABETS = {name: domain.alphabet for name, domain in DOMAINS.items()}
 
 
 def _upper_casing(letters: str) -> list[normalizers.Normalizer]:
@@ -96,13 +93,23 @@ def _finish(tokenizer: Tokenizer, pair_separator: str, **special_tokens: str) ->
     )
 
 
-def build_dna_tokenizer() -> PreTrainedTokenizerFast:
-    normalizer = normalizers.Sequence(
-        _upper_casing(DNA_BASES + IUPAC_AMBIGUITY_CODES)
-        + [normalizers.Replace(Regex(f"[{IUPAC_AMBIGUITY_CODES}]"), "N")]
-    )
-    tokenizer = _character_level(DNA_SPECIAL_TOKENS + list(DNA_BASES), DNA_SPECIAL_TOKENS, normalizer)
+def build_character_tokenizer(
+    letters: str, ambiguity_codes: str = "", ambiguity_letter: str | None = None
+) -> PreTrainedTokenizerFast:
+    """One token per letter of `letters`, after `CHARACTER_SPECIAL_TOKENS`; input is case-insensitive
+    and every letter of `ambiguity_codes` is read as `ambiguity_letter` (one of `letters`)."""
+    if ambiguity_codes and (ambiguity_letter is None or ambiguity_letter not in letters):
+        raise ValueError(f"ambiguity codes need an ambiguity letter among {letters!r}, got {ambiguity_letter!r}")
+    steps = _upper_casing(letters + ambiguity_codes)
+    if ambiguity_codes:
+        steps.append(normalizers.Replace(Regex(f"[{ambiguity_codes}]"), ambiguity_letter))
+    vocab = CHARACTER_SPECIAL_TOKENS + list(letters)
+    tokenizer = _character_level(vocab, CHARACTER_SPECIAL_TOKENS, normalizers.Sequence(steps))
     return _finish(tokenizer, "<sep>", sep_token="<sep>")
+
+
+def build_dna_tokenizer() -> PreTrainedTokenizerFast:
+    return build_character_tokenizer(DNA_BASES, IUPAC_AMBIGUITY_CODES, "N")
 
 
 def build_protein_tokenizer() -> PreTrainedTokenizerFast:
@@ -143,6 +150,16 @@ def _checked_smiles(corpus: Iterable[str]) -> Iterable[str]:
         yield smiles
 
 
+def tokenizer_directory(domain: str) -> Path:
+    """Directory of the tokenizer files of `domain`: the one its record names, else the bundled one."""
+    directory = get_domain(domain).tokenizer_directory
+    if directory is None:
+        return bundled_tokenizer_directory(domain)
+    if not (Path(directory) / "tokenizer.json").is_file():
+        raise OSError(f"{directory}: no tokenizer.json, which domain {domain!r} names as its tokenizer")
+    return Path(directory)
+
+
 def bundled_tokenizer_directory(domain: str) -> Path:
     """Directory of the tokenizer files shipped with bioxlstm for `domain`."""
     get_domain(domain)
@@ -162,11 +179,11 @@ def bundled_tokenizer_directory(domain: str) -> Path:
 
 
 def load_tokenizer(domain: str, **kwargs) -> PreTrainedTokenizerFast:
-    """The bundled tokenizer of `domain` ("dna", "protein" or "smiles").
+    """The tokenizer of the registered domain called `domain` (e.g. "dna", "protein" or "smiles").
 
     Keyword arguments go to `from_pretrained`, e.g. `padding_side="left"`.
     """
-    return PreTrainedTokenizerFast.from_pretrained(bundled_tokenizer_directory(domain), **kwargs)
+    return PreTrainedTokenizerFast.from_pretrained(tokenizer_directory(domain), **kwargs)
 
 
 def vocabulary_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int | None:
@@ -177,14 +194,28 @@ def vocabulary_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int | None:
 
 
 def complement_map(tokenizer: PreTrainedTokenizerFast) -> list[int]:
-    """For every token id, the id of its Watson-Crick complement; N and special tokens map to themselves."""
+    """For every token id, the id of its Watson-Crick complement, under the base pairs of the domain
+    with strands whose every base the vocabulary holds (DNA's A-T and C-G, or a registered domain's);
+    N and special tokens map to themselves."""
     vocab = tokenizer.get_vocab()
-    missing = sorted(set(DNA.complementary_bases) - set(vocab))
-    if missing:
-        raise ValueError(f"tokenizer has no token for base(s) {', '.join(missing)}; is it a DNA tokenizer?")
+    stranded = [domain for domain in DOMAINS.values() if domain.has_strands]
+    missing = {domain.name: sorted(set(domain.complementary_bases) - set(vocab)) for domain in stranded}
+    spelled = [domain for domain in stranded if not missing[domain.name]]
+    if not spelled:
+        closest = min(stranded, key=lambda domain: len(missing[domain.name]))
+        raise ValueError(
+            f"tokenizer has no token for base(s) {', '.join(missing[closest.name])}; "
+            f"is it a {' or '.join(domain.display_name for domain in stranded)} tokenizer?"
+        )
+    if len(spelled) > 1:
+        raise ValueError(
+            f"tokenizer holds the bases of several domains with strands ({', '.join(d.name for d in spelled)}); "
+            "its complement is ambiguous"
+        )
+    pairs = spelled[0].complementary_bases
     complement = list(range(len(vocab)))
     for token, token_id in vocab.items():
-        complement[token_id] = vocab[DNA.complementary_bases.get(token, token)]
+        complement[token_id] = vocab[pairs.get(token, token)]
     return complement
 
 

@@ -30,7 +30,10 @@ if [ "$end" = lowest ]; then
 import os, re, tomllib
 
 wanted = set(os.environ["FAST_MOVING"].split())
-for requirement in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]:
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+# Some of them (accelerate, datasets) come with an extra rather than the base install.
+requirements = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
+for requirement in dict.fromkeys(requirements):
     name = re.match(r"[A-Za-z0-9_.-]+", requirement).group()
     lowest = re.search(r">=\s*([^,;\s]+)", requirement)
     if name in wanted and lowest:
@@ -39,7 +42,7 @@ PY
     )
     echo "lowest allowed: ${pins[*]}"
 fi
-"$py" -m pip install -q -e ".[test]" "${pins[@]}"
+"$py" -m pip install -q -e ".[all,test]" "${pins[@]}"
 "$py" -m pip check
 "$py" -m pip list 2>/dev/null | grep -iE "^($(echo "$fast_moving" | sed 's/ /|/g')) " || true
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1

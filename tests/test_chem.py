@@ -8,6 +8,7 @@ import math
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import fcd
@@ -73,13 +74,28 @@ def test_novelty_against_a_training_set_holding_half_the_list_is_one_half():
     assert chem.novelty(TEN + TEN[:5], training) == 0.5  # repeats count once
 
 
-def test_internal_diversity_is_one_minus_the_mean_pairwise_tanimoto_similarity():
-    generator = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+def test_internal_diversity_is_moses_intdiv_one_minus_the_mean_tanimoto_over_all_pairs_self_pairs_included():
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=1024)  # the MOSES fingerprints
     fingerprints = [generator.GetFingerprint(Chem.MolFromSmiles(s)) for s in TEN]
-    similarities = [DataStructs.TanimotoSimilarity(a, b) for a, b in itertools.combinations(fingerprints, 2)]
+    similarities = [DataStructs.TanimotoSimilarity(a, b) for a, b in itertools.product(fingerprints, repeat=2)]
     expected = 1 - sum(similarities) / len(similarities)
-    assert chem.internal_diversity(TEN + INVALID) == pytest.approx(expected, abs=1e-12)
+    assert chem.internal_diversity(TEN + INVALID) == pytest.approx(expected, abs=1e-9)
     assert chem.internal_diversity([TEN[0], respelled(TEN[0])]) == 0.0  # a repeat is not diverse
+
+
+def test_a_set_parses_each_smiles_once_and_reads_an_invalid_one_again_only_to_name_its_kind(monkeypatch):
+    training = {chem.canonicalize(s) for s in TEN[:5]}
+    reads, parse = Counter(), Chem.MolFromSmiles
+
+    def counted_parse(smiles, *args, **kwargs):
+        reads[smiles] += 1
+        return parse(smiles, *args, **kwargs)
+
+    monkeypatch.setattr(Chem, "MolFromSmiles", counted_parse)
+    metrics = chem.MoleculeSet.from_smiles(TEN + INVALID).metrics(training=training)
+    assert reads == Counter({**dict.fromkeys(TEN, 1), **dict.fromkeys(INVALID, 2)})
+    assert metrics.invalid == chem.invalid_counts(INVALID) and sum(metrics.invalid.values()) == 2
+    assert (metrics.valid, metrics.novelty) == (10, 0.5)
 
 
 def test_fcd_of_a_set_with_itself_is_zero():
@@ -187,19 +203,26 @@ def test_evaluate_chem_help_explains_the_metrics(capsys):
 # --- bioxlstm evaluate chem-in-context ------------------------------------------------------------
 
 
-def test_evaluate_chem_in_context_reports_both_fcds_per_chosen_domain(tmp_path, capsys):
-    # One sample per domain leaves FCD undefined (NaN, null in JSON) and the test quick: the numbers
-    # themselves are checked in the tests above.
+@pytest.fixture(scope="module")
+def in_context_files(tmp_path_factory):
+    """An untrained SMILES model, saved, and three ICST domains of twelve molecules each."""
+    directory = tmp_path_factory.mktemp("in_context")
     tokenizer = bioxlstm.load_tokenizer("smiles")
     torch.manual_seed(0)
     model = tiny_model(vocab_size=len(tokenizer), domain="smiles", pad_token_id=tokenizer.pad_token_id,
                        eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    saved = export(model, tmp_path / "model", tokenizer)
+    saved = export(model, directory / "model", tokenizer)
     with gzip.open(ICST, "rt") as handle:
         domains = [".".join(line.strip().split(".")[:12]) for line, _ in zip(handle, range(3))]
-    (tmp_path / "domains.txt").write_text("\n".join(domains) + "\n")
-    common = ["evaluate", "chem-in-context", "--model", str(saved), "--domains", str(tmp_path / "domains.txt"),
-              "--n-context", "4", "--n-generate", "1", "--max-new-tokens", "10"]  # fmt: skip
+    (directory / "domains.txt").write_text("\n".join(domains) + "\n")
+    return {"model": str(saved), "domains": str(directory / "domains.txt")}
+
+
+def test_evaluate_chem_in_context_reports_both_fcds_per_chosen_domain(in_context_files, capsys):
+    # One sample per domain leaves FCD undefined (NaN, null in JSON) and the test quick: the numbers
+    # themselves are checked in the tests above.
+    common = ["evaluate", "chem-in-context", "--model", in_context_files["model"], "--domains",
+              in_context_files["domains"], "--n-context", "4", "--n-generate", "1", "--max-new-tokens", "10"]  # fmt: skip
     main([*common, "--lines", "1,3", "--json"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [row["line"] for row in rows] == [1, 3]
@@ -216,3 +239,18 @@ def test_evaluate_chem_in_context_reports_both_fcds_per_chosen_domain(tmp_path, 
         main([*common, "--lines", "4"])
     assert exit.value.code == 1
     assert "domains.txt: has 3 domains, no line 4" in capsys.readouterr().err
+
+
+def test_evaluate_chem_in_context_samples_under_the_grammar_unless_told_grammar_none(in_context_files, capsys):
+    # An untrained model's own samples are hardly ever molecules; under the grammar (the default) many are
+    # (1 against 13 of the 48 samples here).
+    common = ["evaluate", "chem-in-context", "--model", in_context_files["model"], "--domains",
+              in_context_files["domains"], "--n-context", "4", "--n-generate", "12", "--max-new-tokens", "64",
+              "--json"]  # fmt: skip
+    valid = {}
+    for grammar in ([], ["--grammar", "none"]):
+        main([*common, *grammar])
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        valid[bool(grammar)] = sum(row["valid_in_context"] for row in rows) + rows[0]["valid_unconditional"]
+    own, constrained = valid[True], valid[False]
+    assert constrained > 2 * own + 4, (constrained, own)

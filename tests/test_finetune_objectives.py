@@ -13,8 +13,8 @@ from helpers import dna_model
 import bioxlstm
 from bioxlstm.cli import main
 from bioxlstm.data.labeled import IGNORED_LABEL
-from bioxlstm.tasks.downstream import finetune_over_seeds, prediction_metrics
-from bioxlstm.training import build_trainer, load_recipe
+from bioxlstm.training import build_trainer, finetune_over_seeds, load_recipe
+from bioxlstm.training.predictions import prediction_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"

@@ -22,7 +22,7 @@ from bioxlstm.cli import main
 from bioxlstm.export import export
 from bioxlstm.pretrained import DEFAULT_MODELS_DIRECTORY, load_pretrained
 from bioxlstm.tasks.molecules import sample_molecules
-from bioxlstm.tasks.sampling import sample_continuations
+from bioxlstm.tasks.sampling import SamplingOptions, sample_continuations
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "fixtures" / "generation_golden.json"
@@ -115,8 +115,8 @@ def _chem_samples():
     torch.manual_seed(0)
     prompt = torch.tensor([[tokenizer.cls_token_id]])
     samples = sample_continuations(
-        model, tokenizer, prompt, 4, [tokenizer.eos_token_id], "smiles", 4,
-        max_new_tokens=30, temperature=1.0, top_k=None, top_p=None,
+        model, tokenizer, prompt, 4, [tokenizer.eos_token_id], "smiles",
+        SamplingOptions(max_new_tokens=30, temperature=1.0, top_k=None, top_p=None, batch_size=4),
     )  # fmt: skip
     return [sample.tokens for sample in samples]
 

@@ -3,6 +3,7 @@ enough valid unique molecules exist (or the draw limit says why not), and the in
 
 import gzip
 import random
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from transformers import PreTrainedTokenizerFast
 import bioxlstm
 from bioxlstm.chem import canonicalize, is_valid
 from bioxlstm.tasks.molecules import domain_molecules, in_context_prompt
+from bioxlstm.tasks.sampling import SamplingOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 CHEMBL_TRAIN = ROOT / "data" / "chembl31_train_50k.smi.gz"
@@ -197,6 +199,18 @@ def test_raw_samples_keep_invalid_and_repeated_molecules_and_are_reproducible(un
     assert first.molecules == again.molecules and len(first.molecules) == 12
     assert first.report.drawn == 12 and first.report.valid == sum(map(is_valid, first.molecules))
     assert not any(token in smiles for smiles in first.molecules for token in ("<", ">"))
+
+
+def test_sampling_options_as_one_object_sample_what_the_same_keywords_sample(untrained, tokenizer):
+    options = SamplingOptions(batch_size=5, seed=7, max_new_tokens=15, temperature=1.2, top_p=0.95)
+    as_object = bioxlstm.sample_molecules(untrained, tokenizer, 12, unique_valid=False, sampling=options)
+    as_keywords = bioxlstm.sample_molecules(untrained, tokenizer, 12, unique_valid=False, **asdict(options))
+    assert as_object.molecules == as_keywords.molecules
+    # A keyword overrides the object's field of that name.
+    reseeded = bioxlstm.sample_molecules(untrained, tokenizer, 12, unique_valid=False, sampling=replace(options, seed=0), seed=7)
+    assert reseeded.molecules == as_object.molecules
+    with pytest.raises(TypeError, match="temprature"):
+        bioxlstm.generate_molecules(untrained, tokenizer, n=2, temprature=0.5)
 
 
 def test_a_draw_limit_below_n_is_refused(untrained, tokenizer):

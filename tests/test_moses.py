@@ -2,13 +2,9 @@
 direct computations, by RDKit, numpy and `fcd` called here, on real MOSES molecules; hand-checked
 cases pin the fragment, scaffold and filter definitions."""
 
-import gzip
 import json
 import math
 import re
-import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +15,7 @@ import pytest
 from rdkit import Chem, DataStructs
 from rdkit.Chem import rdFingerprintGenerator
 
-from bioxlstm import moses
+from bioxlstm import chem, moses
 from bioxlstm.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "private_cache")
@@ -47,7 +43,7 @@ def morgan(smiles):
 
 
 def packed(smiles_list):
-    return moses.fingerprint_matrix(moses.molecule_features(s, FILTERS).fingerprint for s in smiles_list)
+    return chem.fingerprint_matrix(moses.molecule_features(s, FILTERS).fingerprint for s in smiles_list)
 
 
 def canonical(smiles):
@@ -119,16 +115,16 @@ def test_cosine_similarity_of_hand_built_count_vectors():
 
 
 def test_unique_at_k_counts_the_first_k_valid_molecules():
-    assert moses.unique_at(["A", "B", "A", "C", "C"], 3) == pytest.approx(2 / 3)
-    assert moses.unique_at(["A", "B", "A", "C", "C"], 1000) == pytest.approx(3 / 5)  # fewer than k: all
-    assert math.isnan(moses.unique_at([], 10))
+    assert chem.unique_fraction(["A", "B", "A", "C", "C"], 3) == pytest.approx(2 / 3)
+    assert chem.unique_fraction(["A", "B", "A", "C", "C"], 1000) == pytest.approx(3 / 5)  # fewer than k: all
+    assert math.isnan(chem.unique_fraction([], 10))
 
 
 def test_nearest_neighbour_similarity_agrees_with_rdkit_and_is_one_for_a_molecule_itself():
-    nearest = moses.nearest_neighbour_similarity(packed(GENERATED), packed(REFERENCE))
+    nearest = chem.nearest_neighbour_similarity(packed(GENERATED), packed(REFERENCE))
     expected = [max(DataStructs.BulkTanimotoSimilarity(morgan(g), [morgan(r) for r in REFERENCE])) for g in GENERATED]
     np.testing.assert_allclose(nearest, expected, rtol=1e-6)
-    assert moses.nearest_neighbour_similarity(packed(GENERATED), packed(GENERATED)) == pytest.approx(1.0)
+    assert chem.nearest_neighbour_similarity(packed(GENERATED), packed(GENERATED)) == pytest.approx(1.0)
 
 
 def test_internal_diversity_agrees_with_a_double_loop_over_all_pairs_self_pairs_included():
@@ -139,7 +135,7 @@ def test_internal_diversity_agrees_with_a_double_loop_over_all_pairs_self_pairs_
     expected_p2 = 1 - np.sqrt((table**2).mean(axis=0)).mean()
     distinct = list(dict.fromkeys(molecules))
     weights = np.array([molecules.count(s) for s in distinct], dtype=float)
-    intdiv, intdiv2 = moses.internal_diversities(packed(distinct), weights)
+    intdiv, intdiv2 = chem.internal_diversities(packed(distinct), weights)
     assert intdiv == pytest.approx(expected_p1, abs=1e-9)
     assert intdiv2 == pytest.approx(expected_p2, abs=1e-9)
 
@@ -151,9 +147,9 @@ def package_fcd():
 
 
 def test_fcd_statistics_agree_with_the_fcd_package(package_fcd):
-    ours = moses.frechet_distance(
-        moses.chemnet_statistics([canonical(s) for s in GENERATED + [GENERATED[0]]]),
-        moses.chemnet_statistics([canonical(r) for r in REFERENCE]),
+    ours = chem.frechet_distance(
+        chem.chemnet_statistics([canonical(s) for s in GENERATED + [GENERATED[0]]]),
+        chem.chemnet_statistics([canonical(r) for r in REFERENCE]),
     )
     assert ours == pytest.approx(package_fcd, rel=1e-6)
 
@@ -182,6 +178,16 @@ def test_moses_metrics_against_direct_computations(references, package_fcd):
     fragments = Counter(f for v in valid for f in Chem.MolToSmiles(Chem.FragmentOnBRICSBonds(Chem.MolFromSmiles(v))).split("."))
     assert metrics["Frag/Test"] == pytest.approx(moses.cosine_similarity(fragments, references["Test"].fragments))
     assert metrics["FCD/Test"] == pytest.approx(package_fcd, rel=1e-5)
+
+
+def test_the_metrics_evaluate_chem_shares_with_moses_are_the_same_numbers(references):
+    generated = GENERATED + [GENERATED[0], "C1CC", ""]
+    plain = chem.chem_metrics(generated, reference=REFERENCE, training=TEST[:6])
+    benchmark = moses.moses_metrics(generated, references, moses.training_set(TEST[:6]), FILTERS)
+    assert plain.validity == benchmark.values["valid"] and plain.uniqueness == benchmark.values["unique@10k"]
+    assert plain.novelty == benchmark.values["Novelty"] and plain.internal_diversity == benchmark.values["IntDiv"]
+    assert plain.fcd == pytest.approx(benchmark.values["FCD/Test"], rel=1e-9)
+    assert plain.invalid == benchmark.invalid == {"syntax": 2, "kekulization": 0, "valence": 0, "other": 0}
 
 
 def test_a_set_against_itself_scores_like_a_perfect_generator():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import ecoli_genome
 
-from bioxlstm import chem, moses, progress
+from bioxlstm import chem, progress
 from bioxlstm.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,8 +106,8 @@ def test_evaluating_molecules_shows_no_deprecation_warning_from_inside_fcd(tmp_p
 def test_moses_fcd_shows_no_deprecation_warning_from_inside_fcd():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        statistics = moses.chemnet_statistics(MOLECULES[:4])
-        assert moses.frechet_distance(statistics, statistics) == pytest.approx(0.0, abs=1e-3)
+        statistics = chem.chemnet_statistics(MOLECULES[:4])
+        assert chem.frechet_distance(statistics, statistics) == pytest.approx(0.0, abs=1e-3)
     assert _fcd_deprecations(caught) == []
 
 
@@ -121,7 +121,8 @@ def test_silencing_fcd_leaves_the_same_warnings_from_other_code_alone():
 
 def test_the_readme_states_the_tested_range_of_each_fast_moving_dependency():
     """scripts/test_versions.sh tests pyproject.toml's lower bounds; the README says which they are."""
-    requirements = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["train"]]
     ranges = {re.match(r"[A-Za-z0-9_.-]+", r).group(): re.sub(r"^[A-Za-z0-9_.-]+", "", r) for r in requirements}
     readme = (ROOT / "README.md").read_text()
     for name in FAST_MOVING:

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from ..domains import DOMAINS, SMILES, allows
-from .options import load_model, model_options, new_token_count, positive_int, sampling_options
+from .options import add_grammar_option, chosen_sampling, load_model, model_options, new_token_count, positive_int, sampling_options
 
 
 def add_parser(commands) -> None:
@@ -36,11 +36,7 @@ def add_parser(commands) -> None:
         help="keep sampling until -n distinct valid molecules exist (or --max-draws samples were drawn); "
         "a report of how many were drawn goes to stderr",
     )
-    molecules.add_argument(
-        "--grammar", choices=["smiles", "none"], default="smiles",
-        help="smiles (default): a SMILES model writes only what can still become a molecule (syntax, "
-        "valence, kekulizable aromatic rings); none: the model's own samples",
-    )
+    add_grammar_option(molecules, "molecules")
     molecules.add_argument("--max-draws", type=positive_int, default=None, help="sampling cap for --unique-valid (default 10 n)")
     generate.set_defaults(run=run)
 
@@ -51,49 +47,45 @@ def run(args: argparse.Namespace) -> None:
 
     model, tokenizer = load_model(args)
     domain = DOMAINS.get(model.config.domain)
-    sampling = dict(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        seed=args.seed, batch_size=args.batch_size,
-    )
-    if model.config.domain == SMILES.name:
-        sampling["grammar"] = args.grammar == "smiles"
     molecules = allows(model.config.domain, "molecule_sets") and (args.context or args.unique_valid)
     with progress(desc="sampling", unit="seq", total=None if args.unique_valid else args.n) as bar:
-        generated = _generated(args, model, tokenizer, dict(sampling, progress=bar.update), molecules)
+        options = dict(sampling=chosen_sampling(args), progress=bar.update)
+        generated = _generated(args, model, tokenizer, options, molecules)
     if args.output == STANDARD_STREAM:
         write_results(generated, args.output, domain.output_format if domain else "fasta")
     else:
         write_results(generated, args.output)
 
 
-def _generated(args: argparse.Namespace, model, tokenizer, sampling: dict, molecules: bool) -> list:
+def _generated(args: argparse.Namespace, model, tokenizer, options: dict, molecules: bool) -> list:
+    """The sampled results; `options`: the sampling options and the progress callback, as every task takes them."""
     from ..tasks import generate_sequences
 
     if molecules:
-        return _sample_molecules(args, model, tokenizer, sampling)
+        return _sample_molecules(args, model, tokenizer, options)
     if args.context:
         if not allows(model.config.domain, "reads_homologs"):
             raise ValueError(f"--context needs a protein or molecule model; this one is for {model.config.domain}")
-        return _family_members(args, model, tokenizer, sampling)
-    return generate_sequences(model, tokenizer, args.n, prompt=args.prompt, **sampling)
+        return _family_members(args, model, tokenizer, options)
+    return generate_sequences(model, tokenizer, args.n, prompt=args.prompt, **options)
 
 
-def _sample_molecules(args: argparse.Namespace, model, tokenizer, sampling: dict) -> list:
+def _sample_molecules(args: argparse.Namespace, model, tokenizer, options: dict) -> list:
     from ..io import read_records
     from ..tasks.molecules import numbered_molecules, sample_molecules
 
     context = [r.sequence for r in read_records(args.context, domain=SMILES.name)] if args.context else None
     sample = sample_molecules(
-        model, tokenizer, args.n, context=context, unique_valid=args.unique_valid, max_draws=args.max_draws, **sampling
+        model, tokenizer, args.n, context=context, unique_valid=args.unique_valid, max_draws=args.max_draws, **options
     )
     print(f"molecules: {sample.report}", file=sys.stderr)
     return numbered_molecules(sample.molecules)
 
 
-def _family_members(args: argparse.Namespace, model, tokenizer, sampling: dict) -> list:
+def _family_members(args: argparse.Namespace, model, tokenizer, options: dict) -> list:
     from ..tasks.protein import generate_family
 
     return generate_family(
         model, tokenizer, args.context, args.n, context_sequences=args.context_sequences,
-        max_context_tokens=args.max_context_tokens, **sampling,
+        max_context_tokens=args.max_context_tokens, **options,
     )

@@ -3,7 +3,7 @@
 import argparse
 
 from ..domains import PROTEIN
-from .options import load_model, model_options, positive_int, sampling_options
+from .options import chosen_sampling, load_model, model_options, positive_int, sampling_options
 
 
 def add_parser(commands) -> None:
@@ -36,12 +36,13 @@ def run(args: argparse.Namespace) -> None:
     record = next(read_records(args.input, domain=PROTEIN.name))
     spans = _spans(args.span, args.input, record)
     model, tokenizer = load_model(args)
+    sampling = chosen_sampling(args)
     results = []
     for index in range(args.n):
+        # The seed starts the random draws of the first version; the others continue them.
         result = inpaint(
             model, tokenizer, record.sequence, spans, context=args.context, max_context_tokens=args.max_context_tokens,
-            max_fill_length=args.max_fill_length, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-            seed=args.seed if index == 0 else None,
+            max_fill_length=args.max_fill_length, sampling=sampling if index == 0 else replace(sampling, seed=None),
         )
         results.append(replace(result, id=f"{record.id}_inpainted_{index + 1}"))
     write_results(results, args.output, "fasta" if args.output == "-" else None)

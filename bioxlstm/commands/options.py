@@ -97,6 +97,28 @@ def sampling_options(batch_size: int | None = 16, greedy: bool = False, seed: in
     return options
 
 
+def add_grammar_option(group, what: str) -> None:
+    """--grammar of the commands that sample molecules; `what`: the molecules it applies to."""
+    group.add_argument(
+        "--grammar", choices=["smiles", "none"], default="smiles",
+        help=f"smiles (default): {what} are sampled under the SMILES grammar, so a SMILES model writes only what "
+        "can still become a molecule (syntax, valence, kekulizable aromatic rings); none: the model's own samples",
+    )
+
+
+def chosen_sampling(args: argparse.Namespace):
+    """The `SamplingOptions` of a sampling command: the options `sampling_options` declares, and
+    the command's own --max-new-tokens and --grammar where it has them."""
+    from dataclasses import fields
+
+    from ..tasks.sampling import SamplingOptions
+
+    given = {field.name: getattr(args, field.name) for field in fields(SamplingOptions) if hasattr(args, field.name)}
+    if "grammar" in given:
+        given["grammar"] = args.grammar != "none"
+    return SamplingOptions(**given)
+
+
 def model_options() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument(

@@ -34,13 +34,18 @@ import itertools
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..domains import get_domain
 from ..io import read_records
+from ..token_rows import reverse_complement_ids, right_padded
 from ..tokenization import complement_map, vocabulary_id
+
+if TYPE_CHECKING:  # `datasets` is imported where it is used (the [train] extra)
+    import datasets
 
 # Buckets of the hash split: eval_fraction is honoured to 1 / HASH_BUCKETS.
 HASH_BUCKETS = 10_000
@@ -123,6 +128,9 @@ def read_dataset(
 ) -> datasets.Dataset | datasets.IterableDataset:
     """The records of `paths` as a dataset with columns `source` (file index) and `sequence`,
     without the records numbered (from 1, in each file) in `skipped`."""
+    # Imported here: scoring and generation import this package, and a base install has no `datasets`.
+    import datasets
+
     kwargs = dict(
         paths=[str(Path(p).resolve()) for p in paths],
         format=spec.format,
@@ -189,11 +197,16 @@ def _in_split(example: dict, eval_fraction: float, seed: int, evaluation: bool) 
 
 def _with_reverse_complements(batch: dict, complement: list[int], eos_id: int) -> dict:
     """Every example, then its reverse complement with <cls> (and a closing <eos>) kept in place."""
+    ids, present = right_padded(batch["input_ids"], eos_id)
+    body = present.bool()
+    body[:, 0] = False
+    last = present.sum(dim=1) - 1
+    rows = torch.arange(len(ids))
+    body[rows, last] &= ids[rows, last] != eos_id  # a window cut from inside a record has no <eos>
+    flipped = reverse_complement_ids(ids, body, complement)
     examples = []
-    for ids in batch["input_ids"]:
-        body_end = len(ids) - 1 if ids[-1] == eos_id else len(ids)
-        reverse = [complement[i] for i in reversed(ids[1:body_end])]
-        examples += [ids, [ids[0], *reverse, *ids[body_end:]]]
+    for row, original in enumerate(batch["input_ids"]):
+        examples += [original, flipped[row, : len(original)].tolist()]
     return {"input_ids": examples}
 
 

@@ -6,15 +6,11 @@ import torch
 from transformers import DataCollatorForLanguageModeling
 
 from ..models.sequence_ops import reversal_index, reverse_complement, reverse_positions
+from ..token_rows import strand_positions
 from ..tokenization import complement_map
 from .collators import batch_seed
 
 BASES = "ACGT"
-
-
-def strand_positions(input_ids: torch.Tensor, special_ids: list[int]) -> torch.Tensor:
-    """(B, S) bool: the positions holding sequence tokens, not padding or delimiters such as `<cls>`."""
-    return ~torch.isin(input_ids, torch.tensor(special_ids, device=input_ids.device))
 
 
 @dataclass

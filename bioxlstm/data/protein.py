@@ -15,35 +15,17 @@ to write a span given everything around it: the prompt up to a suffix sentinel i
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..token_rows import TokenRow, right_padded
 from ..tokenization import FILL_IN_THE_MIDDLE_SENTINELS
 from .collators import batch_seed
 
 LOSS_TARGETS = ("all", "infill")
 IGNORE_INDEX = -100  # labels the loss skips (transformers' convention)
 MAX_FIM_SPANS = 5  # spans cut out of a query in FIM form, at most
-
-
-@dataclass
-class TokenRow:
-    """Token ids with their position ids; `infill` marks the appended FIM suffix (sentinels, span
-    residues and the closing `<eos>`)."""
-
-    input_ids: list[int]
-    position_ids: list[int]
-    infill: list[bool]
-
-    def __add__(self, other: "TokenRow") -> "TokenRow":
-        return TokenRow(
-            self.input_ids + other.input_ids, self.position_ids + other.position_ids, self.infill + other.infill
-        )
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
 
 
 def sample_spans(
@@ -226,18 +208,13 @@ class HomologContextCollator:
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         self.rng = random.Random(batch_seed(self.seed, self.epoch, features))
         rows = [self.row(self.family(feature)) for feature in features]
-        width = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id)
-        labels = torch.full((len(rows), width), IGNORE_INDEX)
-        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for index, row in enumerate(rows):
-            length = len(row)
-            input_ids[index, :length] = torch.tensor(row.input_ids)
-            position_ids[index, :length] = torch.tensor(row.position_ids)
-            attention_mask[index, :length] = 1
-            targets = torch.tensor(row.input_ids)
-            if self.loss_on == "infill":
-                targets[~torch.tensor(row.infill)] = IGNORE_INDEX
-            labels[index, :length] = targets
+        input_ids, attention_mask = right_padded([row.input_ids for row in rows], self.tokenizer.pad_token_id)
+        position_ids, _ = right_padded([row.position_ids for row in rows], 0)
+        labels, _ = right_padded([self._labels(row) for row in rows], IGNORE_INDEX)
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "attention_mask": attention_mask}
+
+    def _labels(self, row: TokenRow) -> list[int]:
+        """The labels of a row: its tokens, or with loss_on "infill" only those of its FIM suffix."""
+        if self.loss_on == "infill":
+            return [token if infill else IGNORE_INDEX for token, infill in zip(row.input_ids, row.infill)]
+        return row.input_ids

@@ -11,8 +11,9 @@ from .molecules import (
     sample_molecules,
 )
 from .likelihood import SequenceScore, score_records
+from .sampling import SamplingOptions
 from .variant_benchmark import AssayResult, VariantScore, evaluate_variants, prepare_assay, score_assay
-from .downstream import classification_metrics, finetune_over_seeds, linear_probe, regression_metrics
+from .downstream import classification_metrics, linear_probe, regression_metrics
 
 __all__ = [
     "POOLINGS",
@@ -20,6 +21,7 @@ __all__ = [
     "GeneratedSequence",
     "InContextResult",
     "MoleculeSample",
+    "SamplingOptions",
     "SamplingReport",
     "SequenceScore",
     "VariantScore",
@@ -27,7 +29,6 @@ __all__ = [
     "embed_records",
     "evaluate_in_context",
     "evaluate_variants",
-    "finetune_over_seeds",
     "generate_molecules",
     "generate_sequences",
     "linear_probe",

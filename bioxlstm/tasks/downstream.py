@@ -1,10 +1,9 @@
-"""Downstream assays: fine-tuning over seeds and linear probes on frozen embeddings, with one set of metrics.
+"""Downstream assays: one set of metrics, and linear probes on frozen embeddings.
 
-The protocol of Genomic Benchmarks and the Nucleotide Transformer papers: fine-tune the model once
-per random seed (the seed draws the new head's weights and the order of the training examples; the
-test split stays the same) and report the mean ± standard deviation of the test metrics. A linear
-probe (scikit-learn: standardised features, logistic or ridge regression) on embeddings reports the
-same metrics over the folds of a k-fold cross-validation.
+The metrics are those of fine-tuning over seeds (`bioxlstm.training.finetune`, the protocol of
+Genomic Benchmarks and the Nucleotide Transformer papers) and of linear probes: a probe
+(scikit-learn: standardised features, logistic or ridge regression) on embeddings reports them over
+the folds of a k-fold cross-validation.
 
 Metrics, computed with scikit-learn and scipy:
 
@@ -22,10 +21,7 @@ where any value is.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import tempfile
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -123,106 +119,6 @@ def regression_metrics(measured, predicted) -> Metrics:
         "r2": _undefined_as_nan(lambda: r2_score(measured, predicted)),
     }
     return Metrics(values, len(measured))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
-def flat_predictions(kind: str, logits, label_ids) -> tuple[np.ndarray, np.ndarray]:
-    """(measured, predicted) of a fine-tuned head's outputs: labels and values for regression;
-    class indices and probabilities for classification, every labeled token one example."""
-    from ..data.labeled import IGNORED_LABEL, SEQUENCE_REGRESSION, TOKEN_CLASSIFICATION
-
-    logits, label_ids = np.asarray(logits, dtype=float), np.asarray(label_ids)
-    if kind == SEQUENCE_REGRESSION:
-        return label_ids.reshape(-1).astype(float), logits.reshape(-1)
-    if kind == TOKEN_CLASSIFICATION:
-        labeled = label_ids != IGNORED_LABEL
-        return label_ids[labeled].astype(int), softmax(logits[labeled])
-    return label_ids.astype(int), softmax(logits)
-
-
-def prediction_metrics(kind: str, logits, label_ids, positive: int = 1) -> Metrics:
-    """The metrics of a fine-tuned head's outputs (as `Trainer.predict` returns them) for a
-    labeled-data objective `kind` (`bioxlstm.data.labeled.LABEL_KINDS`)."""
-    from ..data.labeled import SEQUENCE_REGRESSION
-
-    measured, predicted = flat_predictions(kind, logits, label_ids)
-    if kind == SEQUENCE_REGRESSION:
-        return regression_metrics(measured, predicted)
-    return classification_metrics(measured, predicted, positive)
-
-
-def task_of(kind: str) -> str:
-    """classification or regression, for a labeled-data objective."""
-    from ..data.labeled import SEQUENCE_REGRESSION
-
-    return REGRESSION if kind == SEQUENCE_REGRESSION else CLASSIFICATION
-
-
-@dataclass
-class SeedRun:
-    """One fine-tuning run: its seed, test metrics, optimiser steps and wall time."""
-
-    seed: int
-    metrics: Metrics
-    steps: int
-    seconds: float
-    predicted: np.ndarray = field(repr=False)  # test predictions: values, or class probabilities
-
-
-@dataclass
-class FinetuneResult:
-    recipe: str
-    objective: str
-    task: str  # classification | regression
-    classes: list[str]
-    test_size: int  # test sequences
-    measured: np.ndarray = field(repr=False)  # test labels (per labeled token for token classification)
-    runs: list[SeedRun] = field(default_factory=list)
-
-    @property
-    def summary(self) -> Summary:
-        return Summary.of([run.metrics for run in self.runs])
-
-
-def finetune_over_seeds(recipe, seeds: Sequence[int], output_dir: str | Path | None = None, progress=None) -> FinetuneResult:
-    """Fine-tune `recipe` (a `bioxlstm.training.Recipe` with a labeled-data objective) once per seed
-    and measure each run on its held-out test split. Checkpoints are not written; with `output_dir`,
-    each run's log.csv and loss curve go to `output_dir/seed-N`. progress: called with each SeedRun."""
-    from ..training import OBJECTIVES, build_trainer
-
-    kind = OBJECTIVES[recipe.objective].labels
-    if kind is None:
-        raise ValueError(
-            f"recipe {recipe.name}: objective {recipe.objective!r} trains on no labels; fine-tuning is evaluated "
-            "with sequence-classification, sequence-regression or token-classification"
-        )
-    if not seeds:
-        raise ValueError("no seeds to fine-tune with")
-    result = None
-    with tempfile.TemporaryDirectory(prefix="bioxlstm-finetune-") as scratch:
-        for seed in seeds:
-            seeded = dataclasses.replace(recipe, training={**recipe.training, "seed": seed, "save_strategy": "no"})
-            started = time.monotonic()
-            trainer = build_trainer(seeded, Path(output_dir or scratch) / f"seed-{seed}")
-            test = trainer.labeled_data.test
-            if test is None:
-                raise ValueError(f"recipe {recipe.name} holds out no test split: give data.test files or a data.test_fraction")
-            trainer.train()
-            output = trainer.predict(test)
-            measured, predicted = flat_predictions(kind, output.predictions, output.label_ids)
-            if result is None:
-                classes = trainer.labeled_data.classes
-                result = FinetuneResult(recipe.name, recipe.objective, task_of(kind), classes, len(test), measured)
-            run = SeedRun(seed, prediction_metrics(kind, output.predictions, output.label_ids), trainer.state.global_step,
-                          time.monotonic() - started, predicted)  # fmt: skip
-            result.runs.append(run)
-            if progress is not None:
-                progress(run)
-    return result
 
 
 @dataclass

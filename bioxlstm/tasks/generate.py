@@ -1,14 +1,14 @@
 """Sampling new sequences from a causal language model."""
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..domains import DOMAINS
 from .likelihood import require_causal_lm
-from .sampling import check_sampling, sample_continuations
+from .sampling import SamplingOptions, sample_continuations
 from .smiles_grammar import grammar_for
 
 
@@ -41,40 +41,36 @@ def generate_sequences(
     tokenizer: PreTrainedTokenizerBase,
     n: int,
     prompt: str = "",
-    max_new_tokens: int = 256,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    batch_size: int = 16,
+    *,
     id_prefix: str = "generated",
     progress: Callable[[int], None] | None = None,
-    grammar: bool = True,
+    sampling: SamplingOptions | None = None,
+    **overrides,
 ) -> list[GeneratedSequence]:
     """Sample `n` sequences after `<cls>` + `prompt`, each scored by the model's own log-likelihood
     of what it generated (the unmodified distribution, not the tempered or truncated one).
 
     For a model of a known domain, only tokens of that domain's sequences (and `<eos>`) are sampled:
     no gaps, sentinels or special tokens end up inside a generated sequence. progress: told the
-    number of sequences of every batch once it is sampled. grammar: a SMILES model writes only what
-    can still become a molecule (`tasks.smiles_grammar`); False samples the model's own distribution
-    (other domains have no grammar)."""
+    number of sequences of every batch once it is sampled.
+    sampling: a `SamplingOptions` (default: its defaults); `overrides` replace its fields by name
+    (max_new_tokens=256, temperature=1.0, top_k, top_p, seed, batch_size=16, grammar=True: a SMILES
+    model writes only what can still become a molecule)."""
+    options = replace(sampling or SamplingOptions(), **overrides)
     require_causal_lm(model, "generation")
-    check_sampling(n, max_new_tokens, batch_size, temperature)
+    options.check(n)
     check_prompt(prompt, model.config.domain)
-    if seed is not None:
-        torch.manual_seed(seed)
+    options.apply_seed()
     prompt_ids = torch.tensor([tokenizer(prompt)["input_ids"]], dtype=torch.long, device=model.device)
     if prompt_ids.shape[1] == 0:
         # e.g. a converted causal DNA-xLSTM model: it was trained on windows of bases without a start token
         raise ValueError("this model's tokenizer adds no start token: generation needs a prompt of at least one token")
-    constraint = grammar_for(model, tokenizer, [tokenizer.eos_token_id], grammar, max_new_tokens)
+    constraint = grammar_for(model, tokenizer, [tokenizer.eos_token_id], options.grammar, options.max_new_tokens)
     if constraint is not None:
         constraint.start(prompt_ids[0].tolist())  # a prompt it cannot continue fails before any sampling
     results = []
     for sample in sample_continuations(
-        model, tokenizer, prompt_ids, n, [tokenizer.eos_token_id], model.config.domain, batch_size,
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, progress=progress,
+        model, tokenizer, prompt_ids, n, [tokenizer.eos_token_id], model.config.domain, options, progress=progress,
         logits_processor=constraint,
     ):  # fmt: skip
         results.append(

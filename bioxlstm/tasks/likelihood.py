@@ -13,17 +13,15 @@ are trained on.
 """
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..data.dna import strand_positions
 from ..domains import allows
-from ..data.protein import TokenRow
 from ..io import Record
-from ..models.sequence_ops import reversal_index, reverse_complement
+from ..token_rows import TokenRow, reverse_complement_ids, right_padded, strand_positions
 from ..tokenization import complement_map as token_complement_map
 from .running import run_texts
 
@@ -60,6 +58,12 @@ def token_log_probabilities(logits: torch.Tensor, targets: torch.Tensor) -> torc
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None])[..., 0].double()
 
 
+def summed_log_likelihood(logits: torch.Tensor, targets: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
+    """The sum over the last axis (...,) of log p(target), in float64, at the positions where
+    `counted` is True: every log-likelihood of a sequence, or of a piece of one, is this sum."""
+    return (token_log_probabilities(logits, targets) * counted).sum(dim=-1)
+
+
 @torch.no_grad()
 def sequence_log_likelihood(
     model,
@@ -81,15 +85,7 @@ def sequence_log_likelihood(
         cache=cache, use_cache=cache is not None,
     ).logits[:, skip:-1]  # fmt: skip
     predicted = (valid[:, 1:] & (valid.long().cumsum(dim=1)[:, :-1] > 0))[:, skip:]
-    return (token_log_probabilities(logits, input_ids[:, skip + 1 :]) * predicted).sum(dim=1)
-
-
-def reverse_complement_ids(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, complement: Sequence[int], special_ids: Sequence[int]
-) -> torch.Tensor:
-    """The reverse complement of every row's sequence tokens (B, S); special tokens and padding stay in place."""
-    index = reversal_index(strand_positions(input_ids, list(special_ids)) & attention_mask.bool())
-    return reverse_complement(input_ids, torch.tensor(list(complement)), index)
+    return summed_log_likelihood(logits, input_ids[:, skip + 1 :], predicted)
 
 
 @torch.no_grad()
@@ -105,7 +101,8 @@ def rc_invariant_log_likelihood(
     equivariant itself without seeing the future). `special_ids`: e.g. `tokenizer.all_special_ids`."""
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    rc_ids = reverse_complement_ids(input_ids, attention_mask, complement_map, special_ids)
+    sequence_tokens = strand_positions(input_ids, special_ids) & attention_mask.bool()
+    rc_ids = reverse_complement_ids(input_ids, sequence_tokens, complement_map)
     both = sequence_log_likelihood(model, torch.cat([input_ids, rc_ids]), torch.cat([attention_mask, attention_mask]))
     forward_strand, rc_strand = both.chunk(2)
     return (forward_strand + rc_strand) / 2
@@ -128,25 +125,13 @@ def row_log_likelihoods(
     results = []
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
-        input_ids, position_ids, mask = right_padded(batch, pad_id, model.device)
+        input_ids, mask = right_padded([row.input_ids for row in batch], pad_id, model.device)
+        position_ids, _ = right_padded([row.position_ids for row in batch], 0, model.device)
         state = None if cache is None else cache.repeat_interleave(len(batch))
         results += sequence_log_likelihood(model, input_ids, mask, position_ids, state, skip).tolist()
         if progress is not None:
             progress(sum(len(row) for row in batch))
     return results
-
-
-def right_padded(rows: list[TokenRow], pad_id: int, device: torch.device):
-    """Token ids, position ids and attention mask (B, S) of `rows`, padded on the right."""
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, device=device)
-    position_ids = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    for index, row in enumerate(rows):
-        input_ids[index, : len(row)] = torch.tensor(row.input_ids)
-        position_ids[index, : len(row)] = torch.tensor(row.position_ids)
-        mask[index, : len(row)] = 1
-    return input_ids, position_ids, mask
 
 
 def score_records(
@@ -189,7 +174,7 @@ def score_records(
         # A [PAD] inside a sequence is a token the vocabulary lacks (converted Chem-xLSTM tokenizers
         # encode those so, as their project does), and that project leaves it out of its sum and count.
         counted = targets != pad_id if pad_id is not None else torch.ones_like(targets, dtype=torch.bool)
-        return (token_log_probabilities(logits, targets) * counted).sum().item(), int(counted.sum())
+        return summed_log_likelihood(logits, targets, counted).item(), int(counted.sum())
 
     total, predicted, previous_logits, strand_scores = 0.0, 0, None, []
     for piece in pieces:

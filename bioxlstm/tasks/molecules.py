@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..chem import canonicalize, frechet_chemnet_distance, is_valid
+from ..chem import MoleculeSet, canonicalize, is_valid
 from ..domains import MOLECULE_SEPARATOR, SMILES
 from ..progress import progress as progress_bar
 from ..tokenization import vocabulary_id
 from .likelihood import require_causal_lm
-from .sampling import check_sampling, sample_continuations
+from .sampling import SamplingOptions, sample_continuations
 from .smiles_grammar import grammar_for
 
 
@@ -97,7 +97,7 @@ def in_context_prompt(context: Sequence[str], rng: random.Random | None = None) 
 class _ContinuationSampler:
     """Samples molecules after one prompt, whose state is computed once, in `__init__`."""
 
-    def __init__(self, model, tokenizer, prompt: str, max_new_tokens: int, grammar: bool = True, **sampling):
+    def __init__(self, model, tokenizer, prompt: str, options: SamplingOptions):
         require_causal_lm(model, "molecule generation")
         separator_id = vocabulary_id(tokenizer, MOLECULE_SEPARATOR)
         if prompt and separator_id is None:
@@ -105,9 +105,9 @@ class _ContinuationSampler:
                 f"the tokenizer has no token for the molecule separator {MOLECULE_SEPARATOR!r}: "
                 "its model cannot read molecules in context"
             )
-        self.model, self.tokenizer, self.sampling = model, tokenizer, dict(max_new_tokens=max_new_tokens, **sampling)
+        self.model, self.tokenizer, self.options = model, tokenizer, options
         self.stop_ids = [tokenizer.eos_token_id] + ([] if separator_id is None else [separator_id])
-        self.grammar = grammar_for(model, tokenizer, self.stop_ids, grammar, max_new_tokens)
+        self.grammar = grammar_for(model, tokenizer, self.stop_ids, options.grammar, options.max_new_tokens)
         prompt_ids = [tokenizer.cls_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
         self.prompt_ids = torch.tensor([prompt_ids], device=model.device)
         self.state = None
@@ -117,10 +117,14 @@ class _ContinuationSampler:
 
     def draw(self, rows: int) -> list[str]:
         samples = sample_continuations(
-            self.model, self.tokenizer, self.prompt_ids, rows, self.stop_ids, SMILES.name, rows,
-            cache=self.state, logits_processor=self.grammar, **self.sampling,
+            self.model, self.tokenizer, self.prompt_ids, rows, self.stop_ids, SMILES.name,
+            replace(self.options, batch_size=rows), cache=self.state, logits_processor=self.grammar,
         )  # fmt: skip
         return [self.tokenizer.decode(sample.body, skip_special_tokens=True) for sample in samples]
+
+
+# Molecules are short: many are sampled at once.
+MOLECULE_SAMPLING = SamplingOptions(batch_size=64)
 
 
 def sample_molecules(
@@ -130,14 +134,10 @@ def sample_molecules(
     context: Sequence[str] | None = None,
     unique_valid: bool = True,
     max_draws: int | None = None,
-    batch_size: int = 64,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    max_new_tokens: int = 256,
-    seed: int | None = None,
+    *,
     progress: Callable[[int], None] | None = None,
-    grammar: bool = True,
+    sampling: SamplingOptions | None = None,
+    **overrides,
 ) -> MoleculeSample:
     """Sample molecules from a SMILES model, unconditionally or like the `context` examples.
 
@@ -147,24 +147,23 @@ def sample_molecules(
     unique_valid=False: exactly `n` samples, as generated (invalid ones and repeats included).
     A sample that reaches `max_new_tokens` without ending is kept as it is.
     progress: told the number of samples of every batch once it is drawn.
-    grammar: sample only what can still become a molecule (`tasks.smiles_grammar`: SMILES syntax,
-    valence and kekulizable aromatic rings); False samples the model's own distribution.
+    sampling: a `SamplingOptions` (default: its defaults with batch_size 64); `overrides` replace its
+    fields by name (temperature=1.0, top_k, top_p, max_new_tokens=256, seed: also the order of the
+    context, batch_size, grammar=True: sample only what can still become a molecule, see
+    `tasks.smiles_grammar`: SMILES syntax, valence and kekulizable aromatic rings).
     """
-    check_sampling(n, max_new_tokens, batch_size, temperature)
+    options = replace(sampling or MOLECULE_SAMPLING, **overrides)
+    options.check(n)
     max_draws = n if not unique_valid else (10 * n if max_draws is None else max_draws)
     if max_draws < n:
         raise ValueError(f"max_draws ({max_draws}) must be at least n ({n})")
-    rng = random.Random(seed)
-    if seed is not None:
-        torch.manual_seed(seed)
-    sampler = _ContinuationSampler(
-        model, tokenizer, in_context_prompt(context or [], rng), max_new_tokens,
-        temperature=temperature, top_k=top_k, top_p=top_p, grammar=grammar,
-    )  # fmt: skip
+    rng = random.Random(options.seed)
+    options.apply_seed()
+    sampler = _ContinuationSampler(model, tokenizer, in_context_prompt(context or [], rng), options)
     report = SamplingReport(requested=n)
     drawn, distinct = [], {}
     while report.drawn < max_draws and (not unique_valid or report.unique < n):
-        batch = sampler.draw(min(batch_size, max_draws - report.drawn))
+        batch = sampler.draw(min(options.batch_size, max_draws - report.drawn))
         drawn += batch
         for canonical in filter(None, map(canonicalize, batch)):
             report.valid += 1
@@ -225,18 +224,25 @@ def evaluate_in_context(
             )
         shuffled = rng.sample(molecules, len(molecules))
         splits.append((shuffled[:n_context], shuffled[n_context:]))
-    unconditional = generate_molecules(model, tokenizer, None, n_generate, seed=seed, **options)
+    # Each set is parsed, and its ChemNet statistics computed, once: the unconditional set's serve every
+    # domain. The domains' own bar is the progress shown.
+    unconditional = MoleculeSet.from_smiles(
+        generate_molecules(model, tokenizer, None, n_generate, seed=seed, **options), progress=False
+    )
     results = []
     for index, (context, rest) in enumerate(progress_bar(splits, desc="domains", unit="domain"), start=1):
-        in_context = generate_molecules(model, tokenizer, context, n_generate, seed=seed + index, **options)
+        in_context = MoleculeSet.from_smiles(
+            generate_molecules(model, tokenizer, context, n_generate, seed=seed + index, **options), progress=False
+        )
+        reference = MoleculeSet.from_smiles(rest, progress=False).fcd_statistics
         results.append(
             InContextResult(
                 context=len(context),
                 reference=len(rest),
-                valid_in_context=sum(map(is_valid, in_context)),
-                valid_unconditional=sum(map(is_valid, unconditional)),
-                fcd_in_context=frechet_chemnet_distance(in_context, rest),
-                fcd_unconditional=frechet_chemnet_distance(unconditional, rest),
+                valid_in_context=in_context.valid,
+                valid_unconditional=unconditional.valid,
+                fcd_in_context=in_context.fcd(reference),
+                fcd_unconditional=unconditional.fcd(reference),
             )
         )
     return results

@@ -9,7 +9,7 @@ computed once; every continuation (a mutant, a new family member, a fill) starts
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,11 +17,12 @@ import torch
 from Bio.Align import PairwiseAligner, substitution_matrices
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..data.protein import TokenRow, context_row, fill_in_the_middle, sentinel_ids, undo_fill_in_the_middle
-from ..io import Record, read_records
+from ..data.protein import context_row, fill_in_the_middle, sentinel_ids, undo_fill_in_the_middle
 from ..domains import PROTEIN, allows
+from ..io import Record, read_records
+from ..token_rows import TokenRow
 from .likelihood import perplexity, require_causal_lm, row_log_likelihoods
-from .sampling import check_sampling, sample_continuations
+from .sampling import SamplingOptions, sample_continuations
 
 ContextSource = str | Path | Iterable[str | Record] | None
 
@@ -283,17 +284,21 @@ def inpaint(
     context: ContextSource = None,
     max_context_tokens: int | None = None,
     max_fill_length: int = 64,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
+    *,
+    sampling: SamplingOptions | None = None,
+    **overrides,
 ) -> Inpainting:
     """Fill the `spans` of `sequence` (0-based, end exclusive, as Python slices; at most five,
     disjoint), given optional homologs as context, by fill-in-the-middle decoding: the sequence is
     read with `<mask-i>` in place of span i, then each span is written after its sentinel, at its
     original positions, until the model writes the next sentinel (`<eos>` after the last span) or
     `max_fill_length` residues. Only amino-acid tokens go into a fill; the fill may be longer or
-    shorter than the span it replaces. temperature 0 picks the likeliest token."""
+    shorter than the span it replaces.
+    sampling: a `SamplingOptions` (default: its defaults); `overrides` replace its fields by name
+    (temperature=1.0, 0 picks the likeliest token; top_k, top_p, seed). Each span is sampled alone,
+    up to max_fill_length, so the options' batch_size and max_new_tokens do not apply."""
+    # One token more than the longest fill lets a fill of full length close itself.
+    options = replace(sampling or SamplingOptions(), **overrides, max_new_tokens=max_fill_length + 1, batch_size=1)
     require_protein_model(model, "inpainting")
     spans = sorted(spans)
     if not spans:
@@ -305,19 +310,16 @@ def inpaint(
         query.input_ids[:masked], query.position_ids[:masked], query.infill[:masked]
     )
     cache = _read(model, prompt)[1]
-    if seed is not None:
-        torch.manual_seed(seed)
+    options.apply_seed()
     suffix, fills, finished, total = [], [], [], 0.0
     for index, (start, _) in enumerate(spans):
         # A span opens with its sentinel at the position of its first residue, which shares it.
         opening = TokenRow([sentinels[index]], [start + 1], [True])
         closing = sentinels[index + 1] if index + 1 < len(spans) else tokenizer.eos_token_id
         (sample,) = sample_continuations(
-            model, tokenizer, _tensor(opening.input_ids, model), 1, [closing], PROTEIN.name, 1,
-            max_new_tokens=max_fill_length + 1, temperature=temperature, top_k=top_k, top_p=top_p, cache=cache,
+            model, tokenizer, _tensor(opening.input_ids, model), 1, [closing], PROTEIN.name, options, cache=cache,
             position_ids=_tensor(opening.position_ids, model), generated_position_offset=-1,
         )  # fmt: skip
-        # One token more than the longest fill lets a fill of full length close itself.
         fill = sample.body[:max_fill_length]
         total += sum(sample.token_log_likelihoods[: len(fill) + sample.finished])
         finished.append(sample.finished)
@@ -351,6 +353,10 @@ class FamilyMember:
     finished: bool  # the model ended the sequence itself
 
 
+# A family member is a whole protein: longer continuations than other tasks allow by default.
+FAMILY_SAMPLING = SamplingOptions(max_new_tokens=512)
+
+
 @torch.no_grad()
 def generate_family(
     model: PreTrainedModel,
@@ -359,33 +365,32 @@ def generate_family(
     n: int,
     context_sequences: int | None = None,
     max_context_tokens: int | None = None,
-    max_new_tokens: int = 512,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    batch_size: int = 16,
+    *,
     id_prefix: str = "generated",
     progress: Callable[[int], None] | None = None,
+    sampling: SamplingOptions | None = None,
+    **overrides,
 ) -> list[FamilyMember]:
     """Sample `n` new members of the family whose homologs are `context` (a file or sequences; the
     first `context_sequences`, within `max_context_tokens`). Each is sampled with
     `transformers`' `generate` after the homologs and a fresh `<cls>`, with positions continuing
     the new sequence's own numbering, amino acids only, until `<eos>` (or a `<cls>` that would begin
     another homolog) or `max_new_tokens`. Each comes with its log-likelihood, perplexity and
-    similarity to the context. progress: told the number of members of every batch once it is sampled."""
+    similarity to the context. progress: told the number of members of every batch once it is sampled.
+    sampling: a `SamplingOptions` (default: its defaults with max_new_tokens 512); `overrides`
+    replace its fields by name (max_new_tokens, temperature=1.0, top_k, top_p, seed, batch_size=16)."""
+    options = replace(sampling or FAMILY_SAMPLING, **overrides)
     require_protein_model(model, "family generation")
-    check_sampling(n, max_new_tokens, batch_size, temperature)
+    options.check(n)
     homologs = load_context(context, context_sequences, max_context_tokens)
     if not homologs:
         raise ValueError("the context holds no sequences: family generation needs homologs")
     prompt = _context_row(tokenizer, homologs) + TokenRow([tokenizer.cls_token_id], [0], [False])
     prompt_ids, prompt_positions = _tensor(prompt.input_ids, model), _tensor(prompt.position_ids, model)
-    if seed is not None:
-        torch.manual_seed(seed)
+    options.apply_seed()
     members = []
     for sample in sample_continuations(
-        model, tokenizer, prompt_ids, n, [tokenizer.eos_token_id, tokenizer.cls_token_id], PROTEIN.name, batch_size, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        model, tokenizer, prompt_ids, n, [tokenizer.eos_token_id, tokenizer.cls_token_id], PROTEIN.name, options,
         position_ids=prompt_positions, progress=progress,
     ):  # fmt: skip
         residues = tokenizer.decode(sample.tokens, skip_special_tokens=True)

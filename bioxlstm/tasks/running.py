@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..token_rows import reverse_complement_ids, right_padded
+
 
 @dataclass
 class Piece:
@@ -130,8 +132,8 @@ def _token_windows(
                 "are not one per character, so it cannot be split; use a larger window"
             )
         if complement is not None:
-            body = iter([complement[ids[i]] for i in reversed(range(len(ids))) if not special[i]])
-            ids = [token if is_special else next(body) for token, is_special in zip(ids, special)]
+            tokens, specials = right_padded([ids, special], 0)[0]  # as tensors; both have the window's length
+            ids = reverse_complement_ids(tokens[None], specials[None] == 0, complement)[0].tolist()
         yield ids + (eos if number == len(starts) - 1 else [])
 
 
@@ -178,13 +180,9 @@ def _enough_memory(model, tokens: int, rows: int):
 def _run_batch(model, batch, layer, logits) -> Iterator[Piece]:
     if not batch:
         return
-    width = max(len(ids) for *_, ids in batch)
-    ids = torch.zeros(len(batch), width, dtype=torch.long)
-    mask = torch.zeros(len(batch), width, dtype=torch.long)
-    for row, (*_, token_ids) in enumerate(batch):
-        ids[row, : len(token_ids)] = torch.tensor(token_ids)
-        mask[row, : len(token_ids)] = 1
-    with _enough_memory(model, width, len(batch)):
+    # Padded with id 0: the attention mask hides the padding, whatever its id.
+    ids, mask = right_padded([token_ids for *_, token_ids in batch], 0)
+    with _enough_memory(model, ids.shape[1], len(batch)):
         hidden, lm_logits, _ = _outputs(model, ids, mask, None, layer, logits)
     for row, (key, strand, token_ids) in enumerate(batch):
         n = len(token_ids)

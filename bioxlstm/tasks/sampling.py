@@ -1,5 +1,6 @@
 """Sampling continuations from a causal language model: every generation task samples through
-`sample_continuations`, one call of `transformers`' `generate` per batch."""
+`sample_continuations`, one call of `transformers`' `generate` per batch, as one `SamplingOptions`
+says."""
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -36,14 +37,38 @@ MAX_TEMPERATURE = 100.0
 MAX_NEW_TOKENS = 1_000_000
 
 
-def check_sampling(n: int, max_new_tokens: int, batch_size: int, temperature: float) -> None:
-    """Raise ValueError for sampling arguments no sampler can use."""
-    if n < 1 or max_new_tokens < 1 or batch_size < 1:
-        raise ValueError("n, max_new_tokens and batch_size must be positive")
-    if max_new_tokens > MAX_NEW_TOKENS:
-        raise ValueError(f"max_new_tokens {max_new_tokens:,} is more than the {MAX_NEW_TOKENS:,} a sampler can hold")
-    if not 0 < temperature <= MAX_TEMPERATURE:  # also false for NaN
-        raise ValueError(f"temperature {temperature!r}: expected a number above 0 and at most {MAX_TEMPERATURE:g}")
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How a generation task samples, from the command line or the Python API down to `generate`.
+
+    max_new_tokens: the longest continuation. temperature: divides the logits (0, where a task
+    allows it, picks the likeliest token). top_k, top_p: sample among the k likeliest tokens, within
+    this probability mass (None: no limit). seed: seeds the task's random draws (None: they continue
+    torch's global random state). batch_size: continuations sampled at once. grammar: a SMILES model
+    writes only what can still become a molecule (`tasks.smiles_grammar`); False samples the model's
+    own distribution (other domains have no grammar)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    batch_size: int = 16
+    grammar: bool = True
+
+    def check(self, n: int) -> None:
+        """Raise ValueError where `n` samples with these options cannot be drawn."""
+        if n < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("n, max_new_tokens and batch_size must be positive")
+        if self.max_new_tokens > MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens {self.max_new_tokens:,} is more than the {MAX_NEW_TOKENS:,} a sampler can hold")
+        if not 0 < self.temperature <= MAX_TEMPERATURE:  # also false for NaN
+            raise ValueError(f"temperature {self.temperature!r}: expected a number above 0 and at most {MAX_TEMPERATURE:g}")
+
+    def apply_seed(self) -> None:
+        """Seed torch's random generator with `seed`; without one, leave its state as it is."""
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
 
 
 def never_sampled(tokenizer: PreTrainedTokenizerBase, vocab_size: int, domain: str | None, ends: Iterable[int]):
@@ -63,35 +88,33 @@ def sample_continuations(
     n: int,
     ends: list[int],
     domain: str | None,
-    batch_size: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
+    options: SamplingOptions,
     cache=None,
     progress: Callable[[int], None] | None = None,
     logits_processor: LogitsProcessor | None = None,
     **generate_options,
 ) -> Iterator[Continuation]:
-    """`n` continuations of `prompt_ids` (1, P), sampled `batch_size` at a time with `generate`,
-    each cut after its first token in `ends` and scored by the model's own log-likelihood of what
-    it generated (not the tempered or truncated distribution it was sampled from). Only the
-    tokens of `domain`'s sequences and the `ends` are sampled (see `never_sampled`).
+    """`n` continuations of `prompt_ids` (1, P), sampled `options.batch_size` at a time with
+    `generate` at `options`' temperature, top-k and top-p, each cut after its first token in `ends`
+    (or after `options.max_new_tokens`) and scored by the model's own log-likelihood of what it
+    generated (not the tempered or truncated distribution it was sampled from). Only the tokens of
+    `domain`'s sequences and the `ends` are sampled (see `never_sampled`). `options.seed` and
+    `options.grammar` are the task's to apply: it seeds once for all its calls, and builds the grammar.
 
     cache: the model's state after all but the last prompt token (e.g. a context read once): every
     batch continues from a copy of it, so the prompt is read once for all samples.
     progress: told the number of continuations of every batch once it is sampled.
     logits_processor: applied to every step's scores before temperature, top-k and top-p (e.g. the
     SMILES grammar, `tasks.smiles_grammar.SmilesGrammar`); the log-likelihoods stay the model's own.
-    `generate_options` go to `generate` as they are (e.g. `position_ids`). The arguments are
-    checked by the tasks, with `check_sampling`, before they read any prompt."""
+    `generate_options` go to `generate` as they are (e.g. `position_ids`). The options are checked
+    by the tasks, with `SamplingOptions.check`, before they read any prompt."""
     suppressed = never_sampled(tokenizer, model.config.vocab_size, domain, ends)
-    if temperature == 0:  # the likeliest token at every step
+    if options.temperature == 0:  # the likeliest token at every step
         choice = dict(do_sample=False, temperature=None, top_k=None, top_p=None)
     else:
-        choice = dict(do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
-    for start in range(0, n, batch_size):
-        rows = min(batch_size, n - start)
+        choice = dict(do_sample=True, temperature=options.temperature, top_k=options.top_k or 0, top_p=options.top_p or 1.0)
+    for start in range(0, n, options.batch_size):
+        rows = min(options.batch_size, n - start)
         if cache is None:
             inputs, per_batch = prompt_ids, dict(num_return_sequences=rows)
             attention_mask = torch.ones_like(inputs)
@@ -104,7 +127,7 @@ def sample_continuations(
             inputs,
             attention_mask=attention_mask,
             **choice,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=options.max_new_tokens,
             eos_token_id=ends,
             pad_token_id=tokenizer.pad_token_id,
             suppress_tokens=suppressed,

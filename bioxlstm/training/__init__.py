@@ -34,7 +34,7 @@ Labeled-data objectives (`bioxlstm.data.labeled`) read a label with every record
 classification or regression head on `init_from`'s backbone (any model: causal, bidirectional,
 RC-PS, or conjoined with `model: {conjoin: true}`), report accuracy / MCC / F1 / AUROC or
 Spearman / Pearson / R² on the validation split, and hold the test split out for
-`bioxlstm.tasks.downstream.finetune_over_seeds`.
+`finetune_over_seeds`, which fine-tunes such a recipe once per seed and measures every run on it.
 
 A recipe's `training.fsdp_config` (or `training.fsdp: true`, `bioxlstm train --fsdp`) shards the
 model with FSDP2 under any launcher, CPUs included (`sharding`); its `lora` section trains LoRA
@@ -44,9 +44,11 @@ backward.
 Modules: `objectives` (what each objective trains and how it batches), `recipes` (reading and
 checking recipe files), `runs` (building the Trainer, running, exporting), `trainer` (the Trainer
 and its log files), `launchers` (what a launcher asked for against what runs), `sharding` (FSDP2),
-`adapters` (LoRA).
+`adapters` (LoRA), `finetune` (fine-tuning over seeds), `predictions` (the metrics of a fine-tuned
+head's predictions).
 """
 
+from .finetune import FinetuneResult, SeedRun, finetune_over_seeds
 from .launchers import distribution
 from .objectives import OBJECTIVES, Objective
 from .recipes import Recipe, load_recipe
@@ -54,10 +56,13 @@ from .runs import build_trainer, grown_model, starting_model, train
 
 __all__ = [
     "OBJECTIVES",
+    "FinetuneResult",
     "Objective",
     "Recipe",
+    "SeedRun",
     "build_trainer",
     "distribution",
+    "finetune_over_seeds",
     "grown_model",
     "load_recipe",
     "starting_model",

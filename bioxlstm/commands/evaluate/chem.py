@@ -4,20 +4,25 @@
 import argparse
 import gzip
 import zlib
+from typing import TYPE_CHECKING
 
 from ...domains import SMILES
+
+if TYPE_CHECKING:
+    from ...chem import ParsedSmiles
 
 
 def add_parser(evaluations) -> None:
     chem = evaluations.add_parser(
         "chem", help="validity, uniqueness, novelty, internal diversity and FCD of generated molecules",
         description=(
-            "Measure a file of generated SMILES with RDKit and the fcd package. validity: fraction that RDKit "
-            "parses (empty entries count as invalid). uniqueness: distinct canonical molecules among the valid "
-            "ones. novelty: fraction of those not in --train. internal diversity: 1 - mean pairwise Tanimoto "
-            "similarity of Morgan fingerprints (radius 2, 2048 bits) of the valid ones. FCD: Frechet ChemNet "
-            "Distance between the valid generated and the --reference molecules, both canonicalised; lower is "
-            "closer. Undefined values (e.g. no valid molecule) show as n/a, or null in JSON. "
+            "Measure a file of generated SMILES with RDKit and the fcd package, every metric as MOSES defines it "
+            "(bioxlstm/chem.py). validity: fraction that RDKit parses (empty entries count as invalid). "
+            "uniqueness: distinct canonical molecules among the valid ones. novelty: fraction of those not in "
+            "--train. internal diversity (MOSES IntDiv): 1 - mean Tanimoto similarity of Morgan fingerprints "
+            "(radius 2, 1024 bits) over all pairs of valid ones, a molecule with itself included. FCD: Frechet "
+            "ChemNet Distance between the valid generated and the --reference molecules, both canonicalised; lower "
+            "is closer. Undefined values (e.g. no valid molecule) show as n/a, or null in JSON. "
             "With --benchmark moses: the MOSES metric set (valid, unique@1k/10k, FCD, SNN, Frag and Scaf against "
             "the MOSES test and scaffold-test sets, IntDiv, IntDiv2, Filters, Novelty against the MOSES training "
             "set) as the MOSES paper and code define them; see bioxlstm/moses.py and data_cards/moses.md."
@@ -59,19 +64,25 @@ def add_parser(evaluations) -> None:
     chem.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     chem.set_defaults(run=run)
 
-def _molecules(path: str, column: str) -> list[str]:
-    """The molecules of a reference or training file, each of which must be valid."""
-    from ...progress import progress
-
-    from ...chem import is_valid
+def _molecules(path: str, column: str) -> list[tuple[str, "ParsedSmiles"]]:
+    """The molecules of a reference or training file, each of which must be valid: each SMILES as
+    written, with what the metrics need of it (from one parse)."""
+    from ...chem import parse_smiles
     from ...io import InputError, read_records
+    from ...progress import progress
 
     molecules = []
     for record in progress(read_records(path, domain=SMILES.name, column=column), desc=path, unit="mol"):
-        if not is_valid(record.sequence):
+        molecule, parsed = parse_smiles(record.sequence)
+        if molecule is None:
             raise InputError(f"{path}: record {record.id!r} is not a valid molecule: {record.sequence!r}")
-        molecules.append(record.sequence)
+        molecules.append((record.sequence, parsed))
     return molecules
+
+
+def _training(args: argparse.Namespace) -> set[str] | None:
+    """The canonical SMILES of the --train molecules, for novelty; None without --train."""
+    return None if args.train is None else {parsed.canonical for _, parsed in _molecules(args.train, args.column)}
 
 
 def _generated(path: str, column: str) -> list[str]:
@@ -91,7 +102,7 @@ def _generated(path: str, column: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ...chem import chem_metrics
+    from ...chem import MoleculeSet
 
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, not {args.workers}")
@@ -100,14 +111,10 @@ def run(args: argparse.Namespace) -> None:
         return
     if args.reference is None:
         raise ValueError("--reference is required (or --benchmark moses)")
-    sets = {"generated": _generated(args.generated, args.column)}
-    if args.unconstrained:
-        sets["unconstrained"] = _generated(args.unconstrained, args.column)
-    reference = _molecules(args.reference, args.column)
-    training = None if args.train is None else _molecules(args.train, args.column)
-    results = {
-        name: chem_metrics(molecules, reference=reference, training=training).as_dict() for name, molecules in sets.items()
-    }
+    sets = {name: MoleculeSet.from_smiles(molecules) for name, molecules in _generated_sets(args).items()}
+    reference = MoleculeSet.of([parsed for _, parsed in _molecules(args.reference, args.column)])
+    training = _training(args)
+    results = {name: molecules.metrics(reference, training).as_dict() for name, molecules in sets.items()}
     if args.json:
         _print_json(results)
         return
@@ -119,7 +126,7 @@ def run(args: argparse.Namespace) -> None:
         ("validity", [_number(v["validity"]) for v in values], "valid / generated"),
         ("uniqueness", [_number(v["uniqueness"]) for v in values], "unique / valid"),
         ("novelty", [_number(v["novelty"]) for v in values], f"not in {args.train}" if args.train else "needs --train"),
-        ("internal diversity", [_number(v["internal_diversity"]) for v in values], "1 - mean pairwise Tanimoto"),
+        ("internal diversity", [_number(v["internal_diversity"]) for v in values], "MOSES IntDiv: 1 - mean Tanimoto"),
         ("FCD", [_number(v["fcd"]) for v in values], f"to {args.reference}"),
     ]
     _print_table(rows, values)
@@ -131,6 +138,14 @@ INVALID_NOTES = {
     "valence": "an atom with too many bonds",
     "other": "any other sanitization failure",
 }
+
+
+def _generated_sets(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The generated SMILES of --generated and, when given, of --unconstrained, by name."""
+    sets = {"generated": _generated(args.generated, args.column)}
+    if args.unconstrained:
+        sets["unconstrained"] = _generated(args.unconstrained, args.column)
+    return sets
 
 
 def _paths(args: argparse.Namespace) -> list[str]:
@@ -171,34 +186,27 @@ def _run_moses(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from ... import moses
-    from ...chem import invalid_counts
 
-    sets = {"generated": _generated(args.generated, args.column)}
-    if args.unconstrained:
-        sets["unconstrained"] = _generated(args.unconstrained, args.column)
+    sets = _generated_sets(args)
     directory = Path(args.moses_dir) if args.moses_dir else moses.bundled_moses_directory()
     if not directory.is_dir():
         raise ValueError(f"--moses-dir {directory}: no such directory")
     # The filter rules belong to the metric, not to the data: a directory without them uses the bundled ones.
     filters = directory if (directory / moses.FILTER_FILES[0]).is_file() else moses.bundled_moses_directory()
     # Every input file is read before the long work starts, so that a bad one fails at once.
-    test_override = None if args.reference is None else _molecules(args.reference, args.column)
-    train_override = None if args.train is None else _molecules(args.train, args.column)
+    test_override = None if args.reference is None else [smiles for smiles, _ in _molecules(args.reference, args.column)]
+    train_override = _training(args)
     references = {
         suffix: moses.reference_set(suffix, test_override, args.workers)
         if suffix == "Test" and test_override is not None
         else moses.load_reference_set(directory, name, args.workers)
         for suffix, name in moses.REFERENCE_SETS.items()
     }
-    if train_override is not None:
-        training = moses.training_set(train_override, args.workers)
-    else:
-        training = moses.load_training_set(directory, args.workers)
+    training = train_override if train_override is not None else moses.load_training_set(directory, args.workers)
     results = {
-        name: dict(moses.moses_metrics(molecules, references, training, filters, args.workers).as_dict(),
-                   invalid=invalid_counts(molecules))
+        name: moses.moses_metrics(molecules, references, training, filters, args.workers).as_dict()
         for name, molecules in sets.items()
-    }  # fmt: skip
+    }
     if args.json:
         _print_json(results)
         return

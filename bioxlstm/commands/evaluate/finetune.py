@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> None:
     import contextlib
 
     from ...progress import progress
-    from ...tasks.downstream import METRICS, finetune_over_seeds, plot_metrics
-    from ...training import load_recipe
+    from ...tasks.downstream import METRICS, plot_metrics
+    from ...training import finetune_over_seeds, load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     # One bar over the seeds; the trainer's own bars would interleave with it.

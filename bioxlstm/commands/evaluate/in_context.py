@@ -3,7 +3,7 @@
 import argparse
 
 from ...domains import SMILES
-from ..options import load_model, model_options, new_token_count, positive_int, print_json, sampling_options
+from ..options import add_grammar_option, chosen_sampling, load_model, model_options, new_token_count, positive_int, print_json, sampling_options
 
 
 def add_parser(evaluations) -> None:
@@ -25,6 +25,7 @@ def add_parser(evaluations) -> None:
     in_context.add_argument("--n-context", type=positive_int, default=20, help="molecules of a domain placed in context")
     in_context.add_argument("--n-generate", type=positive_int, default=100, help="molecules sampled per domain, and unconditionally")
     in_context.add_argument("--max-new-tokens", type=new_token_count, default=256, help="longest molecule, in tokens")
+    add_grammar_option(in_context, "both the in-context and the unconditional molecules")
     in_context.add_argument("--json", action="store_true", help="print one JSON object per domain instead of a table")
     in_context.set_defaults(run=run)
 
@@ -51,8 +52,7 @@ def run(args: argparse.Namespace) -> None:
     model, tokenizer = load_model(args)
     results = evaluate_in_context(
         model, tokenizer, [records[line - 1].sequence for line in lines], n_context=args.n_context,
-        n_generate=args.n_generate, seed=args.seed, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        n_generate=args.n_generate, seed=args.seed, sampling=chosen_sampling(args),
     )  # fmt: skip
     if args.json:
         for line, result in zip(lines, results):
