@@ -64,18 +64,20 @@ def parses(smiles: str) -> bool:
 
 
 def random_walk(vocabulary, rng: random.Random, longest: int = 30) -> str | None:
-    """A uniformly random path through the grammar, closing branches and rings once past `longest`
-    tokens; the string when the grammar let it end, None when it ran past `longest + 40` tokens."""
+    """A uniformly random path through the grammar, steered to close its branches and rings (as the
+    sampler steers a row that is to end) once past `longest` tokens; the string when the grammar let
+    it end, None when it ran past `longest + 40` tokens."""
     state, tokens = SmilesState(vocabulary), []
     while len(tokens) < longest + 40:
-        allowed = state.allowed_mask().nonzero().flatten().tolist()
+        mask = state.allowed_mask()
+        allowed = mask.nonzero().flatten().tolist()
         can_end = any(token in vocabulary.ends for token in allowed)
         going_on = [t for t in allowed if t not in vocabulary.ends and t != vocabulary.dot]
         if can_end and (not going_on or rng.random() < 0.1 or len(tokens) > longest):
             return "".join(vocabulary.text[t] for t in tokens)
         if len(tokens) > longest:
-            closers = [t for t in going_on if t == vocabulary.close or t in state.rings]
-            going_on = closers or going_on
+            preference = torch.tensor([rng.random() for _ in range(vocabulary.size)])
+            going_on = state.steered_to_the_end(mask, preference).nonzero().flatten().tolist()
         token = rng.choice(going_on)
         state.advance(token)
         tokens.append(token)
@@ -153,13 +155,54 @@ def test_a_pyrrole_nitrogen_without_hydrogen_must_take_a_substituent(vocabulary,
 
 
 def test_a_ring_closure_that_leaves_an_aromatic_ring_without_a_kekule_form_is_refused(vocabulary, tokenizer):
-    # the carbon between the two NH would have no neighbour left to share a double bond with
-    assert "1" not in allowed_tokens(read(vocabulary, tokenizer, "c1c[nH]c[nH]"), vocabulary)
+    # the opening carbon would sit between two NH, with no neighbour left to share a double bond with
+    assert "1" not in allowed_tokens(read(vocabulary, tokenizer, "c1cc[nH]cc[nH]"), vocabulary)
     assert "1" in allowed_tokens(read(vocabulary, tokenizer, "c1c[nH]cn"), vocabulary)  # imidazole
     # the closing carbon could still take an exocyclic double bond: closing is allowed, ending is not
     five = read(vocabulary, tokenizer, "Cc1cccc1")
     assert not five.can_end()
     assert "=" in allowed_tokens(five, vocabulary)  # Cc1cccc1=O is a molecule
+
+
+def test_a_token_that_nothing_could_follow_is_refused_before_it_is_written(vocabulary, tokenizer):
+    # a carbon between two NH could never get its double bond, whatever came next
+    after_carbon = allowed_tokens(read(vocabulary, tokenizer, "c1c[nH]c"), vocabulary)
+    assert "[nH]" not in after_carbon and "n" in after_carbon
+    # the last nitrogen owes the carbon before it its double bond: a substituent (`-`) would leave
+    # no atom to write after the bond, so only the end remains
+    assert allowed_tokens(read(vocabulary, tokenizer, "O=C(O)c1sc(=O)c2cc(Cl)ccc2n1"), vocabulary) == {"<eos>", "."}
+
+
+def test_an_aromatic_atom_must_be_able_to_close_a_ring_around_itself(vocabulary, tokenizer):
+    # [nH] and o take two bonds: after a chain atom, one ring bond is left, and a ring needs two
+    after_chain = allowed_tokens(read(vocabulary, tokenizer, "CC"), vocabulary)
+    assert not after_chain & {"[nH]", "o"} and {"c", "n"} <= after_chain
+    assert {"[nH]", "o"} <= allowed_tokens(read(vocabulary, tokenizer, "Cc1cc"), vocabulary)
+
+
+@pytest.mark.parametrize(
+    "smiles, molecule", [("c1ccccc1c1ccccc1", True), ("c1ccc(c2ccccc2)cc1", True), ("c1(cccc2ccccc2)ccccc1", False)]
+)
+def test_an_aromatic_bond_in_no_ring_is_single_as_rdkit_reads_it(vocabulary, tokenizer, smiles, molecule):
+    """A bond without a symbol between aromatic atoms is aromatic only within a ring: RDKit reads the
+    bond that joins two rings as single, and aromatic atoms on a chain outside the rings as an error."""
+    assert read(vocabulary, tokenizer, smiles).can_end() == molecule == is_valid(smiles)
+    # a ring of five carbons gets its third double bond only from a neighbour outside it: never
+    # from the next ring, as the bond to it is single
+    assert "c" not in allowed_tokens(read(vocabulary, tokenizer, "c1cccc1"), vocabulary)
+
+
+def test_a_row_steered_to_its_end_closes_what_is_open_or_writes_what_lets_it_close(vocabulary, tokenizer):
+    ring_open = read(vocabulary, tokenizer, "c1ccccc")
+    steered = ring_open.steered_to_the_end(ring_open.allowed_mask(), torch.zeros(vocabulary.size))
+    assert {vocabulary.text[i] for i in steered.nonzero().flatten().tolist()} == {"1"}
+    branch_open = read(vocabulary, tokenizer, "CC(")  # `)` may not come yet
+    preference = torch.full((vocabulary.size,), float("-inf"))
+    for token, score in {"(": 5.0, "C": 2.0, "N": 1.0}.items():
+        preference[vocabulary.text.index(token)] = score
+    steered = branch_open.steered_to_the_end(branch_open.allowed_mask(), preference)
+    # `(` would open more, and a token the model gives no chance stays out
+    assert {vocabulary.text[i] for i in steered.nonzero().flatten().tolist()} == {"C", "N"}
 
 
 def test_brackets_branches_and_ring_labels_follow_smiles_syntax(vocabulary, tokenizer):

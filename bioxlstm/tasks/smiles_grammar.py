@@ -12,16 +12,25 @@ token is drawn, sets the score of every token that cannot continue it to -inf. T
   keep their aromatic bonds, and an aromatic system must stay kekulizable. An atom of a SMILES string
   only gets new bonds while it is the last atom, the root of an open branch or holds an open ring
   label; once none of these, its bonds are final. So before a token finishes aromatic atoms (the next
-  atom, `)`, a ring closure, the end) the processor checks that every finished aromatic atom that
-  needs a double bond (a `c`, an `n` with two bonds, `[nH+]`, ...) can get one from a neighbour
-  across an aromatic bond: a matching in which still-open atoms may take part. A finished aromatic
-  atom with fewer than two aromatic bonds is refused too (RDKit calls it a non-ring aromatic atom).
+  atom, `)`, a ring closure, the end), or takes from an open one the double bond it could give a
+  neighbour, the processor checks that every finished aromatic atom that needs a double bond (a `c`,
+  an `n` with two bonds, `[nH+]`, ...) can get one from a neighbour across an aromatic bond: a
+  matching in which still-open atoms may take part. Every aromatic atom needs two aromatic ring
+  bonds: one that has fewer and can get no more is refused (`[nH]` after a chain atom, say). A bond
+  between aromatic atoms lies in a ring only if a ring closes around it, and RDKit reads it as single
+  otherwise: one to a new atom where no ring is open and no branch waits never will, and at the end a
+  molecule with such a bond is checked as a whole as RDKit reads it.
 
 These are necessary conditions, not RDKit's whole sanitisation: the grammar never refuses a molecule
-RDKit accepts (tested on the MOSES test set), and a few invalid ones still pass (an aromatic bond
-outside any ring that the matching uses, unusual charges). When the checks leave a row no token at
-all, the row falls back to syntax alone, and if even that leaves nothing, to no constraint: a
-processor must never make sampling fail.
+RDKit accepts (tested on the MOSES test set), and a few invalid ones still pass (unusual charges). A
+token can lead into a state that no token passes; one token ahead, the processor sees it and refuses
+that token too: a bond or `(` after an aromatic atom, a ring label or `)` that fills an atom or
+leaves an aromatic atom that must go on (`_continues_after`). Two tokens ahead it does not look: a
+row that reaches a state no token passes can no longer become a molecule, keeps the syntax alone and
+is steered to its end. A row whose model wants to end where the grammar cannot yet, or that nears
+`max_new_tokens`, is steered to the end too (`SmilesState.steered_to_the_end`). Where the mask and
+the other processors' scores leave a row no token at all, the row is left unconstrained: a processor
+must never make sampling fail.
 
 Special tokens (`<cls>`, `<pad>`, the end tokens) and `.` start a new molecule, so prompts with
 molecules in context, padding and the rows that already ended need nothing special. Rows are
@@ -32,6 +41,7 @@ between steps, is followed too. A prompt that the grammar cannot read raises Val
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -149,28 +159,76 @@ class SmilesVocabulary:
         self.open = vocab.get("(")
         self.close = vocab.get(")")
         atoms = [i for i in range(self.size) if self.kind[i] == ATOM]
-        # Atoms that can take a first bond of order k (k = 0: a molecule's first atom), split into
-        # aromatic and aliphatic ones, because an aromatic neighbour makes the bond aromatic.
-        self.atoms_taking = {
-            (k, aromatic): self._ids(
-                i for i in atoms if self.atom[i].aromatic == aromatic and _fits(self.atom[i], 0, False, k)
-            )
+        aliphatic = [i for i in atoms if not self.atom[i].aromatic]
+        aromatic = [i for i in atoms if self.atom[i].aromatic]
+        # Atoms that can take a first bond of order k (k = 0: a molecule's first atom): the syntax
+        # alone, and the first atom, ask no more.
+        self.atoms_taking = {k: self._ids(i for i in atoms if _takes(self.atom[i], (k,))) for k in range(5)}
+        # With chemistry: aliphatic atoms by the order of their first bond, and whether they must
+        # keep room for one more; aromatic atoms by the order of their first bond and whether it is
+        # aromatic. An aromatic atom needs two aromatic (ring) bonds: after an aromatic bond it
+        # must have room for one more, after another bond for two more.
+        self.aliphatic_atoms = {
+            (k, room): self._ids(i for i in aliphatic if _takes(self.atom[i], (k, 1) if room else (k,)))
             for k in range(5)
-            for aromatic in (False, True)
+            for room in (False, True)
         }
-        self.atoms_with_room = {
-            (k, aromatic): self._ids(
-                i for i in atoms if self.atom[i].aromatic == aromatic and _fits(self.atom[i], 0, False, k)
-                and _fits(self.atom[i], k, k >= 2, 1)
-            )
-            for k in range(5)
-            for aromatic in (False, True)
+        self.aromatic_after_plain = {
+            k: self._ids(i for i in aromatic if _takes(self.atom[i], (k, 1, 1))) for k in range(5)
         }
+        # After an aromatic bond: the atoms that can take the double bond on it and still close
+        # their ring (partners), and those that cannot (`o`, `[nH]`: donors).
+        self.aromatic_partners = self._ids(i for i in aromatic if _takes(self.atom[i], (2, 1)))
+        self.aromatic_donors = self._ids(
+            i for i in aromatic if _takes(self.atom[i], (1, 1)) and not _takes(self.atom[i], (2, 1))
+        )
+        self._atoms_allowed: dict[tuple, bool] = {}
+
+    def mask(self, key: tuple) -> tuple[torch.Tensor, bool]:
+        """The tokens allowed in a state of this key (see `SmilesState._key`), and whether there are none."""
+        cached = self.masks.get(key)
+        if cached is None:
+            mask = _build(self, key)
+            cached = self.masks[key] = mask, not mask.any()
+        return cached
+
+    def atom_mask(self, atoms: tuple) -> torch.Tensor:
+        """The atoms allowed by the atom part of a state's key (`SmilesState._atom_part`)."""
+        order, aromatic_bond, can_take, need_room, aliphatic_ok, partner_ok, donor_ok = atoms
+        mask = torch.zeros(self.size, dtype=torch.bool)
+        if not can_take:
+            return mask
+        if aromatic_bond is None:  # the syntax alone
+            return self.atoms_taking[order].clone()
+        if aliphatic_ok:
+            mask |= self.aliphatic_atoms[(order, need_room)]
+        if not aromatic_bond:
+            return mask | self.aromatic_after_plain[order] if aliphatic_ok else mask
+        if partner_ok:
+            mask |= self.aromatic_partners
+        if donor_ok:
+            mask |= self.aromatic_donors
+        return mask
+
+    def atoms_allowed(self, atoms: tuple) -> bool:
+        known = self._atoms_allowed.get(atoms)
+        if known is None:
+            known = self._atoms_allowed[atoms] = bool(self.atom_mask(atoms).any())
+        return known
 
     def _ids(self, ids) -> torch.Tensor:
         mask = torch.zeros(self.size, dtype=torch.bool)
         mask[list(ids)] = True
         return mask
+
+
+def _takes(spec: AtomSpec, orders: tuple[int, ...], used: int = 0, has_double: bool = False) -> bool:
+    """Whether an atom can take bonds of `orders`, one after another."""
+    for order in orders:
+        if not _fits(spec, used, has_double, order):
+            return False
+        used, has_double = used + order, has_double or order >= 2
+    return True
 
 
 def _fits(spec: AtomSpec, used: int, has_double: bool, order: int) -> bool:
@@ -189,8 +247,9 @@ class SmilesState:
     """The grammar state of one SMILES string, advanced token by token (`advance`), and the set of
     tokens that may come next (`allowed`)."""
 
-    __slots__ = ("vocab", "chemistry", "specs", "used", "double", "aromatic_neighbours", "neighbours",
-                 "current", "stack", "rings", "bond", "expect_atom", "branch_start", "length", "finishing", "_mask")  # fmt: skip
+    __slots__ = ("vocab", "chemistry", "specs", "used", "double", "aromatic_neighbours", "neighbours", "parent",
+                 "ring_bond", "loose", "current", "stack", "rings", "bond", "expect_atom", "branch_start", "length",
+                 "finishing", "_mask", "_checked")  # fmt: skip
 
     def __init__(self, vocab: SmilesVocabulary, chemistry: bool = True):
         self.vocab, self.chemistry = vocab, chemistry
@@ -202,6 +261,11 @@ class SmilesState:
         self.double: list[bool] = []  # has a bond of order 2 or more
         self.aromatic_neighbours: list[list[int]] = []
         self.neighbours: list[set[int]] = []
+        self.parent: list[int] = []  # the atom each one was written after (-1: none): ring closures aside, a tree
+        # For the bond to the parent: None when it is not aromatic, else whether a ring closed so far
+        # runs through it. An aromatic bond in no ring is single to RDKit; `loose` counts them.
+        self.ring_bond: list[bool | None] = []
+        self.loose = 0
         self.current = -1  # the last atom written
         self.stack: list[int] = []  # roots of the open branches
         self.rings: dict[int, tuple[int, int | None]] = {}  # label token -> (atom, bond token or None)
@@ -211,6 +275,7 @@ class SmilesState:
         self.length = 0
         self.finishing = False  # the model wanted to end here: close what is open, open nothing new
         self._mask: torch.Tensor | None = None  # what `allowed_mask` found for this state
+        self._checked: dict[tuple, bool] = {}  # `_finishing_ok` by its arguments, for this state
 
     def copy(self) -> SmilesState:
         other = SmilesState.__new__(SmilesState)
@@ -218,10 +283,11 @@ class SmilesState:
         other.specs, other.used, other.double = list(self.specs), list(self.used), list(self.double)
         other.aromatic_neighbours = [list(n) for n in self.aromatic_neighbours]
         other.neighbours = [set(n) for n in self.neighbours]
+        other.parent, other.ring_bond, other.loose = list(self.parent), list(self.ring_bond), self.loose
         other.current, other.stack, other.rings = self.current, list(self.stack), dict(self.rings)
         other.bond, other.expect_atom, other.length = self.bond, self.expect_atom, self.length
         other.branch_start, other.finishing = self.branch_start, self.finishing
-        other._mask = self._mask
+        other._mask, other._checked = self._mask, {}
         return other
 
     # ---- reading tokens
@@ -237,7 +303,11 @@ class SmilesState:
         if not allowed[token]:
             raise GrammarError(f"{self.vocab.text[token]!r} cannot follow here")
         self.length += 1
-        if kind in (RESET, DOT):
+        self._checked = {}
+        self._apply(token, kind)
+
+    def _apply(self, token: int, kind: int) -> None:
+        if kind == DOT:
             self.reset()
         elif kind == ATOM:
             self._add_atom(token)
@@ -252,12 +322,19 @@ class SmilesState:
         elif kind == RING:
             self._ring(token)
 
-    def _bond_order(self, a: int, b_spec: AtomSpec, bond: int | None) -> tuple[int, bool]:
-        """Order of a bond from atom `a` to an atom like `b_spec` written with `bond`, and whether it is aromatic."""
+    def _bond_order(self, a: int, b_spec: AtomSpec, bond: int | None, closure: bool = False) -> tuple[int, bool]:
+        """Order of a bond from atom `a` to an atom like `b_spec` written with `bond`, and whether it
+        is aromatic. closure: the bond closes a ring."""
         if bond is None:
-            aromatic = self.specs[a].aromatic and b_spec.aromatic
+            # Between aromatic atoms, aromatic if it can lie in a ring: a bond to a new atom made
+            # where no ring is open and no branch waits never will (RDKit makes it single).
+            aromatic = self.specs[a].aromatic and b_spec.aromatic and (closure or not self._bridges())
             return 1, aromatic
         return self.vocab.order[bond], self.vocab.text[bond] == ":"
+
+    def _bridges(self) -> bool:
+        """Whether a bond from the current atom to a new one can never lie in a ring."""
+        return not self.rings and not self.stack
 
     def _add_atom(self, token: int) -> None:
         spec = self.vocab.atom[token]
@@ -267,9 +344,13 @@ class SmilesState:
         self.double.append(False)
         self.aromatic_neighbours.append([])
         self.neighbours.append(set())
+        self.parent.append(self.current)
+        aromatic = False
         if self.current >= 0:
             order, aromatic = self._bond_order(self.current, spec, self.bond)
             self._connect(self.current, index, order, aromatic)
+        self.ring_bond.append(False if aromatic else None)
+        self.loose += aromatic
         self.current, self.bond, self.expect_atom, self.branch_start = index, None, False, False
 
     def _connect(self, a: int, b: int, order: int, aromatic: bool, opened: int = 0) -> None:
@@ -288,9 +369,10 @@ class SmilesState:
         if label in self.rings:
             opener, opening_bond = self.rings.pop(label)
             bond = self.bond if self.bond is not None else opening_bond
-            order, aromatic = self._bond_order(opener, self.specs[self.current], bond)
+            order, aromatic = self._bond_order(opener, self.specs[self.current], bond, closure=True)
             opened = self.vocab.order[opening_bond] if opening_bond is not None else 1
             self._connect(opener, self.current, order, aromatic, opened=opened)
+            self._close_cycle(opener, self.current)
         else:
             order = self.vocab.order[self.bond] if self.bond is not None else 1
             self.rings[label] = (self.current, self.bond)
@@ -299,10 +381,28 @@ class SmilesState:
                 self.double[self.current] = True
         self.bond, self.expect_atom = None, False
 
+    def _close_cycle(self, a: int, b: int) -> None:
+        """Mark the written bonds on the path from `a` to `b` as ring bonds: the bond just made
+        between them closes that path into a ring."""
+        parent, ring_bond = self.parent, self.ring_bond
+        ancestors, atom = set(), a
+        while atom >= 0:
+            ancestors.add(atom)
+            atom = parent[atom]
+        top = b
+        while top not in ancestors:
+            top = parent[top]
+        for atom in (a, b):
+            while atom != top:
+                if ring_bond[atom] is False:
+                    ring_bond[atom] = True
+                    self.loose -= 1
+                atom = parent[atom]
+
     # ---- what may come next
 
     def can_end(self) -> bool:
-        return self._syntax_can_end() and (not self.chemistry or self._finishing_ok(set(), everything=True))
+        return self._end_ok()
 
     def _syntax_can_end(self) -> bool:
         return self.current >= 0 and not self.expect_atom and not self.stack and not self.rings
@@ -317,15 +417,13 @@ class SmilesState:
     def allowed_mask(self) -> torch.Tensor:
         vocab = self.vocab
         key, checks = self._key()
-        mask, empty = vocab.masks.get(key) or (None, None)
-        if mask is None:
-            mask = _build(vocab, key)
-            empty = not mask.any()
-            vocab.masks[key] = mask, empty
+        mask, empty = vocab.mask(key)
         if checks and empty:
             # The checks are necessary conditions, not sufficient ones: a row can reach a state that
-            # no token continues. It then keeps the syntax alone.
+            # no token continues. No molecule can come of it any more: it keeps the syntax alone
+            # and is steered to its end.
             mask = self._syntax_only_mask()
+            self.finishing = True
         self._mask = mask
         return mask
 
@@ -342,11 +440,32 @@ class SmilesState:
         mask[self.vocab.ends] = True
         return mask
 
+    def steered_to_the_end(self, allowed: torch.Tensor, preference: torch.Tensor, tries: int = 8) -> torch.Tensor:
+        """`allowed` narrowed for a row that is to end soon: to the end where it may end, else to
+        what closes an open ring or branch, else to those of the `tries` likeliest tokens by
+        `preference` (scores; -inf: never) that open nothing new and after which one of these may
+        come, else to what opens nothing new. A narrowing that would leave nothing is skipped."""
+        for narrower in (self.ending_mask(), self.closing_mask()):
+            narrowed = allowed & narrower
+            if narrowed.any():
+                return narrowed
+        continuing = allowed & self.continuing_mask() & (preference > float("-inf"))
+        candidates = continuing.nonzero().flatten()
+        if not len(candidates):
+            return allowed
+        likeliest = candidates[preference[candidates].argsort(descending=True)[:tries]].tolist()
+        approaching = [token for token in likeliest if self._after(token, self._may_close_or_end)]
+        if not approaching:
+            return continuing
+        narrowed = torch.zeros_like(allowed)
+        narrowed[approaching] = True
+        return narrowed
+
     def continuing_mask(self) -> torch.Tensor:
-        """Everything but what opens something new (a branch, a ring)."""
+        """Everything but what opens something new (a branch, a ring, a molecule after `.`) or ends."""
         mask = torch.ones(self.vocab.size, dtype=torch.bool)
-        if self.vocab.open is not None:
-            mask[self.vocab.open] = False
+        mask[[token for token in (self.vocab.open, self.vocab.dot) if token is not None]] = False
+        mask[self.vocab.ends] = False
         mask[[label for label in self.vocab.ring_labels if label not in self.rings]] = False
         return mask
 
@@ -359,66 +478,283 @@ class SmilesState:
 
     def _key(self) -> tuple[tuple, bool]:
         """Everything the mask depends on, in a hashable form (masks are cached by it), and whether
-        chemistry checks went into it."""
-        vocab = self.vocab
+        chemistry checks went into it.
+
+        With chemistry, a token after which no token could pass the checks is refused too (see
+        `_continues_after`) where one can lead there: a bond or `(` after an aromatic atom, `)` to an
+        aromatic or full root, a ring label that fills the atom or leaves an aromatic atom that must
+        go on. Elsewhere an atom can always follow."""
         if self.current < 0:
             return ("start",), False
-        current = self.current
-        chemistry = self.chemistry
-        pending = self.bond
-        order = vocab.order[pending] if pending is not None else 1
-        fits = self._fits_current()
-        can_take = fits[order]
-        # The next atom finishes the current one when it holds no ring label and roots no branch.
-        finishes = chemistry and self.specs[current].aromatic and self._finishes_current()
-        if finishes:
-            # An aromatic bond to a new (open) atom only adds a partner: if the current atom can be
-            # finished without it, it can with it.
-            aliphatic_ok = self._finishing_ok({current}, extra=(current, order, False))
-            aromatic_ok = aliphatic_ok or (
-                pending is None and self._finishing_ok({current}, extra=(current, order, True))
-            )
-            atom_ok = (aromatic_ok, aliphatic_ok)
-        else:
-            atom_ok = (True, True)
-        # With a ring open and no branch to return to, every atom must keep room for one more bond:
-        # an atom that is full there leaves nothing to write (no atom, no closure, no end), a dead end.
-        need_room = chemistry and bool(self.rings) and not self.stack
-        opening_ok = fits[order] and (not chemistry or bool(self.stack) or self._room(current, order))
-        rings = tuple(
-            self._ring_ok(label, pending, chemistry) if label in self.rings else opening_ok
-            for label in vocab.ring_labels
-        )
-        can_take = (can_take, need_room)
+        atoms = self._atom_part()
+        # after `(` no ring label; after a bond no other bond
+        rings = () if self.expect_atom and self.branch_start else self._ring_part()
+        bonds = () if self.bond is not None else self._bond_part(atoms)
         if self.expect_atom:
-            # after a bond or `(`: an atom; after a bond also a ring label; after `(` also a bond
-            after_open = pending is None
-            return ("atom", order, can_take, atom_ok, () if self.branch_start else rings, after_open,
-                    self._bond_fits(fits) if after_open else ()), chemistry  # fmt: skip
-        close_ok = bool(self.stack) and (
-            not chemistry or not self.specs[current].aromatic or not self._finishes_current(closing=True)
-            or self._finishing_ok({current})
-        )
-        if close_ok and chemistry and self.rings and len(self.stack) == 1:
-            close_ok = self._room(self.stack[-1], 0)
-        end_ok = self._syntax_can_end() and (not chemistry or self._finishing_ok(set(), everything=True))
-        return ("after", can_take, atom_ok, rings, self._bond_fits(fits), fits[1], close_ok, end_ok), chemistry
+            return ("atom", atoms, rings, bonds), self.chemistry
+        after = (self._branch_ok(atoms), self._close_ok(lookahead=True), self._end_ok())
+        return ("after", atoms, rings, bonds, *after), self.chemistry
+
+    def _leads_on(self) -> bool:
+        """Whether `_key` without its lookahead at ring labels and `)` allows any token, asking the
+        likeliest kinds first."""
+        if self.current < 0:
+            return True
+        atoms = self._atom_part()
+        if self.vocab.atoms_allowed(atoms):
+            return True
+        if self.expect_atom:
+            if self.bond is None:  # right after `(`
+                return any(self._bond_part(atoms))
+            return not self.branch_start and self._ring_may_come()
+        return (
+            self._close_ok(lookahead=False) or self._end_ok() or self._ring_may_come() or any(self._bond_part(atoms))
+            or self._branch_ok(atoms)
+        )  # fmt: skip
+
+    def _pending_order(self) -> int:
+        return self.vocab.order[self.bond] if self.bond is not None else 1
+
+    def _atom_part(self) -> tuple:
+        """Which atoms may come next: (order of their bond, whether the bond to an aromatic atom is
+        aromatic (None: the syntax alone), whether the current atom takes the bond, whether the atom
+        must keep room for one more bond, whether an aliphatic atom, an aromatic partner, an
+        aromatic donor may come (`SmilesVocabulary.aromatic_partners`))."""
+        current, pending, order = self.current, self.bond, self._pending_order()
+        if not self.chemistry:
+            return (order, None, True, False, True, True, True)
+        current_aromatic = self.specs[current].aromatic
+        aromatic_bond = current_aromatic and not self._bridges() if pending is None else self.vocab.text[pending] == ":"
+        aliphatic_ok = partner_ok = donor_ok = True
+        if current_aromatic:
+            # The next atom finishes the current one when it holds no ring label and roots no
+            # branch. An aromatic bond to a new (open) atom only adds a neighbour: if the current
+            # atom can be finished without it, it can with it.
+            finished = {current} if self._finishes_current() else set()
+            aliphatic_ok = self._finishing_ok(finished, extra=(current, order, False, False))
+            if aromatic_bond and not aliphatic_ok:
+                # a partner leaves more ways to pair the double bonds than a donor: try the donor first
+                donor_ok = self._finishing_ok(finished, extra=(current, order, True, False))
+                partner_ok = donor_ok or self._finishing_ok(finished, extra=(current, order, True, True))
+        # An atom that is full where a ring is open and no branch root has room to go on leaves
+        # nothing to write (no atom, no closure, no `)`, no end): there, every atom must keep room.
+        need_room = bool(self.rings) and not self._escapes(order)
+        return (order, aromatic_bond, self._can_bond(current, order), need_room, aliphatic_ok, partner_ok, donor_ok)
+
+    def _ring_part(self) -> tuple[bool, ...]:
+        """For each ring label (in vocabulary order), whether it may come next."""
+        escapes = not self.chemistry or self._escapes(self._pending_order())
+        opening_ok = self._opening_ok(escapes)
+        rings = [
+            self._ring_ok(label, escapes) if label in self.rings else opening_ok for label in self.vocab.ring_labels
+        ]
+        if self.chemistry:
+            self._refuse_dead_end_rings(rings)
+        return tuple(rings)
+
+    def _ring_may_come(self) -> bool:
+        """Whether some ring label may come next (without lookahead): a new ring (one check) asked
+        before the closures."""
+        escapes = not self.chemistry or self._escapes(self._pending_order())
+        if len(self.rings) < len(self.vocab.ring_labels) and self._opening_ok(escapes):
+            return True
+        return any(self._ring_ok(label, escapes) for label in self.rings)
+
+    def _opening_ok(self, escapes: bool) -> bool:
+        """Whether a new ring label may open here. escapes: see `_escapes`."""
+        if not self.chemistry:
+            return True
+        current, order = self.current, self._pending_order()
+        if not self._can_bond(current, order) or not (escapes or self._room(current, order)):
+            return False
+        if not self.specs[current].aromatic:
+            return True
+        # the ring bond counts towards the two aromatic bonds an aromatic atom needs only if aromatic
+        aromatic = self.bond is None or self.vocab.text[self.bond] == ":"
+        if aromatic and self._partner(current, 0) == self._partner(current, order):
+            return True  # the atom stays open, and what it can give its neighbours is the same
+        return self._finishing_ok(set(), opening=(order, aromatic))
+
+    def _partner(self, atom: int, added: int) -> bool:
+        """Whether `atom`, given `added` more bond order, could still take a double bond."""
+        return not self.double[atom] and self.used[atom] + added + 1 <= self.specs[atom].max_valence
+
+    def _bond_part(self, atoms: tuple) -> tuple[bool, ...]:
+        """For each bond token, whether it may come next. From an aromatic atom, a bond can lead
+        where no atom may follow; a single bond cannot where an aliphatic atom may follow now
+        (`atoms`, this state's `_atom_part`): the bond changes nothing that decides it."""
+        if not self.chemistry:
+            return (True,) * len(self.vocab.bonds)
+        current, vocab = self.current, self.vocab
+        if not self.specs[current].aromatic:
+            return tuple(self._can_bond(current, vocab.order[bond]) for bond in vocab.bonds)
+        single_leads_on = atoms[2] and atoms[4]
+        # `-`, `/` and `\` lead to the same states unless an open ring was opened with one of them
+        grouped = all(bond is None for _, bond in self.rings.values())
+        answers: dict = {}
+        allowed = []
+        for bond in vocab.bonds:
+            order, aromatic = vocab.order[bond], vocab.text[bond] == ":"
+            if not self._can_bond(current, order):
+                allowed.append(False)
+            elif order == 1 and not aromatic and single_leads_on:
+                allowed.append(True)
+            else:
+                group = (order, aromatic) if grouped else bond
+                if group not in answers:
+                    answers[group] = self._continues_after(bond)
+                allowed.append(answers[group])
+        return tuple(allowed)
+
+    def _branch_ok(self, atoms: tuple) -> bool:
+        """Whether `(` may come next. From an aromatic atom, it can lead where no atom may follow;
+        not where an aliphatic atom or an aromatic donor may follow now (`atoms`) and the atom has
+        room for the branch and one more bond: as a branch root, it stays open."""
+        current = self.current
+        if not self.chemistry:
+            return True
+        if not self._can_bond(current, 1):
+            return False
+        if not self.specs[current].aromatic:
+            return True
+        _, aromatic_bond, can_take, _, aliphatic_ok, _, donor_ok = atoms
+        if can_take and (aliphatic_ok or (aromatic_bond and donor_ok and self._room(current, 1))):
+            return True
+        return self._continues_after(self.vocab.open)
+
+    def _close_ok(self, lookahead: bool) -> bool:
+        if not self.stack:
+            return False
+        if not self.chemistry:
+            return True
+        current, root = self.current, self.stack[-1]
+        if self.specs[current].aromatic and self._finishes_current(closing=True) and not self._finishing_ok({current}):
+            return False
+        if self.rings and len(self.stack) == 1 and not self._room(root, 0):
+            return False  # back at the top level with a ring open, the root must be able to go on
+        if lookahead and (self.specs[root].aromatic or not self._can_bond(root, 1)):
+            return self._continues_after(self.vocab.close)
+        return True
+
+    def _end_ok(self) -> bool:
+        if not self._syntax_can_end():
+            return False
+        if not self.chemistry:
+            return True
+        if self.loose:  # some aromatic bond lies in no ring: check the whole molecule as RDKit reads it
+            known = self._checked.get("whole")
+            if known is None:
+                known = self._checked["whole"] = self._whole_molecule_kekulizable()
+            return known
+        return self._finishing_ok(set(), everything=True)
+
+    def _whole_molecule_kekulizable(self) -> bool:
+        """Whether the molecule, ending here, has a Kekulé form as RDKit reads it: an aromatic bond
+        in no ring is single there, and every aromatic atom needs two aromatic ring bonds."""
+        parent, ring_bond = self.parent, self.ring_bond
+
+        def in_ring(a: int, b: int) -> bool:
+            if parent[a] == b:
+                return ring_bond[a]
+            return ring_bond[b] if parent[b] == a else True  # else a ring closure
+
+        around, needs = {}, []
+        for atom, spec in enumerate(self.specs):
+            if not spec.aromatic:
+                continue
+            around[atom] = [other for other in self.aromatic_neighbours[atom] if in_ring(atom, other)]
+            need = _needs_double(spec, self.used[atom], self.double[atom])
+            if len(around[atom]) < 2 or need is None:
+                return False
+            if need:
+                needs.append(atom)
+        return _matched(needs, set(needs), around.__getitem__)
+
+    def _escapes(self, order: int) -> bool:
+        """Whether a row whose current atom is full can go on: some open branch's root has room for
+        the bond after its branch. order: the bond that the next atom takes, counted on the root
+        when it is the current atom (right after `(`)."""
+        at_root = self.expect_atom and self.stack and self.stack[-1] == self.current
+        return any(self._room(root, order if at_root and root == self.current else 0) for root in self.stack)
 
     def _room(self, atom: int, order: int) -> bool:
         """Whether `atom` can take a bond of `order` and still one more single bond after it."""
-        spec, used, double = self.specs[atom], self.used[atom], self.double[atom]
-        return _fits(spec, used, double, order) and _fits(spec, used + order, double or order >= 2, 1)
+        return _takes(self.specs[atom], (order, 1), self.used[atom], self.double[atom])
 
-    def _fits_current(self) -> tuple[bool, ...]:
-        """Whether the current atom can take one more bond of order 0, 1, ..., 4."""
-        if not self.chemistry:
-            return (True,) * 5
-        current = self.current
-        spec, used, double = self.specs[current], self.used[current], self.double[current]
-        return tuple(_fits(spec, used, double, order) for order in range(5))
+    def _refuse_dead_end_rings(self, rings: list[bool]) -> None:
+        """Refuse the ring labels (`rings`, in vocabulary order) after which no token could pass the
+        checks. Two cases can lead there: the ring bond fills the current atom, or the current atom
+        is aromatic and the row must go on from it (a ring stays open and no branch is left to
+        close), so that its next bond can take away the double bond a neighbour needs from it.
+        Every label not yet open leads to the same state, so one stands for them all."""
+        current, pending = self.current, self.bond
+        goes_on = self.specs[current].aromatic and not self.stack
+        unopened = None
+        for index, label in enumerate(self.vocab.ring_labels):
+            if not rings[index]:
+                continue
+            if label in self.rings:
+                bond = pending if pending is not None else self.rings[label][1]
+                order = self.vocab.order[bond] if bond is not None else 1
+                if not self._room(current, order) or (goes_on and len(self.rings) > 1):
+                    rings[index] = self._continues_after(label)
+            else:
+                if unopened is None:
+                    safe = self._room(current, self._pending_order()) and not goes_on
+                    unopened = safe or self._continues_after(label)
+                rings[index] = unopened
 
-    def _bond_fits(self, fits: tuple[bool, ...]) -> tuple[bool, ...]:
-        return tuple(fits[self.vocab.order[bond]] for bond in self.vocab.bonds)
+    def _continues_after(self, token: int) -> bool:
+        """Whether some token may follow `token` written next. The chemistry checks are necessary
+        conditions, not sufficient ones, and a token can lead into a state that no token passes:
+        looking one token ahead refuses it before it is written."""
+        return self._after(token, self._leads_on)
+
+    def _may_close_or_end(self) -> bool:
+        """Whether an end, `)` or the closure of an open ring may come next (without lookahead)."""
+        if self.expect_atom:
+            if self.branch_start:
+                return False
+        elif self._end_ok() or self._close_ok(lookahead=False):
+            return True
+        escapes = not self.chemistry or self._escapes(self._pending_order())
+        return any(self._ring_ok(label, escapes) for label in self.rings)
+
+    def _after(self, token: int, question: Callable[[], bool]) -> bool:
+        """The answer to `question` with `token` written next: the token is tried in place and taken back."""
+        kind = self.vocab.kind[token]
+        if kind in (BOND, OPEN):
+            # these bond nothing yet and keep the live atoms: what was found for this state holds
+            saved = self.bond, self.expect_atom, self.branch_start
+            self._apply(token, kind)
+            try:
+                return question()
+            finally:
+                if kind == OPEN:
+                    self.stack.pop()
+                self.bond, self.expect_atom, self.branch_start = saved
+        # A ring closure marks bonds along the ring (ring_bond); an atom or a ring label bonds the
+        # current atom and the ring's opener.
+        ring_bond = list(self.ring_bond) if kind == RING else self.ring_bond
+        saved = (self.current, self.bond, self.expect_atom, self.branch_start, list(self.stack), dict(self.rings),
+                 len(self.specs), self.loose, ring_bond, self._checked)  # fmt: skip
+        touched = {self.current, self.rings.get(token, (-1,))[0]} - {-1}
+        bonds = [
+            (a, self.used[a], self.double[a], list(self.aromatic_neighbours[a]), set(self.neighbours[a]))
+            for a in touched
+        ]
+        self._checked = {}  # the token bonds atoms or moves to another one: what was found here may not hold
+        self._apply(token, kind)
+        try:
+            return question()
+        finally:
+            (self.current, self.bond, self.expect_atom, self.branch_start, self.stack, self.rings, count, self.loose,
+             self.ring_bond, self._checked) = saved  # fmt: skip
+            for a, *atom_bonds in bonds:
+                self.used[a], self.double[a], self.aromatic_neighbours[a], self.neighbours[a] = atom_bonds
+            for per_atom in (self.specs, self.used, self.double, self.aromatic_neighbours, self.neighbours):
+                del per_atom[count:]
+            del self.parent[count:], self.ring_bond[count:]
 
     def _finishes_current(self, closing: bool = False) -> bool:
         current = self.current
@@ -426,11 +762,9 @@ class SmilesState:
         rooted = current in (self.stack[:-1] if closing else self.stack)
         return not held and not rooted
 
-    def _ring_ok(self, label: int, pending: int | None, chemistry: bool) -> bool:
-        current = self.current
-        if label not in self.rings:
-            order = self.vocab.order[pending] if pending is not None else 1
-            return not chemistry or self._can_bond(current, order)
+    def _ring_ok(self, label: int, escapes: bool) -> bool:
+        """Whether the open ring `label` may close here. escapes: see `_escapes`."""
+        current, pending, chemistry = self.current, self.bond, self.chemistry
         opener, opening_bond = self.rings[label]
         if opener == current or opener in self.neighbours[current]:
             return False  # a second bond between two atoms
@@ -448,7 +782,7 @@ class SmilesState:
             self.specs[opener], self.used[opener] - opened, self.double[opener], order
         ):
             return False
-        if len(self.rings) > 1 and not self.stack and not self._room(current, order):
+        if len(self.rings) > 1 and not escapes and not self._room(current, order):
             return False  # full after this closure, with another ring still open: a dead end
         if not (self.specs[opener].aromatic or self.specs[current].aromatic):
             return True
@@ -456,8 +790,6 @@ class SmilesState:
         others = [atom for other, (atom, _) in self.rings.items() if other != label]
         opener_finished = opener != current and opener not in self.stack and opener not in others
         finished = {opener} if opener_finished and self.specs[opener].aromatic else set()
-        if not finished:
-            return True
         return self._finishing_ok(finished, ring=(opener, current, order, aromatic, opened), closed=label)
 
     def _live(self, closed: int | None = None) -> set[int]:
@@ -466,29 +798,42 @@ class SmilesState:
         live.add(self.current)
         return live
 
-    def _finishing_ok(self, finished: set[int], extra=None, ring=None, closed=None, everything=False) -> bool:
+    def _finishing_ok(
+        self, finished: set[int], extra=None, ring=None, closed=None, everything=False, opening=None
+    ) -> bool:
+        """`_kekulizable`, remembered for this state: the lookahead asks the same of it again."""
+        arguments = (frozenset(finished), extra, ring, closed, everything, opening)
+        known = self._checked.get(arguments)
+        if known is None:
+            known = self._checked[arguments] = self._kekulizable(finished, extra, ring, closed, everything, opening)
+        return known
+
+    def _kekulizable(
+        self, finished: set[int], extra=None, ring=None, closed=None, everything=False, opening=None
+    ) -> bool:
         """Whether the aromatic atoms that the next token finishes (`finished`; all, with
-        `everything`) leave every aromatic system kekulizable. extra: (atom, order, aromatic) of a
-        bond to a new atom; ring: (a, b, order, aromatic) of a ring bond being closed."""
-        specs = self.specs
+        `everything`) leave every aromatic system kekulizable, and every open aromatic atom can
+        still get two aromatic bonds. extra: (atom, order, aromatic, partner) of a bond to a new atom
+        (partner: whether the new atom can take a double bond on it, see
+        `SmilesVocabulary.aromatic_partners`); ring:
+        (a, b, order, aromatic, opened) of a ring bond being closed; opening: (order, aromatic) of a
+        ring bond that the current atom opens."""
+        specs, used, double, vocab = self.specs, self.used, self.double, self.vocab
         added: dict[int, int] = {}  # bond order the next token adds to an atom
         doubled: set[int] = set()
-        neighbours = {}
-
-        def around(atom):
-            if atom not in neighbours:
-                neighbours[atom] = list(self.aromatic_neighbours[atom]) if atom < len(specs) else []
-            return neighbours[atom]
-
+        new_edges: dict[int, list[int]] = {}  # aromatic bonds the next token makes
         new_atom = len(specs)
+        if opening is not None:
+            added[self.current] = opening[0]
+            if opening[0] >= 2:
+                doubled.add(self.current)
         if extra is not None:
-            atom, order, aromatic = extra
+            atom, order, aromatic, _ = extra
             added[atom] = order
             if order >= 2:
                 doubled.add(atom)
             if aromatic:
-                around(atom).append(new_atom)
-                around(new_atom).append(atom)
+                new_edges[atom], new_edges[new_atom] = [new_atom], [atom]
         if ring is not None:
             a, b, order, aromatic, opened = ring
             added[a] = order - opened  # its label counted `opened` already
@@ -496,55 +841,95 @@ class SmilesState:
             if order >= 2:
                 doubled.update((a, b))
             if aromatic:
-                around(a).append(b)
-                around(b).append(a)
+                new_edges[a], new_edges[b] = [b], [a]
+        neighbours = self.aromatic_neighbours
+        adjacency = {atom: (neighbours[atom] if atom < new_atom else []) + edges for atom, edges in new_edges.items()}
+
+        def around(atom: int) -> list[int]:
+            return adjacency[atom] if atom in adjacency else neighbours[atom]
+
+        if any(len(around(atom)) < 2 for atom in finished):
+            return False  # an aromatic atom outside any ring: the cheap refusal first
         if everything:
             finished = {i for i in self._live() if specs[i].aromatic}
             live = set()
         else:
             live = self._live(closed) - finished
+            # A live atom that holds no open ring label and has no room for another bond gets no
+            # further bond either: the next token finishes it too.
+            holding = {atom for label, (atom, _) in self.rings.items() if label != closed}
+            settled = {
+                atom for atom in live - holding if specs[atom].aromatic
+                and not _fits(specs[atom], used[atom] + added.get(atom, 0), double[atom] or atom in doubled, 1)
+            }  # fmt: skip
+            finished, live = finished | settled, live - settled
             if extra is not None:
                 live.add(new_atom)
-        if not finished:
+        # Ring bonds still to close that will be aromatic (no bond symbol at the opening, or `:`),
+        # and the atoms that may still take new bonds: the branch roots, and the current atom
+        # unless the next token bonds it to a new one.
+        aromatic_rings: dict[int, int] = {}
+        for label, (atom, bond) in self.rings.items():
+            if label != closed and (bond is None or vocab.text[bond] == ":"):
+                aromatic_rings[atom] = aromatic_rings.get(atom, 0) + 1
+        if opening is not None and opening[1]:
+            aromatic_rings[self.current] = aromatic_rings.get(self.current, 0) + 1
+        growing = set(self.stack) if extra is not None else {*self.stack, self.current}
+
+        def can_get_two_aromatic_bonds(atom: int) -> bool:
+            if atom not in live:
+                return len(around(atom)) >= 2
+            spec, bonds, has_double = specs[atom], used[atom] + added.get(atom, 0), double[atom] or atom in doubled
+            new_bonds = atom in growing and _takes(spec, (1,), bonds, has_double)
+            new_bonds += new_bonds and _takes(spec, (1, 1), bonds, has_double)
+            return len(around(atom)) + aromatic_rings.get(atom, 0) + new_bonds >= 2
+
+        # the aromatic systems that hold a newly finished atom, or an atom that the next token bonds
+        # (a live atom that takes a double bond, or fills up, can no longer give one to a neighbour)
+        starts = finished | {atom for atom in added if atom < new_atom and specs[atom].aromatic}
+        if not all(can_get_two_aromatic_bonds(atom) for atom in starts):
+            return False  # the cheap refusal first
+        if not starts:
             return True
-        # the aromatic systems that hold a newly finished atom
-        seen, order_ = set(), []
-        for start in finished:
-            if start in seen:
-                continue
-            seen.add(start)
-            queue = [start]
-            while queue:
-                atom = queue.pop()
-                order_.append(atom)
-                for other in around(atom):
-                    if other not in seen:
-                        seen.add(other)
-                        queue.append(other)
+        seen, system = set(starts), list(starts)
+        for atom in system:  # grows as it goes: a breadth-first walk
+            for other in around(atom):
+                if other not in seen:
+                    seen.add(other)
+                    system.append(other)
         needs, partners = [], set()
-        for atom in order_:
+        for atom in system:
             if atom == new_atom:
-                partners.add(atom)
+                if extra[3]:
+                    partners.add(atom)
                 continue
+            spec, bonds, has_double = specs[atom], used[atom] + added.get(atom, 0), double[atom] or atom in doubled
             if atom in live:
+                if not can_get_two_aromatic_bonds(atom):
+                    return False  # it cannot close its ring any more
                 # an open atom may take a double bond later, if its valence leaves room for one
-                spec = specs[atom]
-                if not (self.double[atom] or atom in doubled) and (
-                    self.used[atom] + added.get(atom, 0) + 1 <= spec.max_valence
-                ):
+                if not has_double and bonds + 1 <= spec.max_valence:
                     partners.add(atom)
                 continue
             if len(around(atom)) < 2:
                 return False  # an aromatic atom outside any ring
-            spec = specs[atom]
-            total = self.used[atom] + added.get(atom, 0) + spec.hydrogens
-            target = next((v for v in spec.valences if v >= total), None)
-            if target is None:
+            need = _needs_double(spec, bonds, has_double)
+            if need is None:
                 return False
-            if target - total >= 1 and not (self.double[atom] or atom in doubled):
+            if need:
                 needs.append(atom)
                 partners.add(atom)
         return _matched(needs, partners, around)
+
+
+def _needs_double(spec: AtomSpec, bonds: int, has_double: bool) -> bool | None:
+    """Whether a finished aromatic atom with bonds of total order `bonds` (aromatic ones counted 1)
+    needs one of them to be double to reach an allowed valence; None when no valence fits."""
+    total = bonds + spec.hydrogens
+    for valence in spec.valences:
+        if valence >= total:
+            return valence > total and not has_double
+    return None
 
 
 def _matched(needs: list[int], partners: set[int], around) -> bool:
@@ -574,38 +959,23 @@ def _matched(needs: list[int], partners: set[int], around) -> bool:
 
 
 def _build(vocab: SmilesVocabulary, key: tuple) -> torch.Tensor:
-    mask = torch.zeros(vocab.size, dtype=torch.bool)
     if key[0] == "start":
-        mask |= vocab.atoms_taking[(0, False)] | vocab.atoms_taking[(0, True)]
-        return mask
-    if key[0] == "atom":
-        _, order, can_take, atom_ok, rings, after_open, bonds = key
-        rings_allowed = rings
-    else:
-        _, can_take, atom_ok, rings_allowed, bonds, branch_ok, close_ok, end_ok = key
-        order = 1
-    can_take, need_room = can_take
-    atoms = vocab.atoms_with_room if need_room else vocab.atoms_taking
-    if can_take:
-        for aromatic, ok in zip((True, False), atom_ok):
-            if ok:
-                mask |= atoms[(order, aromatic)]
-    for label, ok in zip(vocab.ring_labels, rings_allowed):
+        return vocab.atoms_taking[0].clone()
+    kind, atoms, rings, bonds, *after = key
+    mask = vocab.atom_mask(atoms)
+    for label, ok in zip(vocab.ring_labels, rings):
         mask[label] = ok
-    if key[0] == "atom":
-        if after_open:
-            for bond, ok in zip(vocab.bonds, bonds):
-                mask[bond] = ok
-        return mask
     for bond, ok in zip(vocab.bonds, bonds):
         mask[bond] = ok
+    if kind == "atom":
+        return mask
+    branch_ok, close_ok, end_ok = after
     if vocab.open is not None:
         mask[vocab.open] = branch_ok
     if vocab.close is not None:
         mask[vocab.close] = close_ok
     if end_ok:
-        for end in vocab.ends:
-            mask[end] = True
+        mask[vocab.ends] = True
         if vocab.dot is not None:
             mask[vocab.dot] = True
     return mask
@@ -678,41 +1048,43 @@ class SmilesGrammar(LogitsProcessor):
         masks = torch.stack([state.allowed_mask() for state in states])
         self._mark_rows_that_want_to_end(states, masks, scores)
         remaining = None if self.max_new_tokens is None else self.max_new_tokens - (length - self._prompt_length)
-        self._steer_to_the_end(states, masks, remaining)
+        self._steer_to_the_end(states, masks, remaining, scores)
         masks = masks.to(scores.device)
         width = min(scores.shape[1], masks.shape[1])
         allowed = torch.zeros_like(scores, dtype=torch.bool)
         allowed[:, :width] = masks[:, :width]
+        stuck = ~(allowed & (scores > float("-inf"))).any(dim=1)
+        allowed[stuck] = True
         return scores.masked_fill(~allowed, float("-inf"))
 
     def _mark_rows_that_want_to_end(self, states: list[SmilesState], masks: torch.Tensor, scores: torch.Tensor) -> None:
         """A row whose model likes an end token best where the grammar cannot end yet (a ring or
         branch open, an aromatic ring unfinished) is finishing from then on. Left alone it would
         wander on under the grammar, the model having nothing it wants to say there, for up to
-        max_new_tokens of text that rarely becomes a molecule."""
+        max_new_tokens of text that rarely becomes a molecule. (Before its first atom a row has
+        nothing to finish.)"""
         ends = [end for end in self.vocab.ends if end < scores.shape[1]]
         if not ends:
             return
         wanted = (scores[:, ends].max(dim=1).values >= scores.max(dim=1).values).tolist()
         for row, state in enumerate(states):
-            if wanted[row] and not masks[row, ends].any():
+            if wanted[row] and state.current >= 0 and not masks[row, ends].any():
                 state.finishing = True
 
-    @staticmethod
-    def _steer_to_the_end(states: list[SmilesState], masks: torch.Tensor, remaining: int | None) -> None:
-        """A finishing row, and near max_new_tokens any row with rings or branches open, may only end
-        if it can, else close a ring or branch if it can, else go on without opening anything new:
-        it ends as a molecule rather than being cut off mid-string."""
+    def _steer_to_the_end(
+        self, states: list[SmilesState], masks: torch.Tensor, remaining: int | None, scores: torch.Tensor
+    ) -> None:
+        """A finishing row, and near max_new_tokens any row with rings or branches open, is steered to
+        the end (`SmilesState.steered_to_the_end`, the model's likeliest tokens first): it ends as a
+        molecule rather than being cut off mid-string."""
+        width = min(scores.shape[1], self.vocab.size)
         for row, state in enumerate(states):
             late = remaining is not None and remaining <= 2 * (len(state.rings) + len(state.stack)) + 4
             if not (state.finishing or late):
                 continue
-            allowed = masks[row]
-            for narrower in (state.ending_mask(), state.closing_mask(), state.continuing_mask()):
-                narrowed = allowed & narrower
-                if narrowed.any():
-                    masks[row] = narrowed
-                    break
+            preference = torch.full((self.vocab.size,), float("-inf"))
+            preference[:width] = scores[row, :width].float().cpu()
+            masks[row] = state.steered_to_the_end(masks[row], preference)
 
     def _continue(self, input_ids: torch.LongTensor, parent_hashes: list[int]) -> list[SmilesState]:
         """Each row's state: its parent's (the previous step's row that holds the same tokens but the
