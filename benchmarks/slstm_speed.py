@@ -1,6 +1,8 @@
 """The sLSTM scan on the CPU: ours (`kernels.slstm_scan`, hand-written backward) against the plain
 loop it replaced, the official `xlstm` package's vanilla sLSTM and `flashrnn`'s vanilla backends;
-then all-sLSTM against all-mLSTM models of the same shape, with our scan and with the plain loop.
+then all-sLSTM against all-mLSTM models of the same shape, with our scan and with the plain loop;
+then the shapes of the published DNA-xLSTM 500k and 2M models (all four blocks sLSTM, blockwise
+bidirectional masked LMs, as `bioxlstm convert` builds them; random weights) scoring 1k and 32k tokens.
 
 One torch thread, fp32. Every timing is CPU time of the benchmark's thread (`time.thread_time`),
 best of `--repeats`, the implementations alternating in one process: on a shared machine wall-clock
@@ -11,6 +13,7 @@ loop in float64 at the benchmark's length (outputs, final state and gradients, r
 tensor's largest value where that exceeds 1).
 
     python benchmarks/slstm_speed.py [--length 1024] [--batches 1 8] [--repeats 3] [--threads 1]
+                                     [--dna-lengths 1024 32768]
 """
 
 import argparse
@@ -21,12 +24,17 @@ from pathlib import Path
 import torch
 
 import bioxlstm
+from bioxlstm.convert import dna_xlstm
 from bioxlstm.models import kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_slstm_kernel import slstm_scan_reference  # noqa: E402  (the plain loop, kept as the tests' oracle)
 
 HEADS, HEAD_DIM, BLOCKS, VOCAB = 4, 32, 4, 64
+# model_config.json fields of the published DNA-xLSTM sLSTM models ("ph": post-hoc conjoined masked LMs);
+# d_model 128 and 256 are the 500k and 2M sizes.
+DNA_XLSTM_SIZES = {"500k": 128, "2M": 256}
+DNA_XLSTM_FIELDS = dict(n_layer=4, s_lstm_at=[0, 1, 2, 3], s_num_heads=4, bidirectional=True, vocab_size=len(dna_xlstm.VOCAB))
 
 
 def scan_inputs(batch: int, length: int) -> tuple[torch.Tensor, ...]:
@@ -138,7 +146,7 @@ def model(slstm: bool) -> bioxlstm.BioXLSTMForCausalLM:
     torch.manual_seed(0)
     config = bioxlstm.BioXLSTMConfig(
         vocab_size=VOCAB, hidden_size=HEADS * HEAD_DIM, num_hidden_layers=BLOCKS, num_heads=HEADS,
-        slstm_layers=list(range(BLOCKS)) if slstm else [], chunk_size=64, kernel="native",
+        block_types=["slstm" if slstm else "mlstm"] * BLOCKS, chunk_size=64, kernel="native",
     )  # fmt: skip
     return bioxlstm.BioXLSTMForCausalLM(config)
 
@@ -193,6 +201,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dna-lengths", type=int, nargs="+", default=[1024, 32768])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     peers = available_peers()
@@ -241,6 +250,40 @@ def main() -> None:
                 f"{rate['after'] / rate['before']:.2f}x |",
                 flush=True,
             )
+
+    dna_scoring(args.dna_lengths, args.repeats)
+
+
+def dna_scoring(lengths: list[int], repeats: int) -> None:
+    """Scoring (one masked-LM forward pass, batch 1) with the DNA-xLSTM shapes: ours against the plain
+    loop. A 32k-token pass of the plain loop takes about a minute, so lengths above 1k run once."""
+    print("\nDNA-xLSTM shapes (4 sLSTM blocks, blockwise bidirectional), scoring one sequence; tokens/s (CPU time)\n")
+    print("| model | parameters | tokens | plain loop | ours | speed-up |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, d_model in DNA_XLSTM_SIZES.items():
+        config = dna_xlstm.config_from_dump({"config": {**DNA_XLSTM_FIELDS, "d_model": d_model}}, Path("benchmark"))
+        torch.manual_seed(0)
+        network = bioxlstm.BioXLSTMForMaskedLM(config).eval()
+        parameters = sum(p.numel() for p in network.parameters())
+        for length in lengths:
+            ids = torch.randint(0, config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
+
+            def before():
+                with PlainLoop():
+                    return model_seconds(network, ids, training=False)
+
+            runs = {"before": before, "after": lambda: model_seconds(network, ids, training=False)}
+            best = best_of(repeats, runs) if length <= 1024 else once(runs)
+            rate = {key: length / seconds for key, seconds in best.items()}
+            print(
+                f"| DNA-xLSTM {name} | {parameters:,} | {length:,} | {rate['before']:,.0f} | {rate['after']:,.0f} | "
+                f"{rate['after'] / rate['before']:.2f}x |",
+                flush=True,
+            )
+
+
+def once(runs: dict) -> dict[str, float]:
+    return {name: run() for name, run in runs.items()}
 
 
 if __name__ == "__main__":
