@@ -154,7 +154,6 @@ class MLSTMLayer(Mixer):
         init.zeros_(self.fgate.weight)
         init.copy_(self.fgate.bias, torch.linspace(3.0, 6.0, self.fgate.bias.numel()))
         init.ones_(self.learnable_skip)
-        init.zeros_(self.outnorm.weight)
 
     @torch.no_grad()
     def zero_output_(self) -> None:

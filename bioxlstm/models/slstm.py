@@ -118,7 +118,6 @@ class SLSTMLayer(Mixer):
         spread = torch.arange(head_dim) / max(head_dim - 1, 1)
         bias[:, 1, :] = 5.0 - 12.0 * spread ** (0.3 + 1.3 * self.depth_ratio)
         init.copy_(self.bias, bias)
-        init.zeros_(self.group_norm.weight)
 
     @torch.no_grad()
     def zero_output_(self) -> None:

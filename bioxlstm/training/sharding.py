@@ -88,12 +88,6 @@ def shard_model(model: PreTrainedModel, plan: ShardingPlan, device: torch.device
     return model
 
 
-def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 def save_shards(
     model: nn.Module, directory: Path, optimizer: torch.optim.Optimizer | None = None, model_too: bool = True
 ) -> None:
