@@ -219,7 +219,9 @@ def test_score_leaves_out_tokens_outside_the_vocabulary_as_the_reference_does(co
     with torch.no_grad():
         reference, counted = reference_log_likelihoods(ids, model(ids).logits)
     (score,) = score_records(model, tokenizer, [Record("organosilicon", smiles)])
-    assert score.log_likelihood == pytest.approx(reference.item(), abs=1e-6)
+    # Scoring reads with a cache, the reference without: fp32 logits that differ in their last bits,
+    # a few 1e-6 over the sum. A target counted or dropped wrongly would move it by a whole log p.
+    assert score.log_likelihood == pytest.approx(reference.item(), abs=1e-5)
     assert score.perplexity == pytest.approx(math.exp(-reference.item() / counted.item()), rel=1e-6)
 
 

@@ -314,6 +314,23 @@ def test_inference_in_segments_equals_one_pass(monkeypatch, variant):
         assert segmented.cache.seen_tokens == ids.shape[1]
 
 
+def test_a_batch_is_read_in_segments_of_about_the_same_number_of_rows(monkeypatch):
+    """The segments hold about kernels.NATIVE_INFERENCE_ROWS batch x token rows: four sequences
+    are read a quarter as many tokens at a time as one, and never fewer than
+    kernels.SHORTEST_INFERENCE_SEGMENT tokens at a time."""
+    monkeypatch.setattr(kernels, "NATIVE_INFERENCE_ROWS", 256)
+    model = tiny_model()
+    calls = []
+    model.backbone.blocks[0].register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[1]))
+    segments = {}
+    for batch in (1, 4, 64):
+        calls.clear()
+        with torch.no_grad():
+            model(torch.randint(1, 12, (batch, 300)))
+        segments[batch] = list(calls)
+    assert segments == {1: [256, 44], 4: [64, 64, 64, 64, 44], 64: [64, 64, 64, 64, 44]}
+
+
 def test_right_padding_does_not_change_real_positions():
     model = tiny_model()
     tokens = torch.randint(1, 12, (1, 30))
@@ -399,6 +416,7 @@ def test_long_sequence_forward_is_finite(monkeypatch, segment):
     """Also with the whole sequence in one chunkwise call (as on a GPU); that variant is mLSTM-only,
     since the sLSTM scan is the same loop either way."""
     monkeypatch.setattr(kernels, "NATIVE_INFERENCE_SEGMENT", segment)
+    monkeypatch.setattr(kernels, "NATIVE_INFERENCE_ROWS", max(segment, kernels.NATIVE_INFERENCE_ROWS))
     model = tiny_model(chunk_size=64, slstm_layers=(1,) if segment < 32768 else ())
     tokens = torch.randint(1, 12, (1, 32768))
     with torch.no_grad():

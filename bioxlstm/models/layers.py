@@ -26,12 +26,13 @@ class LayerNorm(nn.Module):
 
 
 class MultiHeadLayerNorm(LayerNorm):
-    """Layer norm over each head separately (a group norm with one group per head)."""
+    """Layer norm over each head separately (a group norm with one group per head, computed as a
+    layer norm over the head dimension: F.group_norm over batch x length rows takes twice as long)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, S, NH, DH)
         batch, seq_len, heads, head_dim = x.shape
-        y = F.group_norm(x.reshape(batch * seq_len, heads * head_dim), heads, weight=1.0 + self.weight, eps=self.eps)
-        return y.view(batch, seq_len, heads * head_dim)
+        y = F.layer_norm(x, (head_dim,), eps=self.eps) * (1.0 + self.weight).view(heads, head_dim)
+        return y.reshape(batch, seq_len, heads * head_dim)
 
 
 class HeadwiseLinear(nn.Module):

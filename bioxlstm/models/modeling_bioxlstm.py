@@ -354,7 +354,8 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         seq_len = x.shape[1]
         if torch.is_grad_enabled() or self.config.non_causal_settings:
             return seq_len
-        return min(seq_len, inference_segment_length(resolve_kernel(self.config.kernel, x.device)) or seq_len)
+        segment = inference_segment_length(resolve_kernel(self.config.kernel, x.device), x.shape[0])
+        return min(seq_len, segment or seq_len)
 
     def _run(self, input_ids, inputs_embeds, keep, reset, rotary, states, output_hidden_states, overwrite_state=False):
         x = self.embedding_dropout(self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds)
