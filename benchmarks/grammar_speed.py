@@ -3,9 +3,9 @@
 Samples the same molecules' worth of batches both ways, alternating, and reports generated tokens per
 second (the best of `--repeats` rounds, since a shared machine only ever slows a round down), the
 time spent inside the grammar's logits processor as a share of the constrained run (the issue's bar:
-under 25%), and the steps taken. A batch takes as many steps as its longest row, and the grammar
-changes which rows are long (a row it keeps from ending invalid early goes on): tokens per second
-move with the samples drawn as well as with the processor's cost.
+under 25%) and per generated token, and the steps taken. A batch takes as many steps as its longest
+row, and the grammar changes which rows are long (a row it keeps from ending invalid early goes on):
+tokens per second move with the samples drawn as well as with the processor's cost.
 
     python benchmarks/grammar_speed.py [--n 64] [--batch-size 16] [--repeats 3] [--threads 2]
 """
@@ -57,12 +57,13 @@ def main() -> None:
             steps = sum(max(lengths[b : b + args.batch_size]) for b in range(0, len(lengths), args.batch_size))
             print(f"round {repeat} grammar={'smiles' if grammar else 'none'}: {tokens} tokens in {steps} steps, "
                   f"{seconds:.1f} s, {rate:.0f} tokens/s, {1000 * seconds / steps:.1f} ms/step, "
-                  f"{inside[0]:.2f} s in the grammar ({inside[0] / seconds:.1%})")  # fmt: skip
+                  f"{inside[0]:.2f} s in the grammar ({inside[0] / seconds:.1%}, "
+                  f"{1e6 * inside[0] / tokens:.0f} us/token)")  # fmt: skip
             if rate > best.get(grammar, (0,))[0]:
-                best[grammar] = (rate, inside[0] / seconds)
+                best[grammar] = (rate, inside[0] / seconds, inside[0] / tokens)
     plain, constrained = best[False][0], best[True][0]
     print(f"best tokens/s: none {plain:.0f}, smiles {constrained:.0f} ({constrained / plain - 1:+.1%} with the grammar); "
-          f"the grammar's own share of the constrained run: {best[True][1]:.1%}")
+          f"the grammar's own share of the constrained run: {best[True][1]:.1%} ({1e6 * best[True][2]:.0f} us/token)")
 
 
 if __name__ == "__main__":

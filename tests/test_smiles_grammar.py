@@ -205,6 +205,17 @@ def test_a_row_steered_to_its_end_closes_what_is_open_or_writes_what_lets_it_clo
     assert {vocabulary.text[i] for i in steered.nonzero().flatten().tolist()} == {"C", "N"}
 
 
+def test_a_steered_row_that_nothing_brings_nearer_its_end_is_released(vocabulary, tokenizer):
+    """After `Cc1` no single token lets the ring close or the molecule end: held to what opens
+    nothing, a row can only lengthen a chain (in a branch of aromatic atoms, up to max_new_tokens).
+    It stops finishing and may write anything the grammar allows, until its model wants to end again."""
+    state = read(vocabulary, tokenizer, "Cc1")
+    state.finishing = True
+    allowed = state.allowed_mask()
+    steered = state.steered_to_the_end(allowed, torch.where(allowed, 0.0, float("-inf")))
+    assert torch.equal(steered, allowed) and not state.finishing
+
+
 def test_brackets_branches_and_ring_labels_follow_smiles_syntax(vocabulary, tokenizer):
     start = allowed_tokens(SmilesState(vocabulary), vocabulary)
     assert "C" in start and "[nH]" in start and not start & {"(", ")", "1", "=", "<eos>", "."}
@@ -232,6 +243,31 @@ def test_the_processor_sets_every_token_the_grammar_refuses_to_minus_infinity(to
     first_atoms = {tokenizer.convert_ids_to_tokens(i) for i in torch.isfinite(scores[0]).nonzero().flatten().tolist()}
     assert "C" in first_atoms and not first_atoms & {"(", ")", "1", "=", "<eos>", "<pad>"}
     assert torch.equal(torch.isfinite(scores[0]), torch.isfinite(scores[1]))
+
+
+def test_the_processor_masks_each_row_as_a_state_reading_it_afresh_would(vocabulary, tokenizer):
+    """Rows that keep their place from step to step (sampling) and rows reordered and repeated (beam
+    search) get the mask of a state that reads the row from its start: the processor's own
+    bookkeeping (rows followed by their tokens, masks cached) changes nothing."""
+    rng = random.Random(1)
+    grammar = SmilesGrammar(tokenizer)
+    rows = [[tokenizer.cls_token_id] for _ in range(6)]
+    compared = 0
+    for step in range(40):
+        if step in (15, 30):
+            rows = [rows[i] for i in (3, 0, 0, 5, 1, 2)]
+        scores = torch.randn(len(rows), len(tokenizer))
+        scores[:, vocabulary.ends] = float("-inf")  # no row wants to end: none is steered
+        allowed = torch.isfinite(grammar(torch.tensor(rows), scores))
+        for row, mask in zip(rows, allowed):
+            fresh = SmilesGrammar(tokenizer).start(row)
+            expected = fresh.allowed_mask().clone()
+            expected[vocabulary.ends] = False
+            if not fresh.finishing:  # a row at a dead end is steered, and so not masked by its state alone
+                assert torch.equal(mask[: vocabulary.size], expected), tokenizer.decode(row)
+                compared += 1
+        rows = [row + [rng.choice(mask.nonzero().flatten().tolist())] for row, mask in zip(rows, allowed)]
+    assert compared > 200
 
 
 def test_a_prompt_the_grammar_cannot_continue_is_refused_before_sampling(untrained, tokenizer):

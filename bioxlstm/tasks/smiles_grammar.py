@@ -28,7 +28,8 @@ that token too: a bond or `(` after an aromatic atom, a ring label or `)` that f
 leaves an aromatic atom that must go on (`_continues_after`). Two tokens ahead it does not look: a
 row that reaches a state no token passes can no longer become a molecule, keeps the syntax alone and
 is steered to its end. A row whose model wants to end where the grammar cannot yet, or that nears
-`max_new_tokens`, is steered to the end too (`SmilesState.steered_to_the_end`). Where the mask and
+`max_new_tokens`, is steered to the end too (`SmilesState.steered_to_the_end`), unless nothing it
+would write leads towards an end without opening a ring first: then it goes on unsteered. Where the mask and
 the other processors' scores leave a row no token at all, the row is left unconstrained: a processor
 must never make sampling fail.
 
@@ -43,6 +44,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
 
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase
@@ -73,7 +76,7 @@ class AtomSpec:
     valences: tuple[int, ...]  # allowed total valences, ascending; (_UNLIMITED,) when not checked
     carbon_like: bool  # an aromatic atom that always takes one double bond (c, [c-] aside)
 
-    @property
+    @cached_property  # asked for every bond the grammar weighs
     def max_valence(self) -> int:
         return self.valences[-1] - self.hydrogens
 
@@ -118,6 +121,15 @@ def atom_spec(token: str) -> AtomSpec | None:
     return AtomSpec(symbol, aromatic, hydrogens, valences, aromatic and symbol == "c" and charge == 0)
 
 
+class Allowed(NamedTuple):
+    """The tokens allowed in a state, as a mask and as Python bools: per-token questions (is this
+    token allowed, may the row end) are asked of the list, which costs no torch call."""
+
+    mask: torch.Tensor
+    tokens: list[bool]
+    none: bool  # no token at all
+
+
 class SmilesVocabulary:
     """The tokens of a SMILES tokenizer, classified once: kind, atom meaning, bond order, ring label."""
 
@@ -152,7 +164,7 @@ class SmilesVocabulary:
             else:
                 kind = NEVER
             self.kind[index] = kind
-        self.masks: dict[tuple, tuple[torch.Tensor, bool]] = {}  # by state key: (allowed tokens, none allowed)
+        self.masks: dict[tuple, Allowed] = {}  # by state key
         self.dot = vocab.get(".")
         self.ring_labels = [i for i in range(self.size) if self.kind[i] == RING]
         self.bonds = [i for i in range(self.size) if self.kind[i] == BOND]
@@ -163,63 +175,56 @@ class SmilesVocabulary:
         aromatic = [i for i in atoms if self.atom[i].aromatic]
         # Atoms that can take a first bond of order k (k = 0: a molecule's first atom): the syntax
         # alone, and the first atom, ask no more.
-        self.atoms_taking = {k: self._ids(i for i in atoms if _takes(self.atom[i], (k,))) for k in range(5)}
+        self.atoms_taking = {k: frozenset(i for i in atoms if _takes(self.atom[i], (k,))) for k in range(5)}
         # With chemistry: aliphatic atoms by the order of their first bond, and whether they must
         # keep room for one more; aromatic atoms by the order of their first bond and whether it is
         # aromatic. An aromatic atom needs two aromatic (ring) bonds: after an aromatic bond it
         # must have room for one more, after another bond for two more.
         self.aliphatic_atoms = {
-            (k, room): self._ids(i for i in aliphatic if _takes(self.atom[i], (k, 1) if room else (k,)))
+            (k, room): frozenset(i for i in aliphatic if _takes(self.atom[i], (k, 1) if room else (k,)))
             for k in range(5)
             for room in (False, True)
         }
         self.aromatic_after_plain = {
-            k: self._ids(i for i in aromatic if _takes(self.atom[i], (k, 1, 1))) for k in range(5)
+            k: frozenset(i for i in aromatic if _takes(self.atom[i], (k, 1, 1))) for k in range(5)
         }
         # After an aromatic bond: the atoms that can take the double bond on it and still close
         # their ring (partners), and those that cannot (`o`, `[nH]`: donors).
-        self.aromatic_partners = self._ids(i for i in aromatic if _takes(self.atom[i], (2, 1)))
-        self.aromatic_donors = self._ids(
+        self.aromatic_partners = frozenset(i for i in aromatic if _takes(self.atom[i], (2, 1)))
+        self.aromatic_donors = frozenset(
             i for i in aromatic if _takes(self.atom[i], (1, 1)) and not _takes(self.atom[i], (2, 1))
         )
         self._atoms_allowed: dict[tuple, bool] = {}
 
-    def mask(self, key: tuple) -> tuple[torch.Tensor, bool]:
-        """The tokens allowed in a state of this key (see `SmilesState._key`), and whether there are none."""
+    def mask(self, key: tuple) -> Allowed:
+        """The tokens allowed in a state of this key (see `SmilesState._key`)."""
         cached = self.masks.get(key)
         if cached is None:
-            mask = _build(self, key)
-            cached = self.masks[key] = mask, not mask.any()
+            tokens = _build(self, key)
+            cached = self.masks[key] = Allowed(torch.tensor(tokens), tokens, not any(tokens))
         return cached
 
-    def atom_mask(self, atoms: tuple) -> torch.Tensor:
+    def allowed_atoms(self, atoms: tuple) -> frozenset[int]:
         """The atoms allowed by the atom part of a state's key (`SmilesState._atom_part`)."""
         order, aromatic_bond, can_take, need_room, aliphatic_ok, partner_ok, donor_ok = atoms
-        mask = torch.zeros(self.size, dtype=torch.bool)
         if not can_take:
-            return mask
+            return frozenset()
         if aromatic_bond is None:  # the syntax alone
-            return self.atoms_taking[order].clone()
-        if aliphatic_ok:
-            mask |= self.aliphatic_atoms[(order, need_room)]
+            return self.atoms_taking[order]
+        allowed = self.aliphatic_atoms[(order, need_room)] if aliphatic_ok else frozenset()
         if not aromatic_bond:
-            return mask | self.aromatic_after_plain[order] if aliphatic_ok else mask
+            return allowed | self.aromatic_after_plain[order] if aliphatic_ok else allowed
         if partner_ok:
-            mask |= self.aromatic_partners
+            allowed |= self.aromatic_partners
         if donor_ok:
-            mask |= self.aromatic_donors
-        return mask
+            allowed |= self.aromatic_donors
+        return allowed
 
     def atoms_allowed(self, atoms: tuple) -> bool:
         known = self._atoms_allowed.get(atoms)
         if known is None:
-            known = self._atoms_allowed[atoms] = bool(self.atom_mask(atoms).any())
+            known = self._atoms_allowed[atoms] = bool(self.allowed_atoms(atoms))
         return known
-
-    def _ids(self, ids) -> torch.Tensor:
-        mask = torch.zeros(self.size, dtype=torch.bool)
-        mask[list(ids)] = True
-        return mask
 
 
 def _takes(spec: AtomSpec, orders: tuple[int, ...], used: int = 0, has_double: bool = False) -> bool:
@@ -249,7 +254,7 @@ class SmilesState:
 
     __slots__ = ("vocab", "chemistry", "specs", "used", "double", "aromatic_neighbours", "neighbours", "parent",
                  "ring_bond", "loose", "current", "stack", "rings", "bond", "expect_atom", "branch_start", "length",
-                 "finishing", "_mask", "_checked")  # fmt: skip
+                 "finishing", "_allowed", "_checked")  # fmt: skip
 
     def __init__(self, vocab: SmilesVocabulary, chemistry: bool = True):
         self.vocab, self.chemistry = vocab, chemistry
@@ -274,7 +279,7 @@ class SmilesState:
         self.branch_start = False  # between `(` and the branch's first atom: no ring label there
         self.length = 0
         self.finishing = False  # the model wanted to end here: close what is open, open nothing new
-        self._mask: torch.Tensor | None = None  # what `allowed_mask` found for this state
+        self._allowed: Allowed | None = None  # what `allowed` found for this state
         self._checked: dict[tuple, bool] = {}  # `_finishing_ok` by its arguments, for this state
 
     def copy(self) -> SmilesState:
@@ -287,7 +292,7 @@ class SmilesState:
         other.current, other.stack, other.rings = self.current, list(self.stack), dict(self.rings)
         other.bond, other.expect_atom, other.length = self.bond, self.expect_atom, self.length
         other.branch_start, other.finishing = self.branch_start, self.finishing
-        other._mask, other._checked = self._mask, {}
+        other._allowed, other._checked = self._allowed, {}
         return other
 
     # ---- reading tokens
@@ -298,9 +303,9 @@ class SmilesState:
         if kind == RESET:  # a special token starts a new molecule wherever it stands (padding, <cls>)
             self.reset()
             return
-        allowed = self._mask if self._mask is not None else self.allowed_mask()
-        self._mask = None
-        if not allowed[token]:
+        allowed = self._allowed or self.allowed()
+        self._allowed = None
+        if not allowed.tokens[token]:
             raise GrammarError(f"{self.vocab.text[token]!r} cannot follow here")
         self.length += 1
         self._checked = {}
@@ -411,68 +416,58 @@ class SmilesState:
         return _fits(self.specs[atom], self.used[atom], self.double[atom], order)
 
     def allows(self, token: int) -> bool:
-        """Whether `token` may come next (slow path: one token; `allowed_mask` is what sampling uses)."""
-        return bool(self.allowed_mask()[token])
+        """Whether `token` may come next."""
+        return self.allowed().tokens[token]
 
     def allowed_mask(self) -> torch.Tensor:
-        vocab = self.vocab
+        return self.allowed().mask
+
+    def allowed(self) -> Allowed:
         key, checks = self._key()
-        mask, empty = vocab.mask(key)
-        if checks and empty:
+        allowed = self.vocab.mask(key)
+        if checks and allowed.none:
             # The checks are necessary conditions, not sufficient ones: a row can reach a state that
             # no token continues. No molecule can come of it any more: it keeps the syntax alone
             # and is steered to its end.
-            mask = self._syntax_only_mask()
+            allowed = self._syntax_only()
             self.finishing = True
-        self._mask = mask
-        return mask
-
-    def closing_mask(self) -> torch.Tensor:
-        """The tokens that close an open ring or branch."""
-        mask = torch.zeros(self.vocab.size, dtype=torch.bool)
-        mask[list(self.rings)] = True
-        if self.stack and self.vocab.close is not None:
-            mask[self.vocab.close] = True
-        return mask
-
-    def ending_mask(self) -> torch.Tensor:
-        mask = torch.zeros(self.vocab.size, dtype=torch.bool)
-        mask[self.vocab.ends] = True
-        return mask
+        self._allowed = allowed
+        return allowed
 
     def steered_to_the_end(self, allowed: torch.Tensor, preference: torch.Tensor, tries: int = 8) -> torch.Tensor:
         """`allowed` narrowed for a row that is to end soon: to the end where it may end, else to
         what closes an open ring or branch, else to those of the `tries` likeliest tokens by
         `preference` (scores; -inf: never) that open nothing new and after which one of these may
-        come, else to what opens nothing new. A narrowing that would leave nothing is skipped."""
-        for narrower in (self.ending_mask(), self.closing_mask()):
-            narrowed = allowed & narrower
-            if narrowed.any():
-                return narrowed
-        continuing = allowed & self.continuing_mask() & (preference > float("-inf"))
-        candidates = continuing.nonzero().flatten()
-        if not len(candidates):
+        come. Where none of them may, the row stops finishing and `allowed` is returned as it is. A
+        narrowing that would leave nothing is skipped. (The token sets are Python's: a row steered
+        costs a few torch calls, not one per set.)"""
+        vocab = self.vocab
+        tokens = allowed.nonzero().flatten().tolist()
+        closing = {*self.rings, vocab.close} if self.stack else self.rings
+        for narrower in (vocab.ends, closing):
+            narrowed = [token for token in tokens if token in narrower]
+            if narrowed:
+                return _mask_like(allowed, narrowed)
+        unopened = [label for label in vocab.ring_labels if label not in self.rings]
+        opening = {vocab.open, vocab.dot, *vocab.ends, *unopened}
+        scores = preference.tolist()
+        candidates = [token for token in tokens if token not in opening and scores[token] > float("-inf")]
+        if not candidates:
             return allowed
-        likeliest = candidates[preference[candidates].argsort(descending=True)[:tries]].tolist()
-        approaching = [token for token in likeliest if self._after(token, self._may_close_or_end)]
-        if not approaching:
-            return continuing
-        narrowed = torch.zeros_like(allowed)
-        narrowed[approaching] = True
-        return narrowed
+        ranked = preference[torch.tensor(candidates)].argsort(descending=True)[:tries].tolist()
+        approaching = [candidates[i] for i in ranked if self._after(candidates[i], self._may_close_or_end)]
+        if approaching:
+            return _mask_like(allowed, approaching)
+        # Nothing likely leads towards an end without opening something first (aromatic atoms in a
+        # branch need their ring): held to what opens nothing, the row would only lengthen its chain
+        # up to max_new_tokens. It goes on unsteered until its model wants to end again.
+        self.finishing = False
+        return allowed
 
-    def continuing_mask(self) -> torch.Tensor:
-        """Everything but what opens something new (a branch, a ring, a molecule after `.`) or ends."""
-        mask = torch.ones(self.vocab.size, dtype=torch.bool)
-        mask[[token for token in (self.vocab.open, self.vocab.dot) if token is not None]] = False
-        mask[self.vocab.ends] = False
-        mask[[label for label in self.vocab.ring_labels if label not in self.rings]] = False
-        return mask
-
-    def _syntax_only_mask(self) -> torch.Tensor:
+    def _syntax_only(self) -> Allowed:
         chemistry, self.chemistry = self.chemistry, False
         try:
-            return self.allowed_mask()
+            return self.allowed()
         finally:
             self.chemistry = chemistry
 
@@ -735,7 +730,7 @@ class SmilesState:
                 self.bond, self.expect_atom, self.branch_start = saved
         # A ring closure marks bonds along the ring (ring_bond); an atom or a ring label bonds the
         # current atom and the ring's opener.
-        ring_bond = list(self.ring_bond) if kind == RING else self.ring_bond
+        ring_bond = list(self.ring_bond) if token in self.rings else self.ring_bond
         saved = (self.current, self.bond, self.expect_atom, self.branch_start, list(self.stack), dict(self.rings),
                  len(self.specs), self.loose, ring_bond, self._checked)  # fmt: skip
         touched = {self.current, self.rings.get(token, (-1,))[0]} - {-1}
@@ -843,10 +838,14 @@ class SmilesState:
             if aromatic:
                 new_edges[a], new_edges[b] = [b], [a]
         neighbours = self.aromatic_neighbours
-        adjacency = {atom: (neighbours[atom] if atom < new_atom else []) + edges for atom, edges in new_edges.items()}
+        around = neighbours.__getitem__
+        if new_edges:
+            adjacency = {
+                atom: (neighbours[atom] if atom < new_atom else []) + edges for atom, edges in new_edges.items()
+            }
 
-        def around(atom: int) -> list[int]:
-            return adjacency[atom] if atom in adjacency else neighbours[atom]
+            def around(atom: int) -> list[int]:
+                return adjacency[atom] if atom in adjacency else neighbours[atom]
 
         if any(len(around(atom)) < 2 for atom in finished):
             return False  # an aromatic atom outside any ring: the cheap refusal first
@@ -876,42 +875,44 @@ class SmilesState:
             aromatic_rings[self.current] = aromatic_rings.get(self.current, 0) + 1
         growing = set(self.stack) if extra is not None else {*self.stack, self.current}
 
-        def can_get_two_aromatic_bonds(atom: int) -> bool:
+        def can_get_two_aromatic_bonds(atom: int, bonded: int) -> bool:
+            """bonded: the aromatic bonds it has."""
             if atom not in live:
-                return len(around(atom)) >= 2
+                return bonded >= 2
+            have = bonded + aromatic_rings.get(atom, 0)
+            if have >= 2 or atom not in growing:
+                return have >= 2
             spec, bonds, has_double = specs[atom], used[atom] + added.get(atom, 0), double[atom] or atom in doubled
-            new_bonds = atom in growing and _takes(spec, (1,), bonds, has_double)
-            new_bonds += new_bonds and _takes(spec, (1, 1), bonds, has_double)
-            return len(around(atom)) + aromatic_rings.get(atom, 0) + new_bonds >= 2
+            return have + _fits(spec, bonds, has_double, 1) + _fits(spec, bonds + 1, has_double, 1) >= 2
 
         # the aromatic systems that hold a newly finished atom, or an atom that the next token bonds
         # (a live atom that takes a double bond, or fills up, can no longer give one to a neighbour)
         starts = finished | {atom for atom in added if atom < new_atom and specs[atom].aromatic}
-        if not all(can_get_two_aromatic_bonds(atom) for atom in starts):
+        if not all(can_get_two_aromatic_bonds(atom, len(around(atom))) for atom in starts):
             return False  # the cheap refusal first
         if not starts:
             return True
+        needs, partners = [], set()
         seen, system = set(starts), list(starts)
-        for atom in system:  # grows as it goes: a breadth-first walk
-            for other in around(atom):
+        for atom in system:  # grows as it goes: a breadth-first walk, each atom weighed as it comes
+            bonded = around(atom)
+            for other in bonded:
                 if other not in seen:
                     seen.add(other)
                     system.append(other)
-        needs, partners = [], set()
-        for atom in system:
             if atom == new_atom:
                 if extra[3]:
                     partners.add(atom)
                 continue
             spec, bonds, has_double = specs[atom], used[atom] + added.get(atom, 0), double[atom] or atom in doubled
             if atom in live:
-                if not can_get_two_aromatic_bonds(atom):
+                if not can_get_two_aromatic_bonds(atom, len(bonded)):
                     return False  # it cannot close its ring any more
                 # an open atom may take a double bond later, if its valence leaves room for one
                 if not has_double and bonds + 1 <= spec.max_valence:
                     partners.add(atom)
                 continue
-            if len(around(atom)) < 2:
+            if len(bonded) < 2:
                 return False  # an aromatic atom outside any ring
             need = _needs_double(spec, bonds, has_double)
             if need is None:
@@ -919,7 +920,7 @@ class SmilesState:
             if need:
                 needs.append(atom)
                 partners.add(atom)
-        return _matched(needs, partners, around)
+        return not needs or _matched(needs, partners, around)
 
 
 def _needs_double(spec: AtomSpec, bonds: int, has_double: bool) -> bool | None:
@@ -934,7 +935,24 @@ def _needs_double(spec: AtomSpec, bonds: int, has_double: bool) -> bool | None:
 
 def _matched(needs: list[int], partners: set[int], around) -> bool:
     """Whether every atom of `needs` can be paired with a distinct neighbour in `partners` (each
-    atom in at most one pair): a double bond for each. Backtracking over a few dozen atoms."""
+    atom in at most one pair): a double bond for each. Backtracking over a few dozen atoms; it
+    almost always succeeds on its first path, which is tried without recursion first."""
+    mate: dict[int, int] = {}
+    for atom in needs:
+        if atom in mate:
+            continue
+        for other in around(atom):
+            if other in partners and other not in mate:
+                mate[atom], mate[other] = other, atom
+                break
+        else:
+            return _backtracked(needs, partners, around)
+    return True
+
+
+def _backtracked(needs: list[int], partners: set[int], around) -> bool:
+    """`_matched` by backtracking from the start, its first path again included: the budget of
+    tries counts as it does for any pairing."""
     mate: dict[int, int] = {}
     budget = [20000]
 
@@ -958,11 +976,23 @@ def _matched(needs: list[int], partners: set[int], around) -> bool:
     return solve(0)
 
 
-def _build(vocab: SmilesVocabulary, key: tuple) -> torch.Tensor:
+def _mask_like(mask: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+    """A mask of `mask`'s shape that allows `tokens` only."""
+    narrowed = torch.zeros_like(mask)
+    narrowed[tokens] = True
+    return narrowed
+
+
+def _build(vocab: SmilesVocabulary, key: tuple) -> list[bool]:
+    """The tokens allowed in a state of `key`, one bool each."""
+    mask = [False] * vocab.size
     if key[0] == "start":
-        return vocab.atoms_taking[0].clone()
+        for atom in vocab.atoms_taking[0]:
+            mask[atom] = True
+        return mask
     kind, atoms, rings, bonds, *after = key
-    mask = vocab.atom_mask(atoms)
+    for atom in vocab.allowed_atoms(atoms):
+        mask[atom] = True
     for label, ok in zip(vocab.ring_labels, rings):
         mask[label] = ok
     for bond, ok in zip(vocab.bonds, bonds):
@@ -975,7 +1005,8 @@ def _build(vocab: SmilesVocabulary, key: tuple) -> torch.Tensor:
     if vocab.close is not None:
         mask[vocab.close] = close_ok
     if end_ok:
-        mask[vocab.ends] = True
+        for end in vocab.ends:
+            mask[end] = True
         if vocab.dot is not None:
             mask[vocab.dot] = True
     return mask
@@ -1022,6 +1053,7 @@ class SmilesGrammar(LogitsProcessor):
         self._states: list[SmilesState] = []
         self._hashes: list[int] = []
         self._length = 0
+        self._rows: torch.Tensor | None = None  # the previous step's input_ids
 
     def start(self, tokens: list[int]) -> SmilesState:
         """The state after `tokens` (a prompt); ValueError naming the first token the grammar refuses."""
@@ -1038,38 +1070,50 @@ class SmilesGrammar(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         length = input_ids.shape[1]
-        hashes = _prefix_hashes(input_ids)
-        if self._states and self._length == length - 1:
-            states = self._continue(input_ids, hashes[:, 0].tolist())
+        continuing = bool(self._states) and self._length == length - 1
+        parent_hashes, hashes = self._row_hashes(input_ids, continuing)
+        if continuing:
+            states = self._continue(input_ids, parent_hashes)
         else:  # the first step of a generate call: read the prompts
             states = [self.start(row) for row in input_ids.tolist()]
             self._prompt_length = length
-        self._states, self._hashes, self._length = states, hashes[:, 1].tolist(), length
-        masks = torch.stack([state.allowed_mask() for state in states])
-        self._mark_rows_that_want_to_end(states, masks, scores)
+        self._states, self._hashes, self._length, self._rows = states, hashes, length, input_ids.clone()
+        allowed = [state.allowed() for state in states]
+        self._mark_rows_that_want_to_end(states, allowed, scores)
+        masks = torch.stack([row.mask for row in allowed])
         remaining = None if self.max_new_tokens is None else self.max_new_tokens - (length - self._prompt_length)
         self._steer_to_the_end(states, masks, remaining, scores)
         masks = masks.to(scores.device)
-        width = min(scores.shape[1], masks.shape[1])
-        allowed = torch.zeros_like(scores, dtype=torch.bool)
-        allowed[:, :width] = masks[:, :width]
-        stuck = ~(allowed & (scores > float("-inf"))).any(dim=1)
-        allowed[stuck] = True
-        return scores.masked_fill(~allowed, float("-inf"))
+        if masks.shape[1] != scores.shape[1]:  # tokens the vocabulary lacks are never allowed
+            width = min(scores.shape[1], masks.shape[1])
+            fitted = masks.new_zeros(scores.shape)
+            fitted[:, :width] = masks[:, :width]
+            masks = fitted
+        masked = scores.masked_fill(~masks, float("-inf"))
+        stuck = ~(masked > float("-inf")).any(dim=1)
+        if stuck.any():  # a processor must never make sampling fail: such a row is left unconstrained
+            masked[stuck] = scores[stuck]
+        return masked
 
-    def _mark_rows_that_want_to_end(self, states: list[SmilesState], masks: torch.Tensor, scores: torch.Tensor) -> None:
+    def _mark_rows_that_want_to_end(
+        self, states: list[SmilesState], allowed: list[Allowed], scores: torch.Tensor
+    ) -> None:
         """A row whose model likes an end token best where the grammar cannot end yet (a ring or
         branch open, an aromatic ring unfinished) is finishing from then on. Left alone it would
         wander on under the grammar, the model having nothing it wants to say there, for up to
         max_new_tokens of text that rarely becomes a molecule. (Before its first atom a row has
         nothing to finish.)"""
         ends = [end for end in self.vocab.ends if end < scores.shape[1]]
-        if not ends:
+        unable = [
+            row for row, state in enumerate(states)
+            if state.current >= 0 and not any(allowed[row].tokens[end] for end in ends)
+        ]  # fmt: skip
+        if not (ends and unable):
             return
-        wanted = (scores[:, ends].max(dim=1).values >= scores.max(dim=1).values).tolist()
-        for row, state in enumerate(states):
-            if wanted[row] and state.current >= 0 and not masks[row, ends].any():
-                state.finishing = True
+        wanted = (scores[:, ends].amax(dim=1) >= scores.amax(dim=1)).tolist()
+        for row in unable:
+            if wanted[row]:
+                states[row].finishing = True
 
     def _steer_to_the_end(
         self, states: list[SmilesState], masks: torch.Tensor, remaining: int | None, scores: torch.Tensor
@@ -1077,14 +1121,17 @@ class SmilesGrammar(LogitsProcessor):
         """A finishing row, and near max_new_tokens any row with rings or branches open, is steered to
         the end (`SmilesState.steered_to_the_end`, the model's likeliest tokens first): it ends as a
         molecule rather than being cut off mid-string."""
+        steered = [
+            row for row, state in enumerate(states)
+            if state.finishing or (remaining is not None and remaining <= 2 * (len(state.rings) + len(state.stack)) + 4)
+        ]  # fmt: skip
+        if not steered:
+            return
         width = min(scores.shape[1], self.vocab.size)
-        for row, state in enumerate(states):
-            late = remaining is not None and remaining <= 2 * (len(state.rings) + len(state.stack)) + 4
-            if not (state.finishing or late):
-                continue
-            preference = torch.full((self.vocab.size,), float("-inf"))
-            preference[:width] = scores[row, :width].float().cpu()
-            masks[row] = state.steered_to_the_end(masks[row], preference)
+        preferences = torch.full((len(states), self.vocab.size), float("-inf"))
+        preferences[:, :width] = scores[:, :width].float().cpu()
+        for row in steered:
+            masks[row] = states[row].steered_to_the_end(masks[row], preferences[row])
 
     def _continue(self, input_ids: torch.LongTensor, parent_hashes: list[int]) -> list[SmilesState]:
         """Each row's state: its parent's (the previous step's row that holds the same tokens but the
@@ -1108,6 +1155,19 @@ class SmilesGrammar(LogitsProcessor):
             states.append(state)
         return states
 
+    def _row_hashes(self, input_ids: torch.LongTensor, continuing: bool) -> tuple[list[int], list[int]]:
+        """A hash of each row without its last token, and of the whole row: rows are matched to the
+        previous step's rows by these, so beam search, which reorders rows, keeps their states. Where
+        every row continues the previous step's row in its place (sampling), the hashes without the
+        last token are the previous whole ones, and the new ones take one term each."""
+        if not (continuing and torch.equal(input_ids[:, :-1], self._rows)):
+            prefix, whole = _prefix_hashes(input_ids).T.tolist()
+            return prefix, whole
+        power = _power(input_ids.shape[1] - 1)
+        last = input_ids[:, -1].tolist()
+        whole = [(prefix + (token + 1) * power) % _HASH_MODULUS for prefix, token in zip(self._hashes, last)]
+        return self._hashes, whole
+
     @staticmethod
     def _advance(state: SmilesState, token: int) -> None:
         try:
@@ -1123,13 +1183,17 @@ _HASH_BASE = 1_000_003
 _powers: list[int] = [1]
 
 
-def _prefix_hashes(input_ids: torch.Tensor) -> torch.Tensor:
-    """(rows, 2): a hash of each row without its last token, and of the whole row. Rows are matched
-    to the previous step's rows by these, so beam search, which reorders rows, keeps their states."""
-    length = input_ids.shape[1]
-    while len(_powers) < length:
+def _power(position: int) -> int:
+    """The hash's factor for the token at `position`."""
+    while len(_powers) <= position:
         _powers.append(_powers[-1] * _HASH_BASE % _HASH_MODULUS)
-    powers = torch.tensor(_powers[:length], dtype=torch.int64, device=input_ids.device)
+    return _powers[position]
+
+
+def _prefix_hashes(input_ids: torch.Tensor) -> torch.Tensor:
+    """(rows, 2): a hash of each row without its last token, and of the whole row (see
+    `SmilesGrammar._row_hashes`)."""
+    powers = torch.tensor([_power(i) for i in range(input_ids.shape[1])], dtype=torch.int64, device=input_ids.device)
     # every term is below 2^31 * vocabulary size, and a sum of a few thousand of them fits in int64
     terms = (input_ids.to(torch.int64) + 1) * powers % _HASH_MODULUS
     whole = terms.sum(dim=1) % _HASH_MODULUS
