@@ -838,14 +838,12 @@ class SmilesState:
             if aromatic:
                 new_edges[a], new_edges[b] = [b], [a]
         neighbours = self.aromatic_neighbours
-        around = neighbours.__getitem__
-        if new_edges:
-            adjacency = {
-                atom: (neighbours[atom] if atom < new_atom else []) + edges for atom, edges in new_edges.items()
-            }
+        adjacency = {
+            atom: (neighbours[atom] if atom < new_atom else []) + edges for atom, edges in new_edges.items()
+        }
 
-            def around(atom: int) -> list[int]:
-                return adjacency[atom] if atom in adjacency else neighbours[atom]
+        def around(atom: int) -> list[int]:
+            return adjacency[atom] if atom in adjacency else neighbours[atom]
 
         if any(len(around(atom)) < 2 for atom in finished):
             return False  # an aromatic atom outside any ring: the cheap refusal first
