@@ -128,6 +128,16 @@ def test_a_command_whose_extra_is_missing_names_it_in_one_line_and_writes_nothin
     assert output is None or not (tmp_path / output).exists()
 
 
+def test_a_recipe_that_reports_to_tensorboard_without_it_names_the_extra_in_one_line(without, tmp_path):
+    """Every other module of [train] installed: datasets, accelerate and peft are there."""
+    result = without(["tensorboard"], "train", str(ROOT / "recipes" / "protein-clm-tiny.yaml"), "--output-dir", "run")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        'bioxlstm: error: train needs the optional dependency tensorboard: pip install "bioxlstm[train]"'
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 def test_generate_score_and_embed_need_no_extra(without, tmp_path):
     """With every optional module refused (the gpu extra's too: a CPU runs the package's own kernels)."""
     runs = [

@@ -121,6 +121,10 @@ def build_trainer(recipe: Recipe, output_dir: str | Path) -> RecipeTrainer:
         )
     check_launcher(fsdp_asked_by)
     args = TrainingArguments(output_dir=str(output_dir), **training)
+    if "tensorboard" in args.report_to:
+        # Missing, it fails here as an import (one line naming the extra), not as transformers'
+        # RuntimeError when the Trainer sets up its callbacks.
+        import tensorboard  # noqa: F401
     launched = launched_processes()
     if launched is not None and args.world_size != launched:
         raise ValueError(
