@@ -427,6 +427,18 @@ def test_long_sequence_forward_is_finite(monkeypatch, segment):
 # --- training and persistence -----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("activation", ["gelu", "swish", "relu"])
+def test_every_feed_forward_activation_trains_and_infers_alike(activation):
+    """The feed-forward gates in place only without autograd (relu's backward reads its output)."""
+    model = tiny_model(ffn_activation=activation, slstm_layers=(0,))
+    tokens = torch.randint(1, 12, (2, 16))
+    out = model(tokens, labels=tokens)
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, out.logits.detach())
+
+
 def test_labels_give_shifted_next_token_loss():
     model = tiny_model()
     tokens = torch.randint(1, 12, (2, 20))
