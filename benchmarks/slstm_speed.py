@@ -176,6 +176,7 @@ def group_norm(self, x):
 
 
 def feed_forward_out_of_place(self, x):
+    """The feed-forward as filed: the gating written to a new tensor, with or without autograd."""
     gate, up = self.proj_up(x).chunk(2, dim=-1)
     return self.dropout(self.proj_down(self.act_fn(gate) * up))
 
