@@ -29,7 +29,7 @@ import bioxlstm
 from bioxlstm.convert import dna_xlstm
 from bioxlstm.models import kernels
 from bioxlstm.models.blocks import GatedFeedForward
-from bioxlstm.models.layers import MultiHeadLayerNorm
+from bioxlstm.models.layers import CausalConv1d, MultiHeadLayerNorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_slstm_kernel import slstm_scan_reference  # noqa: E402  (the plain loop, kept as the tests' oracle)
@@ -181,11 +181,26 @@ def feed_forward_out_of_place(self, x):
     return self.dropout(self.proj_down(self.act_fn(gate) * up))
 
 
+def causal_conv1d(self, x, state, reset=None):
+    """The causal convolution as filed (without packed rows, which the benchmark does not read):
+    conv1d over the window, channels first."""
+    if reset is not None:
+        raise NotImplementedError("the benchmark reads no packed rows")
+    if state is None:
+        state = x.new_zeros(x.shape[0], self.kernel_size - 1, x.shape[2])
+    window = torch.cat([state.to(x.dtype), x], dim=1)
+    new_state = window[:, window.shape[1] - (self.kernel_size - 1) :]
+    if x.shape[1] == 1:
+        return (window * self.conv.weight[:, 0].T).sum(1, keepdim=True) + self.conv.bias, new_state
+    y = F.conv1d(window.transpose(1, 2), self.conv.weight, self.conv.bias, groups=x.shape[2])
+    return y.transpose(1, 2), new_state
+
+
 class AsFiled:
     """The models as they were when the sLSTM work began (4a3858d): the plain loop as
     `kernels.slstm_scan`, and the layers this work made faster put back, each reproduced above:
-    the multi-head norm, the feed-forward's gating, and inference in segments of 1,024 tokens
-    whatever the batch. Everything else is today's code."""
+    the multi-head norm, the feed-forward's gating, the causal convolution, and inference in
+    segments of 1,024 tokens whatever the batch. Everything else is today's code."""
 
     def __init__(self):
         self.patches = [
@@ -193,6 +208,7 @@ class AsFiled:
             (kernels, "NATIVE_INFERENCE_ROWS", 1 << 40),
             (MultiHeadLayerNorm, "forward", group_norm),
             (GatedFeedForward, "forward", feed_forward_out_of_place),
+            (CausalConv1d, "forward", causal_conv1d),
         ]
 
     def counted(self, *args):

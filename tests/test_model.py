@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from helpers import CAUSAL_VARIANTS, mlstm_reference, tiny_model
 
 import bioxlstm
-from bioxlstm.models import kernels, mlstm
+from bioxlstm.models import kernels, layers, mlstm
 
 GLOBINS = Path(__file__).resolve().parents[1] / "data" / "globins45.fa"
 
@@ -101,6 +101,38 @@ def test_kernel_choice():
         kernels.resolve_kernel("triton", cpu)
     with pytest.raises(ValueError, match="kernel must be one of"):
         bioxlstm.BioXLSTMConfig(kernel="cuda")
+
+
+# --- layers against plain PyTorch -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_causal_convolution_is_a_depthwise_conv1d_over_its_window(with_state):
+    """Computed as a weighted sum of shifted views; outputs, next state and gradients as conv1d's."""
+    torch.manual_seed(0)
+    conv = layers.CausalConv1d(12, 4)
+    x = torch.randn(3, 9, 12, requires_grad=True)
+    state = torch.randn(3, 3, 12) if with_state else None
+    y, new_state = conv(x, state)
+    window = torch.cat([state if with_state else torch.zeros(3, 3, 12), x], dim=1)
+    expected = F.conv1d(window.transpose(1, 2), conv.conv.weight, conv.conv.bias, groups=12).transpose(1, 2)
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-6)
+    assert torch.equal(new_state, window[:, -3:])
+    grads = torch.autograd.grad((y * torch.arange(12.0)).sum(), [x, conv.conv.weight, conv.conv.bias])
+    expected_grads = torch.autograd.grad((expected * torch.arange(12.0)).sum(), [x, conv.conv.weight, conv.conv.bias])
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_causal_convolution_restarts_where_a_packed_sequence_starts():
+    torch.manual_seed(0)
+    conv = layers.CausalConv1d(5, 3)
+    x, state = torch.randn(1, 7, 5), torch.randn(1, 2, 5)
+    reset = torch.tensor([[False, False, False, True, False, False, False]])
+    y, _ = conv(x, state, reset)
+    first, _ = conv(x[:, :3], state)
+    second, _ = conv(x[:, 3:], None)
+    torch.testing.assert_close(y, torch.cat([first, second], dim=1), rtol=0, atol=1e-6)
 
 
 # --- parity with the official xlstm package ---------------------------------------------------

@@ -69,20 +69,24 @@ class CausalConv1d(nn.Module):
             state = x.new_zeros(x.shape[0], self.kernel_size - 1, x.shape[2])
         window = torch.cat([state.to(x.dtype), x], dim=1)
         new_state = window[:, window.shape[1] - (self.kernel_size - 1) :]
-        if reset is None and x.shape[1] == 1:
-            # One decoding step: a weighted sum of the window, without conv1d's per-call set-up.
-            return (window * self.conv.weight[:, 0].T).sum(1, keepdim=True) + self.conv.bias, new_state
-        if reset is None:
-            y = F.conv1d(window.transpose(1, 2), self.conv.weight, self.conv.bias, groups=x.shape[2])
-            return y.transpose(1, 2), new_state
-        # Tap k of output t reads input t-k, which belongs to the same sequence iff no sequence
-        # starts in (t-k, t]; inputs before this call count as one earlier sequence.
-        starts = torch.cumsum(reset.long(), dim=1)
-        starts = torch.cat([starts.new_zeros(x.shape[0], self.kernel_size - 1), starts], dim=1)
-        taps = window.unfold(1, self.kernel_size, 1)  # (B, S, D, K): inputs t-K+1 .. t
-        same_sequence = starts.unfold(1, self.kernel_size, 1) == starts[:, self.kernel_size - 1 :, None]
-        y = torch.einsum("bsdk,dk->bsd", taps * same_sequence[:, :, None, :], self.conv.weight[:, 0])
-        return y + self.conv.bias, new_state
+        same_sequence = None
+        if reset is not None:
+            # Tap k of output t reads input t-k, which belongs to the same sequence iff no sequence
+            # starts in (t-k, t]; inputs before this call count as one earlier sequence.
+            starts = torch.cumsum(reset.long(), dim=1)
+            starts = torch.cat([starts.new_zeros(x.shape[0], self.kernel_size - 1), starts], dim=1)
+            same_sequence = starts.unfold(1, self.kernel_size, 1) == starts[:, self.kernel_size - 1 :, None]
+            same_sequence = same_sequence.to(x.dtype)  # (B, S, K): taps t-K+1 .. t
+        # A weighted sum of K shifted views of the window: conv1d wants the channels first, and the
+        # two transposes and its per-call set-up cost it three times as long on a CPU.
+        weight = self.conv.weight[:, 0].T  # (K, D)
+        y = None
+        for tap in range(self.kernel_size):
+            inputs = window[:, tap : tap + x.shape[1]]
+            if same_sequence is not None:
+                inputs = inputs * same_sequence[:, :, tap, None]
+            y = torch.addcmul(self.conv.bias, inputs, weight[tap]) if y is None else y.addcmul_(inputs, weight[tap])
+        return y, new_state
 
 
 def mask_padding(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
