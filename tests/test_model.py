@@ -135,6 +135,18 @@ def test_causal_convolution_restarts_where_a_packed_sequence_starts():
     torch.testing.assert_close(y, torch.cat([first, second], dim=1), rtol=0, atol=1e-6)
 
 
+def test_slstm_gate_inputs_are_the_four_headwise_projections():
+    """Written gate-major without autograd and stacked with it: the same values either way."""
+    model = tiny_model(slstm_layers=(0,))
+    layer = model.backbone.blocks[0].xlstm
+    x, x_conv = torch.randn(2, 7, 64), torch.randn(2, 7, 64)
+    expected = torch.stack([layer.igate(x_conv), layer.fgate(x_conv), layer.zgate(x), layer.ogate(x)], dim=2)
+    expected = expected.view(2, 7, 4, layer.num_heads, 64 // layer.num_heads)
+    torch.testing.assert_close(layer.gate_preactivations(x, x_conv), expected, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.gate_preactivations(x, x_conv), expected, rtol=0, atol=1e-6)
+
+
 # --- parity with the official xlstm package ---------------------------------------------------
 
 

@@ -51,6 +51,17 @@ class HeadwiseLinear(nn.Module):
         y = y.reshape(shape)
         return y if self.bias is None else y + self.bias
 
+    def by_block(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The output block-major, (num_blocks, N, block) for the N rows of x (into `out` if given,
+        without autograd): the layout of the batched matmul itself, which `forward` copies back
+        into x's."""
+        rows = x.reshape(-1, self.num_blocks, self.weight.shape[-1]).transpose(0, 1)
+        y = torch.bmm(rows, self.weight.transpose(1, 2), out=out)
+        if self.bias is None:
+            return y
+        bias = self.bias.view(self.num_blocks, 1, -1)
+        return y.add_(bias) if out is not None else y + bias
+
 
 class CausalConv1d(nn.Module):
     """Depthwise causal convolution whose state is the last `kernel_size - 1` inputs."""

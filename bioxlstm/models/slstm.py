@@ -82,7 +82,6 @@ class SLSTMLayer(Mixer):
         """The sLSTM has no q and k to rotate and its state is small: `rotary` and `overwrite_state`
         are not read. With `rcps_slstm_head_flip`, the rows in `rc_rows` go into the group norm with
         their heads in reverse order, and stay so."""
-        batch, seq_len, dim = x.shape
         cell_state, conv_state = state if state is not None else (None, None)
         x = mask_padding(x, keep)
         if self.conv1d is not None:
@@ -90,9 +89,8 @@ class SLSTMLayer(Mixer):
             x_conv = F.silu(x_conv)
         else:
             x_conv = x
-        preacts = torch.stack([self.igate(x_conv), self.fgate(x_conv), self.zgate(x), self.ogate(x)], dim=2)
         h, cell_state = slstm_recurrence(
-            preacts.view(batch, seq_len, 4, self.num_heads, dim // self.num_heads),
+            self.gate_preactivations(x, x_conv),
             self.recurrent_kernel,
             self.bias,
             cell_state,
@@ -104,6 +102,21 @@ class SLSTMLayer(Mixer):
         if self.head_flip and rc_rows is not None:
             h = torch.where(rc_rows.view(-1, 1, 1, 1), h.flip(2), h)
         return self.group_norm(h), (cell_state, conv_state)
+
+    def gate_preactivations(self, x: torch.Tensor, x_conv: torch.Tensor) -> torch.Tensor:
+        """The input contributions to the gates, (B, S, 4, NH, DH): i and f from the convolved input,
+        z and o from the input. A view of one gate-major (4, NH, B * S, DH) tensor, the layout of the
+        head-wise products: stacking them as (B, S, 4, NH, DH) copied each gate three times. Without
+        autograd each product is written in its place, which spares the one copy left."""
+        batch, seq_len, dim = x.shape
+        products = (self.igate, x_conv), (self.fgate, x_conv), (self.zgate, x), (self.ogate, x)
+        if torch.is_grad_enabled():
+            gates = torch.stack([gate.by_block(source) for gate, source in products])
+        else:
+            gates = x.new_empty(4, self.num_heads, batch * seq_len, dim // self.num_heads)
+            for slot, (gate, source) in zip(gates, products):
+                gate.by_block(source, out=slot)
+        return gates.view(4, self.num_heads, batch, seq_len, dim // self.num_heads).permute(2, 3, 0, 1, 4)
 
     def init_parameters(self) -> None:
         """Small init for the gate projections, no recurrence at first, forget-gate biases spread over
