@@ -135,6 +135,34 @@ def test_causal_convolution_restarts_where_a_packed_sequence_starts():
     torch.testing.assert_close(y, torch.cat([first, second], dim=1), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 4, 8), (1, 1, 2, 16), (3, 40, 1, 32)])
+def test_multi_head_norm_normalises_each_head_alike_with_and_without_autograd(shape):
+    torch.manual_seed(0)
+    heads, head_dim = shape[2:]
+    norm = layers.MultiHeadLayerNorm(heads * head_dim, 1e-5)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(shape) * 3 + 1
+    untouched = x.clone()
+    trained = norm(x)
+    expected = F.group_norm(x.reshape(-1, heads * head_dim), heads, 1 + norm.weight, eps=1e-5).view(trained.shape)
+    torch.testing.assert_close(trained, expected, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(norm(x), trained, rtol=0, atol=1e-5)
+    assert torch.equal(x, untouched)
+
+
+def test_multi_head_norm_of_a_bf16_model_computes_in_fp32_without_autograd():
+    torch.manual_seed(0)
+    norm = layers.MultiHeadLayerNorm(64, 1e-5).to(torch.bfloat16)
+    x = (torch.randn(2, 9, 4, 16) * 3 + 100).to(torch.bfloat16)  # a large mean: fp32 arithmetic matters
+    trained = norm(x)
+    with torch.no_grad():
+        inferred = norm(x)
+    assert inferred.dtype == torch.bfloat16
+    torch.testing.assert_close(inferred, trained)
+
+
 def test_slstm_gate_inputs_are_the_four_headwise_projections():
     """Written gate-major without autograd and stacked with it: the same values either way."""
     model = tiny_model(slstm_layers=(0,))
@@ -473,14 +501,15 @@ def test_long_sequence_forward_is_finite(monkeypatch, segment):
 
 @pytest.mark.parametrize("activation", ["gelu", "swish", "relu"])
 def test_every_feed_forward_activation_trains_and_infers_alike(activation):
-    """The feed-forward gates in place only without autograd (relu's backward reads its output)."""
+    """The feed-forward gates in place only without autograd (relu's backward reads its output); the
+    multi-head norm normalises in place only without it too, in another order of operations."""
     model = tiny_model(ffn_activation=activation, slstm_layers=(0,))
     tokens = torch.randint(1, 12, (2, 16))
     out = model(tokens, labels=tokens)
     out.loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
     with torch.no_grad():
-        assert torch.equal(model(tokens).logits, out.logits.detach())
+        torch.testing.assert_close(model(tokens).logits, out.logits.detach(), rtol=0, atol=1e-5)
 
 
 def test_labels_give_shifted_next_token_loss():

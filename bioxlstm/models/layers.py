@@ -27,11 +27,22 @@ class LayerNorm(nn.Module):
 
 class MultiHeadLayerNorm(LayerNorm):
     """Layer norm over each head separately (a group norm with one group per head, computed as a
-    layer norm over the head dimension: F.group_norm over batch x length rows takes twice as long)."""
+    layer norm over the head dimension: F.group_norm over batch x length rows takes twice as long).
+
+    Without autograd it normalises in place in one fresh tensor (in fp32 at least, as F.layer_norm
+    computes): over rows as short as a head, on a CPU, that takes half the time of F.layer_norm and
+    the scaling after it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, S, NH, DH)
         batch, seq_len, heads, head_dim = x.shape
-        y = F.layer_norm(x, (head_dim,), eps=self.eps) * (1.0 + self.weight).view(heads, head_dim)
+        scale = (1.0 + self.weight).view(heads, head_dim)
+        if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+            y = F.layer_norm(x, (head_dim,), eps=self.eps) * scale
+        else:
+            y = x.to(torch.promote_types(x.dtype, torch.float32))
+            y = y - y.mean(-1, keepdim=True)
+            variance = torch.linalg.vector_norm(y, dim=-1, keepdim=True).square_().div_(head_dim)
+            y = y.mul_(variance.add_(self.eps).rsqrt_()).mul_(scale).to(x.dtype)
         return y.reshape(batch, seq_len, heads * head_dim)
 
 
