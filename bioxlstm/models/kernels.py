@@ -454,7 +454,8 @@ def _slstm_forward(preacts, kernel, bias, state, keep, reset, keep_history: bool
     Works head-major and gate-major: a step's gates are (4, NH, B, DH), so the recurrent contribution
     is one batched matmul over heads and every elementwise operation runs over contiguous memory.
     Each step computes in one work buffer, whose views are made once: a view costs about as much as
-    an operation. Returns h (B, S, NH, DH), the final state (B, 4, NH, DH) and, with keep_history,
+    an operation. Returns h (B, S, NH, DH), written there step by step (without history, the
+    outputs are all the scan keeps of h), the final state (B, 4, NH, DH) and, with keep_history,
     what the backward reads: h (S + 1, NH, B, DH) before every step and after the last, (c, n)
     (S + 1, 2, NH, B, DH), m (S + 1, NH, B, DH) and the gates (S, 4, NH, B, DH) as the step left
     them: i, log f + m, sigmoid(2 z), sigmoid(o).
@@ -469,11 +470,11 @@ def _slstm_forward(preacts, kernel, bias, state, keep, reset, keep_history: bool
     kernel = (kernel * doubled_z).reshape(heads, head_dim, 4 * head_dim)
     bias = bias.transpose(0, 1)[:, :, None] * doubled_z[:, :, None, None]  # (4, NH, 1, DH)
     kept_steps = seq_len + 1 if keep_history else 2  # without history, the state alternates between two slots
-    h_all = preacts.new_empty(seq_len + 1, heads, batch, head_dim)
+    outputs = preacts.new_empty(batch, seq_len, heads, head_dim)
     cn_all = preacts.new_empty(kept_steps, 2, heads, batch, head_dim)
     m_all = preacts.new_empty(kept_steps, heads, batch, head_dim)
     initial = state.permute(1, 2, 0, 3)  # (4, NH, B, DH)
-    h_all[0], cn_all[0], m_all[0] = initial[0], initial[1:3], initial[3]
+    h, cn_all[0], m_all[0] = initial[0], initial[1:3], initial[3]
     inputs = preacts.new_empty(min(seq_len, SLSTM_CHUNK), 4, heads, batch, head_dim)
     gates = preacts.new_empty(seq_len, 4, heads, batch, head_dim) if keep_history else None
     recurrent = preacts.new_empty(heads, batch, 4 * head_dim)
@@ -498,7 +499,7 @@ def _slstm_forward(preacts, kernel, bias, state, keep, reset, keep_history: bool
             stop = min(start + SLSTM_CHUNK, seq_len)
             chunk = inputs[: stop - start]
             torch.addcmul(bias, preacts[:, start:stop].permute(1, 2, 3, 0, 4), doubled_z[:, :, None, None], out=chunk)
-            input_steps, h_steps = chunk.unbind(0), h_all[start : stop + 1].unbind(0)
+            input_steps, h_steps = chunk.unbind(0), outputs[:, start:stop].permute(1, 2, 0, 3).unbind(0)
             if keep_history:
                 cn_steps, m_steps = cn_all[start : stop + 1].unbind(0), m_all[start : stop + 1].unbind(0)
                 c_steps, n_steps = cn_all[start : stop + 1, 0].unbind(0), cn_all[start : stop + 1, 1].unbind(0)
@@ -510,7 +511,7 @@ def _slstm_forward(preacts, kernel, bias, state, keep, reset, keep_history: bool
             for t, (first, resets, masked) in enumerate(_chunk_flags(flags, start, stop)):
                 step = start + t
                 old, new = (t, t + 1) if keep_history else (step % 2, (step + 1) % 2)
-                h, cn, m = h_steps[t], cn_steps[old], m_steps[old]
+                cn, m = cn_steps[old], m_steps[old]
                 if resets:
                     fresh = fresh_steps[t]
                     h, cn, m = h * fresh[0], cn * fresh, m * fresh[0]
@@ -518,7 +519,7 @@ def _slstm_forward(preacts, kernel, bias, state, keep, reset, keep_history: bool
                 torch.add(input_steps[t], recurrent_by_gate, out=work)
                 # log sigmoid(f) as softplus with beta -1: the same function, without log_sigmoid's
                 # second output
-                torch.add(m, F.softplus(log_f_plus_m, -1.0), out=log_f_plus_m)
+                F.softplus(log_f_plus_m, -1.0, out=log_f_plus_m).add_(m)
                 m_new = torch.maximum(i_gate, log_f_plus_m, out=m_steps[new])
                 if first:  # a sequence's first step starts its stabiliser at the input gate
                     torch.where(cn[1] == 0, i_gate, m_new, out=m_new)
@@ -528,7 +529,7 @@ def _slstm_forward(preacts, kernel, bias, state, keep, reset, keep_history: bool
                 z_and_o.sigmoid_()
                 torch.add(minus_one, z_sigmoid, alpha=2.0, out=z_act)
                 cn_new = torch.mul(cn, f_exp, out=cn_steps[new]).addcmul_(z_and_one, i_exp)
-                h_new = torch.div(c_steps[new], n_steps[new], out=h_steps[t + 1]).mul_(o_act)
+                h_new = torch.div(c_steps[new], n_steps[new], out=h_steps[t]).mul_(o_act)
                 if masked:
                     kept = keep_steps[t]
                     torch.where(kept[0], h_new, h, out=h_new)
@@ -536,10 +537,13 @@ def _slstm_forward(preacts, kernel, bias, state, keep, reset, keep_history: bool
                     torch.where(kept[0], m_new, m, out=m_new)
                 if keep_history:
                     gate_steps[t].copy_(work)
+                h = h_new
     last = seq_len if keep_history else seq_len % 2
-    final = torch.cat([h_all[seq_len, None], cn_all[last], m_all[last, None]]).permute(2, 0, 1, 3)
-    outputs = h_all[1:].permute(2, 0, 1, 3).contiguous()
-    history = (h_all, cn_all, m_all, gates) if keep_history else None
+    final = torch.cat([h[None], cn_all[last], m_all[last, None]]).permute(2, 0, 1, 3)
+    history = None
+    if keep_history:
+        h_all = torch.cat([initial[:1], outputs.permute(1, 2, 0, 3)])
+        history = (h_all, cn_all, m_all, gates)
     return outputs, final.contiguous(), history
 
 
