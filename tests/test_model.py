@@ -108,20 +108,29 @@ def test_kernel_choice():
 
 @pytest.mark.parametrize("with_state", [False, True])
 def test_causal_convolution_is_a_depthwise_conv1d_over_its_window(with_state):
-    """Computed as a weighted sum of shifted views; outputs, next state and gradients as conv1d's."""
+    """Outputs, next state and gradients as conv1d's, whichever way it computes them: with autograd
+    (shifted views), without (a channels-last conv2d) and for one decoding step."""
     torch.manual_seed(0)
     conv = layers.CausalConv1d(12, 4)
     x = torch.randn(3, 9, 12, requires_grad=True)
     state = torch.randn(3, 3, 12) if with_state else None
-    y, new_state = conv(x, state)
     window = torch.cat([state if with_state else torch.zeros(3, 3, 12), x], dim=1)
     expected = F.conv1d(window.transpose(1, 2), conv.conv.weight, conv.conv.bias, groups=12).transpose(1, 2)
+    y, new_state = conv(x, state)
     torch.testing.assert_close(y, expected, rtol=0, atol=1e-6)
     assert torch.equal(new_state, window[:, -3:])
     grads = torch.autograd.grad((y * torch.arange(12.0)).sum(), [x, conv.conv.weight, conv.conv.bias])
     expected_grads = torch.autograd.grad((expected * torch.arange(12.0)).sum(), [x, conv.conv.weight, conv.conv.bias])
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        inferred, inferred_state = conv(x, state)
+        step, step_state = conv(x[:, :1], state)
+    assert inferred.shape == expected.shape
+    torch.testing.assert_close(inferred, expected, rtol=0, atol=1e-6)
+    assert torch.equal(inferred_state, window[:, -3:])
+    torch.testing.assert_close(step, expected[:, :1], rtol=0, atol=1e-6)
+    assert torch.equal(step_state, window[:, 1:4])
 
 
 def test_causal_convolution_restarts_where_a_packed_sequence_starts():

@@ -21,6 +21,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from .layers import records_gradients
+
 # Gate pre-activations that make a position a no-op: the input gate closed (exp(-1e4) == 0 in
 # fp32) and the forget gate open (logsigmoid(1e4) == 0 in fp32). Padding is exactly invisible.
 INPUT_GATE_CLOSED = -1.0e4
@@ -185,7 +187,7 @@ def mlstm_recurrence(
     if state is None:
         state = fresh_mlstm_state(q, v)
         overwrite_state = True
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, igate, fgate, *state))
+    needs_grad = records_gradients(q, k, v, igate, fgate, *state)
     if seq_len == 1:
         # The Triton step kernel has no backward; a differentiated step runs ours.
         triton_step = kernel == "triton" and not needs_grad
@@ -380,7 +382,7 @@ def slstm_scan(
         state = preacts.new_zeros(batch, 4, heads, head_dim)
     else:
         state = state.to(compute_dtype)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (preacts, recurrent_kernel, bias, state)):
+    if records_gradients(preacts, recurrent_kernel, bias, state):
         h, final = _SLSTMScan.apply(preacts, recurrent_kernel, bias, state, keep, reset)
     elif preacts.shape[1] == 1:
         h, final = _slstm_decoding_step(preacts, recurrent_kernel, bias, state, keep, reset)
