@@ -220,9 +220,9 @@ class AsFiled:
             (SLSTMLayer, "gate_preactivations", gates_stacked_by_position),
         ]
 
-    def counted(self, *args):
+    def counted(self, *args, **kwargs):
         self.calls += 1
-        return slstm_scan_reference(*args)
+        return slstm_scan_reference(*args, **kwargs)
 
     def __enter__(self):
         self.calls = 0

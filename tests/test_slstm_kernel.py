@@ -13,9 +13,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 HEADS, HEAD_DIM = 2, 4
 
 
-def slstm_scan_reference(preacts, recurrent_kernel, bias, state, keep, reset=None):
+def slstm_scan_reference(preacts, recurrent_kernel, bias, state, keep, reset=None, overwrite_preacts=False):
     """The sLSTM recurrence one step after another, autograd through every operation: the scan as
-    it was before the hand-written backward (same arguments and results as `kernels.slstm_scan`)."""
+    it was before the hand-written backward (same arguments and results as `kernels.slstm_scan`; it
+    never writes its inputs, whatever `overwrite_preacts` allows)."""
     batch, seq_len, _, heads, head_dim = preacts.shape
     out_dtype = preacts.dtype
     compute_dtype = torch.promote_types(out_dtype, torch.float32)
@@ -122,6 +123,19 @@ def test_scan_computes_what_the_plain_loop_computes(case, dtype):
         assert max_difference(kernels.slstm_scan(*inputs), expected) <= TOLERANCE[dtype]
     preacts = inputs[0].clone().requires_grad_()
     assert max_difference(kernels.slstm_scan(preacts, *inputs[1:]), expected) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_scan_writes_its_inputs_only_when_the_caller_lets_it(case):
+    """`overwrite_preacts` (the layer's gate inputs, which it discards) gives the same results as the
+    default, which leaves the inputs as they were."""
+    inputs = case_inputs(case)
+    untouched = inputs[0].clone()
+    with torch.no_grad():
+        kept = kernels.slstm_scan(*inputs)
+        assert torch.equal(inputs[0], untouched)
+        overwritten = kernels.slstm_scan(*inputs, overwrite_preacts=True)
+    assert max_difference(overwritten, kept) == 0.0
 
 
 @DTYPES

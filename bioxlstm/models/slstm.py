@@ -97,6 +97,7 @@ class SLSTMLayer(Mixer):
             keep,
             reset,
             resolve_kernel(self.kernel, x.device),
+            overwrite_preacts=True,
         )
         h = self.dropout(h)
         if self.head_flip and rc_rows is not None:
