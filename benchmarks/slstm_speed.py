@@ -30,6 +30,7 @@ from bioxlstm.convert import dna_xlstm
 from bioxlstm.models import kernels
 from bioxlstm.models.blocks import GatedFeedForward
 from bioxlstm.models.layers import CausalConv1d, MultiHeadLayerNorm
+from bioxlstm.models.modeling_bioxlstm import BioXLSTMModel
 from bioxlstm.models.slstm import SLSTMLayer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -182,8 +183,9 @@ def feed_forward_out_of_place(self, x):
     return self.dropout(self.proj_down(self.act_fn(gate) * up))
 
 
-def gates_stacked_by_position(self, x, x_conv):
-    """The sLSTM gate inputs as filed: four head-wise projections stacked as (B, S, 4, NH, DH)."""
+def gates_stacked_by_position(self, x, x_conv, out=None):
+    """The sLSTM gate inputs as filed: four head-wise projections stacked as (B, S, 4, NH, DH).
+    (`out` came later, for blocks run diagonally, which the code as filed did not do.)"""
     batch, seq_len, dim = x.shape
     preacts = torch.stack([self.igate(x_conv), self.fgate(x_conv), self.zgate(x), self.ogate(x)], dim=2)
     return preacts.view(batch, seq_len, 4, self.num_heads, dim // self.num_heads)
@@ -208,7 +210,8 @@ class AsFiled:
     """The models as they were when the sLSTM work began (4a3858d): the plain loop as
     `kernels.slstm_scan`, and the layers this work made faster put back, each reproduced above:
     the multi-head norm, the feed-forward's gating, the causal convolution, the sLSTM's gate inputs,
-    and inference in segments of 1,024 tokens whatever the batch. Everything else is today's code."""
+    inference in segments of 1,024 tokens whatever the batch, and block after block on each segment.
+    Everything else is today's code."""
 
     def __init__(self):
         self.patches = [
@@ -218,6 +221,7 @@ class AsFiled:
             (GatedFeedForward, "forward", feed_forward_out_of_place),
             (CausalConv1d, "forward", causal_conv1d),
             (SLSTMLayer, "gate_preactivations", gates_stacked_by_position),
+            (BioXLSTMModel, "_shares_work_across_blocks", lambda model: False),
         ]
 
     def counted(self, *args, **kwargs):

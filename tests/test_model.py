@@ -412,6 +412,34 @@ def test_a_batch_is_read_in_segments_of_about_the_same_number_of_rows(monkeypatc
     assert segments == {1: [256, 44], 4: [64, 64, 64, 64, 44], 64: [64, 64, 64, 64, 44]}
 
 
+def test_sequences_in_segments_run_several_slstm_blocks_recurrences_as_one_scan(monkeypatch):
+    """Unmasked causal inference in segments advances the blocks diagonally (block i on segment g
+    beside block i + 1 on segment g - 1) and runs the sLSTM recurrences of one diagonal as one scan:
+    logits, hidden states and cache those of block-by-block order, in fewer scans; the last, shorter
+    segment's recurrence runs apart from those of full segments."""
+    monkeypatch.setattr(kernels, "NATIVE_INFERENCE_ROWS", 128)  # 2 rows: segments of 64 tokens
+    model = tiny_model(slstm_layers=(0, 2))  # sLSTM, mLSTM, sLSTM; 2 heads each
+    ids = torch.randint(1, 12, (2, 200))  # segments of 64, 64, 64 and 8 tokens
+    scans = []
+    scan = kernels.slstm_scan
+    monkeypatch.setattr(kernels, "slstm_scan", lambda preacts, *args, **kwargs: scans.append(preacts.shape) or scan(preacts, *args, **kwargs))
+    with torch.no_grad():
+        diagonal = model(ids, use_cache=True, output_hidden_states=True)
+        diagonal_scans = list(scans)
+        scans.clear()
+        model.backbone.blocks[0].register_forward_hook(lambda *_: None)  # a hook sees every block call
+        in_order = model(ids, use_cache=True, output_hidden_states=True)
+    # in order, 2 blocks x 4 segments; diagonally, block 0 on segment 2 beside block 2 on segment 0
+    assert len(scans) == 8 and len(diagonal_scans) == 7
+    assert sorted((shape[1], shape[3]) for shape in diagonal_scans) == [(8, 2), (8, 2), (64, 2), (64, 2), (64, 2), (64, 2), (64, 4)]
+    for a, b in zip(
+        (diagonal.logits, *diagonal.hidden_states, *diagonal.cache.tensors()),
+        (in_order.logits, *in_order.hidden_states, *in_order.cache.tensors()),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
 def test_right_padding_does_not_change_real_positions():
     model = tiny_model()
     tokens = torch.randint(1, 12, (1, 30))

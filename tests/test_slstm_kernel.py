@@ -287,3 +287,44 @@ def test_an_all_slstm_model_trains_as_with_the_plain_loop(monkeypatch):
     assert max_difference([logits], [expected_logits]) <= 1e-6
     for name, grad in grads.items():
         assert max_difference([grad], [expected_grads[name]]) <= 1e-6, name
+
+
+def deferred_recurrence(preacts, kernel, bias, state, keep) -> kernels.SLSTMRecurrence:
+    """An `SLSTMRecurrence` on given gate inputs, written where it is asked to write them."""
+    batch, seq_len, _, heads, head_dim = preacts.shape
+    gate_major = preacts.permute(2, 3, 0, 1, 4).reshape(4, heads, batch * seq_len, head_dim)
+
+    def gate_inputs(out):
+        out = gate_major.clone() if out is None else out.copy_(gate_major)
+        return out.view(4, heads, batch, seq_len, head_dim).permute(2, 3, 0, 1, 4)
+
+    layer_input = preacts.new_empty(batch, seq_len, heads * head_dim)
+    return kernels.SLSTMRecurrence(gate_inputs, layer_input, kernel, bias, state, keep, None, "native")
+
+
+def test_recurrences_run_together_give_what_each_gives_alone():
+    """Calls of equal shape run as one scan over all their heads (a given state beside a fresh one);
+    a masked call, and one of another length, run alone: each result is its own (to rounding: a
+    vectorised operation may round the elements past the last full vector differently)."""
+    inputs = []
+    for heads, options in ((2, {}), (3, dict(state=True)), (2, dict(keep=True)), (2, dict(length=5))):
+        preacts = torch.randn(3, options.get("length", 11), 4, heads, HEAD_DIM) * 2
+        kernel = torch.randn(heads, HEAD_DIM, 4, HEAD_DIM) * 0.5
+        bias = torch.randn(heads, 4, HEAD_DIM)
+        state = None
+        if options.get("state"):
+            state = torch.randn(3, 4, heads, HEAD_DIM)
+            state[:, 2] = state[:, 2].abs() + 1
+        inputs.append((preacts, kernel, bias, state, padding() if options.get("keep") else None))
+    scans = []
+    with torch.no_grad():
+        alone = [kernels.slstm_scan(*call) for call in inputs]
+        scan = kernels.slstm_scan
+        kernels.slstm_scan = lambda preacts, *args, **kwargs: scans.append(preacts.shape[3]) or scan(preacts, *args, **kwargs)
+        try:
+            together = kernels.SLSTMRecurrence.run_together([deferred_recurrence(*call) for call in inputs])
+        finally:
+            kernels.slstm_scan = scan
+    assert sorted(scans) == [2, 2, 5]
+    for (h, final), (expected_h, expected_final) in zip(together, alone, strict=True):
+        assert max_difference((h, final), (expected_h, expected_final)) <= 1e-6

@@ -128,3 +128,9 @@ class XLSTMBlock(GradientCheckpointingLayer):
         """The block in one direction: residual mixer, then the residual feed-forward."""
         y, state = self.xlstm(self.xlstm_norm(x), state, keep, reset, rotary, overwrite_state, rc_rows)
         return self._feed_forward(x + y), state
+
+    def stages(self, x, state=None, keep=None, reset=None, rotary=None, overwrite_state=False):
+        """`forward` of a causal block as a generator of the work its mixer shares with other blocks
+        (`Mixer.stages`), for a model that advances several blocks at once."""
+        y, state = yield from self.xlstm.stages(self.xlstm_norm(x), state, keep, reset, rotary, overwrite_state)
+        return self._feed_forward(x + y), state

@@ -16,6 +16,8 @@ implementation means editing this module only.
 
 import importlib
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -731,6 +733,79 @@ def slstm_recurrence(
     if _slstm_runs_fused(preacts, state, keep, reset, kernel):
         return slstm_fused_triton(preacts, recurrent_kernel, bias, state, keep, reset)
     return slstm_scan(preacts, recurrent_kernel, bias, state, keep, reset, overwrite_preacts)
+
+
+@dataclass
+class SLSTMRecurrence:
+    """An `slstm_recurrence` call, yielded by the sLSTM layer's `stages` so that a model can run those
+    of several blocks as one. Its gate inputs are computed when it runs: `gate_inputs(out)` returns
+    them, (B, S, 4, NH, DH), as a view of gate-major (4, NH, B x S, DH) memory, written into `out`
+    where one is given: a slice of the heads of several calls' inputs, which need no copying then.
+    They are the caller's to discard, so the scan computes in them."""
+
+    gate_inputs: Callable[[torch.Tensor | None], torch.Tensor]
+    layer_input: torch.Tensor  # (B, S, D): the batch, length, dtype and device of the gate inputs
+    recurrent_kernel: torch.Tensor
+    bias: torch.Tensor
+    state: torch.Tensor | None
+    keep: torch.Tensor | None
+    reset: torch.Tensor | None
+    kernel: str
+
+    def run(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return slstm_recurrence(
+            self.gate_inputs(None), self.recurrent_kernel, self.bias, self.state, self.keep, self.reset, self.kernel,
+            overwrite_preacts=True,
+        )  # fmt: skip
+
+    @staticmethod
+    def run_together(calls: list["SLSTMRecurrence"]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The results of `run` for each call. Heads never interact, so calls on inputs of the same
+        batch, length, head size and dtype run as one scan over all their heads: a step of the scan
+        costs about as much at four heads as at sixteen. Alone: calls on Triton (the fused kernel
+        takes a whole sequence in one launch anyway), with masks (each call's differ), with autograd
+        or for one step."""
+        groups = {}
+        for index, call in enumerate(calls):
+            batch, seq_len, _ = call.layer_input.shape
+            alone = (
+                call.kernel != "native" or call.keep is not None or call.reset is not None or seq_len == 1
+                or records_gradients(call.layer_input, call.recurrent_kernel, call.bias, call.state)
+            )  # fmt: skip
+            key = (batch, seq_len, call.recurrent_kernel.shape[1], call.layer_input.dtype, call.layer_input.device)
+            groups.setdefault(index if alone else key, []).append(index)
+        results = [None] * len(calls)
+        for indices in groups.values():
+            together = [calls[index] for index in indices]
+            outcomes = [together[0].run()] if len(together) == 1 else SLSTMRecurrence._one_scan(together)
+            for index, outcome in zip(indices, outcomes):
+                results[index] = outcome
+        return results
+
+    @staticmethod
+    def _one_scan(calls: list["SLSTMRecurrence"]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        first = calls[0]
+        batch, seq_len, _ = first.layer_input.shape
+        head_dim = first.recurrent_kernel.shape[1]
+        heads = [call.recurrent_kernel.shape[0] for call in calls]
+        gates = first.layer_input.new_empty(4, sum(heads), batch * seq_len, head_dim)
+        for call, slot in zip(calls, gates.split(heads, dim=1)):
+            call.gate_inputs(slot)
+        state = None
+        if any(call.state is not None for call in calls):
+            state_dtype = torch.promote_types(gates.dtype, torch.float32)
+            fresh = gates.new_zeros(batch, 4, 1, head_dim, dtype=state_dtype)
+            state = torch.cat(
+                [fresh.expand(-1, -1, n, -1) if call.state is None else call.state.to(state_dtype) for call, n in zip(calls, heads)],
+                dim=2,
+            )  # fmt: skip
+        outputs, final = slstm_scan(
+            gates.view(4, sum(heads), batch, seq_len, head_dim).permute(2, 3, 0, 1, 4),
+            torch.cat([call.recurrent_kernel for call in calls]),
+            torch.cat([call.bias for call in calls]),
+            state, None, None, overwrite_preacts=True,
+        )  # fmt: skip
+        return [(h, f.contiguous()) for h, f in zip(outputs.split(heads, dim=2), final.split(heads, dim=2))]
 
 
 def _slstm_runs_fused(preacts, state, keep, reset, kernel: str) -> bool:

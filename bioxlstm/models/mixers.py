@@ -61,6 +61,15 @@ class Mixer(nn.Module):
         rows that hold the reverse-complement view of an RC-PS model."""
         raise NotImplementedError(f"{type(self).__name__} must define forward")
 
+    def stages(self, *args, **kwargs):
+        """`forward` (same arguments and result) as a generator that may yield work a model can run
+        together with that of other blocks (an object with `run()` and a static `run_together(works)`,
+        as `kernels.SLSTMRecurrence`) and is sent back its result. The default yields nothing. A mixer
+        that yields defines `forward` as `complete(self.stages(...))`; on a model's path through
+        `stages`, hooks on the mixer are not called (the model checks that there are none)."""
+        yield from ()
+        return self(*args, **kwargs)
+
     def init_parameters(self) -> None:
         """Set every parameter to its initial value, with `transformers.initialization`'s functions
         (which leave weights loaded from a checkpoint alone)."""
@@ -81,6 +90,41 @@ class Mixer(nn.Module):
         parameters (names relative to the layer); `layout`: how the checkpoint's backend stored them,
         where the library has several. A missing parameter raises KeyError with the list of their names."""
         return dict(parameters)
+
+
+def complete(stages):
+    """Run a generator of `Mixer.stages` to its end, doing each piece of work it yields at once."""
+    try:
+        work = next(stages)
+        while True:
+            work = stages.send(work.run())
+    except StopIteration as end:
+        return end.value
+
+
+def complete_together(all_stages: list) -> list:
+    """Run generators of `Mixer.stages` side by side to their ends and return their results. The work
+    they wait on at the same time runs together, kind by kind (`run_together`): several sLSTM blocks'
+    recurrences as one scan over all their heads, whose steps cost about what one block's do."""
+    results, waiting = {}, {}
+
+    def advance(index, value):
+        try:
+            waiting[index] = all_stages[index].send(value)
+        except StopIteration as end:
+            results[index] = end.value
+
+    for index in range(len(all_stages)):
+        advance(index, None)
+    while waiting:
+        works, by_kind = dict(waiting), {}
+        waiting.clear()
+        for index, work in works.items():
+            by_kind.setdefault(type(work), []).append(index)
+        for kind, indices in by_kind.items():
+            for index, result in zip(indices, kind.run_together([works[index] for index in indices])):
+                advance(index, result)
+    return [results[index] for index in range(len(all_stages))]
 
 
 def register_mixer(mixer: type[Mixer]) -> type[Mixer]:

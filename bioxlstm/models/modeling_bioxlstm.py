@@ -18,7 +18,7 @@ from .blocks import GatedFeedForward, XLSTMBlock
 from .configuration_bioxlstm import BioXLSTMConfig
 from .kernels import inference_segment_length, resolve_kernel
 from .layers import LayerNorm, small_init_std
-from .mixers import Mixer
+from .mixers import Mixer, complete_together
 from .positions import rotary_angles, rotation
 from .rc import ReverseComplementEmbedding, ReverseComplementLMHead, ReverseComplementShared, strand_average, strand_shared
 from .sequence_ops import reversal_index, reverse_complement, reverse_positions, valid_positions
@@ -365,23 +365,26 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
             reset = reset.to(x.device)
         states = list(states)
         segment = self._segment_length(x)
-        pieces = []  # per segment, the output of every layer (embeddings first) if asked for, else the last
-        for start in range(0, x.shape[1], segment):
-            part = slice(start, start + segment)
-            h = x[:, part]
-            layer_outputs = [h]
-            for index, block in enumerate(self.blocks):
-                h, states[index] = block(
-                    h,
-                    states[index],
-                    None if keep is None else keep[:, part],
-                    None if reset is None else reset[:, part],
-                    None if rotary is None else tuple(t[:, :, part] for t in rotary),
-                    overwrite_state=overwrite_state,
-                )
-                if output_hidden_states:
-                    layer_outputs.append(h)
-            pieces.append(layer_outputs if output_hidden_states else [h])
+        parts = [slice(start, start + segment) for start in range(0, x.shape[1], segment)]
+        if len(parts) > 1 and keep is None and reset is None and self._shares_work_across_blocks():
+            pieces = self._run_diagonally(x, parts, rotary, states, overwrite_state, output_hidden_states)
+        else:
+            pieces = []  # per segment, the output of every layer (embeddings first) if asked for, else the last
+            for part in parts:
+                h = x[:, part]
+                layer_outputs = [h]
+                for index, block in enumerate(self.blocks):
+                    h, states[index] = block(
+                        h,
+                        states[index],
+                        None if keep is None else keep[:, part],
+                        None if reset is None else reset[:, part],
+                        None if rotary is None else tuple(t[:, :, part] for t in rotary),
+                        overwrite_state=overwrite_state,
+                    )
+                    if output_hidden_states:
+                        layer_outputs.append(h)
+                pieces.append(layer_outputs if output_hidden_states else [h])
         layers = [torch.cat(layer, dim=1) if len(layer) > 1 else layer[0] for layer in zip(*pieces)]
         x = layers[-1]
         hidden_states = tuple(layers) if output_hidden_states else None
@@ -392,6 +395,38 @@ class BioXLSTMModel(BioXLSTMPreTrainedModel):
         if output_hidden_states:
             hidden_states = hidden_states[:-1] + (x,)
         return x, states, hidden_states
+
+    def _shares_work_across_blocks(self) -> bool:
+        """Whether several blocks' mixers yield work they can run together (`Mixer.stages`: the sLSTM
+        recurrences), and no hook waits on a block's or mixer's call, which `stages` does not make."""
+        sharing = [type(block.xlstm).stages is not Mixer.stages for block in self.blocks if isinstance(block, XLSTMBlock)]
+        hooked = any(
+            module._forward_hooks or module._forward_pre_hooks
+            for block in self.blocks
+            for module in (block, getattr(block, "xlstm", block))
+        )  # fmt: skip
+        return len(sharing) == len(self.blocks) and sum(sharing) > 1 and not hooked
+
+    def _run_diagonally(self, x, parts, rotary, states, overwrite_state, output_hidden_states) -> list[list[torch.Tensor]]:
+        """The segment loop of `_run` (unmasked causal inference) in another order, with the same
+        result: block i reads segment g once block i - 1 has read it and block i has read segment
+        g - 1, so the blocks of one diagonal (i + g the same) wait on nothing from each other, and
+        the work their mixers share (the sLSTM recurrences) runs as one (`complete_together`): at
+        batch 8, 4 sLSTM blocks and 4 segments, 7 scans of 256 steps instead of 16."""
+        layer_outputs = [[x[:, part]] for part in parts]  # per segment, the layers' outputs so far (or the last)
+        for diagonal in range(len(self.blocks) + len(parts) - 1):
+            on_diagonal = [(index, diagonal - index) for index in range(len(self.blocks)) if 0 <= diagonal - index < len(parts)]
+            results = complete_together([
+                self.blocks[index].stages(
+                    layer_outputs[segment][-1], states[index],
+                    rotary=None if rotary is None else tuple(t[:, :, parts[segment]] for t in rotary),
+                    overwrite_state=overwrite_state,
+                )
+                for index, segment in on_diagonal
+            ])  # fmt: skip
+            for (index, segment), (h, states[index]) in zip(on_diagonal, results):
+                layer_outputs[segment] = [*layer_outputs[segment], h] if output_hidden_states else [h]
+        return layer_outputs
 
     def _rotary_angles(
         self,

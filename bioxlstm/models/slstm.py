@@ -3,19 +3,22 @@ scalar-memory cell with block-diagonal recurrent matrices, and a multi-head grou
 adds the shared gated feed-forward.
 
 Its recurrent state is ((h, c, n, m) stacked, conv window); `kernels.slstm_recurrence` advances it
-(a scan with a hand-written backward, or the fused Triton kernel), one step at a time in decoding.
+(a scan with a hand-written backward, or the fused Triton kernel), one step at a time in decoding,
+or, where a model runs several blocks' recurrences as one (`Mixer.stages`), a scan over all of
+their heads.
 """
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from .kernels import resolve_kernel, slstm_recurrence
+from .kernels import SLSTMRecurrence, resolve_kernel
 from .layers import CausalConv1d, HeadwiseLinear, MultiHeadLayerNorm, init_causal_conv, mask_padding, small_init_std
-from .mixers import Mixer, register_mixer
+from .mixers import Mixer, complete, register_mixer
 
 
 def num_heads(config) -> int:
@@ -82,6 +85,10 @@ class SLSTMLayer(Mixer):
         """The sLSTM has no q and k to rotate and its state is small: `rotary` and `overwrite_state`
         are not read. With `rcps_slstm_head_flip`, the rows in `rc_rows` go into the group norm with
         their heads in reverse order, and stay so."""
+        return complete(self.stages(x, state, keep, reset, rotary, overwrite_state, rc_rows))
+
+    def stages(self, x, state, keep, reset=None, rotary=None, overwrite_state=False, rc_rows=None):
+        """`forward`, yielding its recurrence (`SLSTMRecurrence`) to be run, possibly with others."""
         cell_state, conv_state = state if state is not None else (None, None)
         x = mask_padding(x, keep)
         if self.conv1d is not None:
@@ -89,32 +96,33 @@ class SLSTMLayer(Mixer):
             x_conv = F.silu(x_conv)
         else:
             x_conv = x
-        h, cell_state = slstm_recurrence(
-            self.gate_preactivations(x, x_conv),
+        h, cell_state = yield SLSTMRecurrence(
+            partial(self.gate_preactivations, x, x_conv),
+            x,
             self.recurrent_kernel,
             self.bias,
             cell_state,
             keep,
             reset,
             resolve_kernel(self.kernel, x.device),
-            overwrite_preacts=True,
         )
         h = self.dropout(h)
         if self.head_flip and rc_rows is not None:
             h = torch.where(rc_rows.view(-1, 1, 1, 1), h.flip(2), h)
         return self.group_norm(h), (cell_state, conv_state)
 
-    def gate_preactivations(self, x: torch.Tensor, x_conv: torch.Tensor) -> torch.Tensor:
+    def gate_preactivations(self, x: torch.Tensor, x_conv: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """The input contributions to the gates, (B, S, 4, NH, DH): i and f from the convolved input,
         z and o from the input. A view of one gate-major (4, NH, B * S, DH) tensor, the layout of the
         head-wise products: stacking them as (B, S, 4, NH, DH) copied each gate three times. Without
-        autograd each product is written in its place, which spares the one copy left."""
+        autograd each product is written in its place (in `out` if given), which spares the one copy
+        left."""
         batch, seq_len, dim = x.shape
         products = (self.igate, x_conv), (self.fgate, x_conv), (self.zgate, x), (self.ogate, x)
         if torch.is_grad_enabled():
             gates = torch.stack([gate.by_block(source) for gate, source in products])
         else:
-            gates = x.new_empty(4, self.num_heads, batch * seq_len, dim // self.num_heads)
+            gates = x.new_empty(4, self.num_heads, batch * seq_len, dim // self.num_heads) if out is None else out
             for slot, (gate, source) in zip(gates, products):
                 gate.by_block(source, out=slot)
         return gates.view(4, self.num_heads, batch, seq_len, dim // self.num_heads).permute(2, 3, 0, 1, 4)
