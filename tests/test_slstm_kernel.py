@@ -302,7 +302,14 @@ def deferred_recurrence(preacts, kernel, bias, state, keep) -> kernels.SLSTMRecu
     return kernels.SLSTMRecurrence(gate_inputs, layer_input, kernel, bias, state, keep, None, "native")
 
 
-def test_recurrences_run_together_give_what_each_gives_alone():
+def count_scans(monkeypatch) -> list[int]:
+    """The number of heads of every `slstm_scan` call from now on."""
+    heads, scan = [], kernels.slstm_scan
+    monkeypatch.setattr(kernels, "slstm_scan", lambda preacts, *args, **kwargs: heads.append(preacts.shape[3]) or scan(preacts, *args, **kwargs))
+    return heads
+
+
+def test_recurrences_run_together_give_what_each_gives_alone(monkeypatch):
     """Calls of equal shape run as one scan over all their heads (a given state beside a fresh one);
     a masked call, and one of another length, run alone: each result is its own (to rounding: a
     vectorised operation may round the elements past the last full vector differently)."""
@@ -316,15 +323,27 @@ def test_recurrences_run_together_give_what_each_gives_alone():
             state = torch.randn(3, 4, heads, HEAD_DIM)
             state[:, 2] = state[:, 2].abs() + 1
         inputs.append((preacts, kernel, bias, state, padding() if options.get("keep") else None))
-    scans = []
     with torch.no_grad():
         alone = [kernels.slstm_scan(*call) for call in inputs]
-        scan = kernels.slstm_scan
-        kernels.slstm_scan = lambda preacts, *args, **kwargs: scans.append(preacts.shape[3]) or scan(preacts, *args, **kwargs)
-        try:
-            together = kernels.SLSTMRecurrence.run_together([deferred_recurrence(*call) for call in inputs])
-        finally:
-            kernels.slstm_scan = scan
+        scans = count_scans(monkeypatch)
+        together = kernels.SLSTMRecurrence.run_together([deferred_recurrence(*call) for call in inputs])
     assert sorted(scans) == [2, 2, 5]
     for (h, final), (expected_h, expected_final) in zip(together, alone, strict=True):
         assert max_difference((h, final), (expected_h, expected_final)) <= 1e-6
+
+
+def test_recurrences_run_alone_while_autograd_records(monkeypatch):
+    """With autograd on, gate inputs may depend on parameters a call does not show (a LoRA adapter on
+    a gate projection): every call runs alone, and its gradients are those of a call made alone."""
+    calls = []
+    for _ in range(2):
+        preacts = (torch.randn(2, 7, 4, 2, HEAD_DIM) * 2).requires_grad_()
+        kernel, bias = torch.randn(2, HEAD_DIM, 4, HEAD_DIM) * 0.5, torch.randn(2, 4, HEAD_DIM)
+        calls.append((preacts, kernel, bias, None, None))
+    expected = [torch.autograd.grad(kernels.slstm_scan(*call)[0].square().sum(), call[0])[0] for call in calls]
+    scans = count_scans(monkeypatch)
+    together = kernels.SLSTMRecurrence.run_together([deferred_recurrence(*call) for call in calls])
+    assert scans == [2, 2]
+    for (h, _), (preacts, *_), expected_gradient in zip(together, calls, expected, strict=True):
+        (gradient,) = torch.autograd.grad(h.square().sum(), preacts)
+        assert max_difference(gradient, expected_gradient) <= 1e-6

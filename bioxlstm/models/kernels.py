@@ -763,14 +763,15 @@ class SLSTMRecurrence:
         """The results of `run` for each call. Heads never interact, so calls on inputs of the same
         batch, length, head size and dtype run as one scan over all their heads: a step of the scan
         costs about as much at four heads as at sixteen. Alone: calls on Triton (the fused kernel
-        takes a whole sequence in one launch anyway), with masks (each call's differ), with autograd
-        or for one step."""
+        takes a whole sequence in one launch anyway), with masks (each call's differ), for one step,
+        or with autograd on: gate inputs are written into a given slice only without it, and any
+        parameter of their projections (a LoRA adapter's too) may be one that autograd records."""
         groups = {}
         for index, call in enumerate(calls):
             batch, seq_len, _ = call.layer_input.shape
             alone = (
                 call.kernel != "native" or call.keep is not None or call.reset is not None or seq_len == 1
-                or records_gradients(call.layer_input, call.recurrent_kernel, call.bias, call.state)
+                or torch.is_grad_enabled()
             )  # fmt: skip
             key = (batch, seq_len, call.recurrent_kernel.shape[1], call.layer_input.dtype, call.layer_input.device)
             groups.setdefault(index if alone else key, []).append(index)
