@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import bioxlstm
+from bioxlstm.models import kernels
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -75,6 +76,13 @@ def mlstm_reference(q, k, v, igate, fgate, eps=1e-6):
 
 
 @functools.lru_cache(maxsize=1)
+def count_scans(monkeypatch) -> list[torch.Size]:
+    """The shape of the gate inputs, (B, S, 4, NH, DH), of every `kernels.slstm_scan` call from now on."""
+    shapes, scan = [], kernels.slstm_scan
+    monkeypatch.setattr(kernels, "slstm_scan", lambda preacts, *args, **kwargs: shapes.append(preacts.shape) or scan(preacts, *args, **kwargs))
+    return shapes
+
+
 def ecoli_genome() -> str:
     """The bundled E. coli 536 genome (read once per test session)."""
     from bioxlstm.io import read_records

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import CAUSAL_VARIANTS, mlstm_reference, tiny_model
+from helpers import CAUSAL_VARIANTS, count_scans, mlstm_reference, tiny_model
 
 import bioxlstm
 from bioxlstm.models import kernels, layers, mlstm
@@ -420,9 +420,7 @@ def test_sequences_in_segments_run_several_slstm_blocks_recurrences_as_one_scan(
     monkeypatch.setattr(kernels, "NATIVE_INFERENCE_ROWS", 128)  # 2 rows: segments of 64 tokens
     model = tiny_model(slstm_layers=(0, 2))  # sLSTM, mLSTM, sLSTM; 2 heads each
     ids = torch.randint(1, 12, (2, 200))  # segments of 64, 64, 64 and 8 tokens
-    scans = []
-    scan = kernels.slstm_scan
-    monkeypatch.setattr(kernels, "slstm_scan", lambda preacts, *args, **kwargs: scans.append(preacts.shape) or scan(preacts, *args, **kwargs))
+    scans = count_scans(monkeypatch)
     with torch.no_grad():
         diagonal = model(ids, use_cache=True, output_hidden_states=True)
         diagonal_scans = list(scans)

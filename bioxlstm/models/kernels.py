@@ -740,7 +740,8 @@ class SLSTMRecurrence:
     """An `slstm_recurrence` call, yielded by the sLSTM layer's `stages` so that a model can run those
     of several blocks as one. Its gate inputs are computed when it runs: `gate_inputs(out)` returns
     them, (B, S, 4, NH, DH), as a view of gate-major (4, NH, B x S, DH) memory, written into `out`
-    where one is given: a slice of the heads of several calls' inputs, which need no copying then.
+    where one is given (only without autograd): a slice of the heads of several calls' inputs, which
+    need no copying then.
     They are the caller's to discard, so the scan computes in them."""
 
     gate_inputs: Callable[[torch.Tensor | None], torch.Tensor]
