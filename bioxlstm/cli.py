@@ -6,6 +6,8 @@ import argparse
 import copy
 import os
 import sys
+import traceback
+from collections.abc import Callable
 
 from . import __version__
 from .commands import convert, embed, evaluate, export, generate, info, inpaint, score, train
@@ -71,6 +73,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if not started_by_torchelastic():
+        run_command(argv)
+        return
+    from .training.launchers import end_launched_process
+
+    end_launched_process(exit_status(run_command, argv))
+
+
+def started_by_torchelastic() -> bool:
+    """Whether torchrun, or accelerate launch through torchrun's agent, started this process (and
+    then reads its exit status as the run's)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def exit_status(command: Callable[[list[str] | None], None], argv: list[str] | None) -> int:
+    """The exit status `command(argv)` gives the process, as Python would report it."""
+    try:
+        command(argv)
+    except SystemExit as exit:
+        if exit.code is None or isinstance(exit.code, int):
+            return exit.code or 0
+        print(exit.code, file=sys.stderr)
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def run_command(argv: list[str] | None) -> None:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     # argparse reads a positional list only up to the first option; overrides may also follow one.

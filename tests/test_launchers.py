@@ -133,6 +133,40 @@ def test_accelerate_asked_for_two_processes_that_starts_one_is_refused(tmp_path)
     assert not (tmp_path / "run").exists()
 
 
+def test_a_launched_process_ends_with_its_status_after_its_exit_handlers_and_with_its_output_flushed(tmp_path):
+    handled = tmp_path / "handled"
+    script = (
+        "import atexit, pathlib\n"
+        "from bioxlstm.training import end_launched_process\n"
+        f"atexit.register(pathlib.Path({str(handled)!r}).touch)\n"
+        "print('written', end='')\n"  # to a pipe, stdout keeps it in its buffer until flushed
+        "end_launched_process(3)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert (result.returncode, result.stdout) == (3, "written"), result.stderr[-2000:]
+    assert handled.exists()
+
+
+@pytest.mark.parametrize(
+    "arguments, status, stdout, stderr",
+    [
+        (["info", "--model", "chem"], 0, "model: chem\narchitecture: BioXLSTMForCausalLM\n", ""),
+        (["train", "no/such/recipe.yaml"], 1, "", "bioxlstm: error: no/such/recipe.yaml: no such file or directory\n"),
+        (["--no-such-option"], 1, "", "bioxlstm: error: unrecognized arguments: --no-such-option"),
+    ],
+    ids=["finished", "refused", "misspelled"],
+)
+def test_under_torchrun_the_command_line_exits_with_the_commands_status_and_output(arguments, status, stdout, stderr):
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test", "RANK": "0", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *arguments], capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == status, result.stderr[-2000:]
+    assert result.stdout.startswith(stdout)
+    assert result.stderr.startswith(stderr)
+
+
 def test_a_world_size_the_trainer_does_not_run_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as a launcher of two processes sets it
     with pytest.raises(SystemExit) as exit:

@@ -140,7 +140,7 @@ def test_fsdp_on_two_gloo_processes_trains_what_one_process_trains_and_resumes_f
 
 MIXED_PRECISION_WORKER = """
 import sys, torch
-from bioxlstm.training import build_trainer, load_recipe
+from bioxlstm.training import build_trainer, end_launched_process, load_recipe
 from transformers import TrainerCallback
 
 trainer = build_trainer(load_recipe(sys.argv[1], sys.argv[3:]), sys.argv[2])
@@ -161,7 +161,7 @@ trainer.add_callback(Grads())
 trainer.train()
 if trainer.args.process_index == 0:
     torch.save(seen, sys.argv[2] + "/dtypes.pt")
-torch.distributed.destroy_process_group()
+end_launched_process()
 """
 
 

@@ -375,11 +375,12 @@ def test_two_ddp_processes_end_with_identical_parameters(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(
         "import sys, torch\n"
-        "from bioxlstm.training import load_recipe, train\n"
+        "from bioxlstm.training import end_launched_process, load_recipe, train\n"
         "trainer = train(load_recipe(sys.argv[1], sys.argv[3:]), sys.argv[2])\n"
         "parameters = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}\n"
         "wrapper = type(trainer.model_wrapped).__name__\n"
         "torch.save((wrapper, parameters), f'{sys.argv[2]}/rank{trainer.args.process_index}.pt')\n"
+        "end_launched_process()\n"
     )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

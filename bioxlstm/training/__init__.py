@@ -24,6 +24,7 @@ YAML) and rejects unknown keys and values of the wrong type; `train(recipe, outp
 it. The same call runs on one CPU or, under `torchrun --nproc_per_node N` / `accelerate launch`, as DDP
 (or FSDP2 through `training.fsdp_config`), because `Trainer` reads the launcher's environment;
 when the processes or the sharding the Trainer ends up with differ from what was asked, it refuses.
+A script of one's own under such a launcher ends with `end_launched_process()`, as `bioxlstm` does.
 
 What a run leaves in its output directory: `checkpoint-N/` every `save_steps` (each appears
 complete or not at all), TensorBoard events (with `report_to: [tensorboard]`), `log.csv` (every
@@ -49,7 +50,7 @@ head's predictions).
 """
 
 from .finetune import FinetuneResult, SeedRun, finetune_over_seeds
-from .launchers import distribution
+from .launchers import distribution, end_launched_process
 from .objectives import OBJECTIVES, Objective
 from .recipes import Recipe, load_recipe
 from .runs import build_trainer, grown_model, starting_model, train
@@ -62,6 +63,7 @@ __all__ = [
     "SeedRun",
     "build_trainer",
     "distribution",
+    "end_launched_process",
     "finetune_over_seeds",
     "grown_model",
     "load_recipe",

@@ -6,8 +6,12 @@ accelerate launch's FSDP config is accelerate's, which shards on GPUs only."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import os
+import sys
+from typing import NoReturn
 
 import torch
 from transformers import Trainer, TrainingArguments
@@ -34,6 +38,27 @@ def launched_processes() -> int | None:
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
     return None
+
+
+def end_launched_process(status: int = 0) -> NoReturn:
+    """End a process that torchrun or accelerate launch started, with exit `status`, after its exit
+    handlers and with its output flushed, but without the interpreter's shutdown. `bioxlstm` ends
+    every launched process this way; a script of one's own that such a launcher runs should too.
+
+    Why: a gloo worker thread releases a finished collective's work a moment after the caller has
+    been told it finished, and that release can take the GIL (a hung run's stack showed the thread
+    destroying a barrier's work, waiting for it). If the interpreter is shutting down by then, the
+    thread is unwound inside a destructor, which may not throw, and the process aborts (SIGABRT,
+    "terminate called without an active exception"); if the group is destroyed at shutdown instead,
+    its destructor can wait on that thread while holding the GIL, and the process hangs. Destroying
+    the group first does not help (its threads live as long as any reference to it), and the
+    launcher reports either outcome as a failed run after every file was written. Without the
+    shutdown there is nothing left to race."""
+    atexit._run_exitfuncs()  # what a normal exit runs first: logging's flush, trackers' final uploads
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader that went away, a stream closed
+            stream.flush()
+    os._exit(status)
 
 
 def training_settings(recipe_training: dict) -> tuple[dict, str | None, ShardingPlan | None]:

@@ -213,8 +213,8 @@ def train(recipe: Recipe, output_dir: str | Path | None = None, resume: bool = F
         if torch.distributed.is_initialized():
             torch.distributed.barrier()  # no rank closes the group while another still exports
     finally:
-        # Left to interpreter shutdown, gloo's threads can abort a process, finished or refused (exit -6,
-        # "terminate called without an active exception"), and torchrun then reports that instead.
+        # A run leaves no process group behind, finished or refused. Ending the process without racing
+        # the group's threads is `end_launched_process`'s concern.
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return trainer
