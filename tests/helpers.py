@@ -75,7 +75,6 @@ def mlstm_reference(q, k, v, igate, fgate, eps=1e-6):
     return torch.stack(outputs, dim=2)
 
 
-@functools.lru_cache(maxsize=1)
 def count_scans(monkeypatch) -> list[torch.Size]:
     """The shape of the gate inputs, (B, S, 4, NH, DH), of every `kernels.slstm_scan` call from now on."""
     shapes, scan = [], kernels.slstm_scan
@@ -83,6 +82,7 @@ def count_scans(monkeypatch) -> list[torch.Size]:
     return shapes
 
 
+@functools.lru_cache(maxsize=1)
 def ecoli_genome() -> str:
     """The bundled E. coli 536 genome (read once per test session)."""
     from bioxlstm.io import read_records
